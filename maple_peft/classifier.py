@@ -1,0 +1,182 @@
+"""`PromptClassifier`: class names in, logits out, with the text features computed once where they can be."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import MaPLeConfig
+from .layer import MaPLeLayer
+from .prompts import format_prompts, prompt_template, tokenize_prompts
+
+
+def _pooled(output: Any) -> torch.Tensor:
+    # transformers >= 5 returns a ModelOutput whose pooler_output is projected; older versions return the tensor
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def unwrap_clip(model: nn.Module) -> nn.Module:
+    """The `CLIPModel` inside a `PeftModel` (with the adapter layers injected), or `model` itself."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    if not hasattr(model, "text_model") or not hasattr(model, "vision_model"):
+        raise TypeError(
+            f"PromptClassifier needs a transformers CLIPModel (optionally wrapped by PEFT), got {type(model).__name__}."
+        )
+    return model
+
+
+def active_maple_config(model: nn.Module) -> Optional[MaPLeConfig]:
+    """The config of the MaPLe adapter whose prompts `model` uses now, or None (no adapter, or adapters disabled)."""
+    clip = unwrap_clip(model)
+    configs = getattr(clip, "peft_config", None) or {}
+    for module in clip.modules():
+        if isinstance(module, MaPLeLayer):
+            name = module.prompt_adapter()
+            if name is not None:
+                return configs.get(name)
+    return None
+
+
+class PromptClassifier(nn.Module):
+    """Classifies images among class names with a (MaPLe-adapted) CLIP.
+
+    Class names become prompts (`"a photo of a {name}."` for the default adapter, see `maple_peft.format_prompts`),
+    tokenized once with right padding trimmed to the longest prompt (exact: CLIP's causal text encoder pools at the
+    end-of-text token). In eval mode the text features are computed once and cached until the adapter changes
+    (other active adapter, adapters disabled, parameters updated); in train mode they are recomputed at every call with
+    gradients. Text is encoded in chunks of `text_batch_size` prompts; with `gradient_checkpointing=True` the chunks'
+    activations are recomputed in the backward pass, so training memory stays bounded for thousands of classes.
+
+    Args:
+        model (`PeftModel` or `CLIPModel`): the adapted model (or a plain CLIP for zero-shot classification).
+        tokenizer: the CLIP tokenizer.
+        class_names (`Sequence[str]`): the class names (`_` becomes a space).
+        template (`str`, *optional*): a prompt template with one `{}`, overriding the adapter's (e.g. a dataset's
+            zero-shot template for plain CLIP).
+        text_batch_size (`int`): number of prompts encoded at once.
+        gradient_checkpointing (`bool`): recompute the text activations in the backward pass (training only).
+
+    Example:
+
+        ```py
+        >>> clf = maple_peft.PromptClassifier(model, tokenizer, ["cat", "golden_retriever"])
+        >>> logits = clf(pixel_values)  # (batch, 2)
+        >>> clf.set_class_names(["zebra", "okapi", "giraffe"])  # new classes at test time
+        ```
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        class_names: Sequence[str],
+        template: Optional[str] = None,
+        text_batch_size: int = 256,
+        gradient_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if text_batch_size < 1:
+            raise ValueError(f"text_batch_size={text_batch_size} must be >= 1.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.template = template
+        self.text_batch_size = text_batch_size
+        self.gradient_checkpointing = gradient_checkpointing
+        self._cache: Optional[tuple[Any, torch.Tensor]] = None
+        self._tokenized: Optional[tuple[str, torch.Tensor]] = None
+        self.set_class_names(class_names)
+
+    @property
+    def clip(self) -> nn.Module:
+        return unwrap_clip(self.model)
+
+    def set_class_names(self, class_names: Sequence[str]) -> None:
+        """Classify among other classes from now on (e.g. novel classes at test time)."""
+        if isinstance(class_names, str) or len(class_names) == 0:
+            raise ValueError(f"class_names={class_names!r} must be a non-empty sequence of names.")
+        self.class_names = list(class_names)
+        self._tokenized = None
+        self._cache = None
+
+    def current_template(self) -> str:
+        """The template the prompts are made with now (the adapter's, unless one was passed)."""
+        return self.template if self.template is not None else prompt_template(active_maple_config(self.model))
+
+    @property
+    def prompts(self) -> list[str]:
+        return format_prompts(None, self.class_names, template=self.current_template())
+
+    def input_ids(self) -> torch.Tensor:
+        """The tokenized prompts, `(n_classes, longest)`, re-tokenized only when the template changes."""
+        template = self.current_template()
+        if self._tokenized is None or self._tokenized[0] != template:
+            prompts = format_prompts(None, self.class_names, template=template)
+            self._tokenized = (template, tokenize_prompts(self.tokenizer, prompts, self.class_names))
+        return self._tokenized[1]
+
+    def _fingerprint(self, clip: nn.Module) -> tuple:
+        text_side = [clip.text_model, clip.text_projection]
+        versions = tuple((id(p), p._version) for part in text_side for p in part.parameters())
+        adapters = tuple(m.prompt_adapter() for m in clip.text_model.modules() if isinstance(m, MaPLeLayer))
+        return versions, adapters, self.input_ids().data_ptr()
+
+    def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+        features = _pooled(self.clip.get_text_features(input_ids=input_ids))
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def _compute_text_features(self, clip: nn.Module) -> torch.Tensor:
+        device = clip.text_projection.weight.device
+        input_ids = self.input_ids().to(device)
+        chunks = []
+        use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
+        for start in range(0, input_ids.shape[0], self.text_batch_size):
+            chunk = input_ids[start : start + self.text_batch_size]
+            if use_checkpoint:
+                chunks.append(checkpoint(self._encode, chunk, use_reentrant=False))
+            else:
+                chunks.append(self._encode(chunk))
+        return torch.cat(chunks)
+
+    def text_features(self) -> torch.Tensor:
+        """L2-normalized text features of the classes, `(n_classes, projection_dim)`."""
+        clip = self.clip
+        if clip.training:
+            self._cache = None
+            return self._compute_text_features(clip)
+        key = self._fingerprint(clip)
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self._compute_text_features(clip))
+        return self._cache[1]
+
+    def image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """L2-normalized image features, `(batch, projection_dim)`."""
+        features = _pooled(
+            self.clip.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        )
+        return features / features.norm(dim=-1, keepdim=True)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        """Logits `logit_scale.exp() * cos(image, class prompt)`, shape `(batch, n_classes)`."""
+        image = self.image_features(pixel_values, interpolate_pos_encoding)
+        text = self.text_features()
+        scale = self.clip.logit_scale.exp()
+        return scale.to(image.dtype) * image @ text.to(image.dtype).t()
+
+    @torch.no_grad()
+    def predict(self, images: Sequence[Any], processor: Any, batch_size: int = 64) -> list[str]:
+        """Predicted class names of PIL images, preprocessed by `processor` (a CLIP processor or image processor)."""
+        clip = self.clip
+        device = clip.logit_scale.device
+        dtype = clip.visual_projection.weight.dtype
+        names = []
+        for start in range(0, len(images), batch_size):
+            batch = list(images[start : start + batch_size])
+            pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"].to(device, dtype)
+            names += [self.class_names[i] for i in self(pixel_values).argmax(dim=-1).tolist()]
+        return names

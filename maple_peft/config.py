@@ -1,0 +1,143 @@
+"""`MaPLeConfig`: the configuration of a MaPLe adapter (and of the variants that share its machinery)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional, Union
+
+from peft.config import PeftConfig
+from peft.utils import PeftType
+
+from .version import __version__
+
+VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision")
+Variant = Literal["maple", "maple_shared", "ivlp", "language", "vision"]
+
+#: Variants whose vision prompts are computed from the text prompts by a coupling function.
+COUPLED_VARIANTS = ("maple", "maple_shared")
+#: Variants with learnable text prompts.
+TEXT_VARIANTS = ("maple", "maple_shared", "ivlp", "language")
+#: Variants with vision prompts (coupled or free).
+VISION_VARIANTS = ("maple", "maple_shared", "ivlp", "vision")
+
+
+@dataclass
+class MaPLeConfig(PeftConfig):
+    """Configuration of a MaPLe adapter for a transformers `CLIPModel`.
+
+    MaPLe (Khattak et al., "MaPLe: Multi-modal Prompt Learning", CVPR 2023, https://huggingface.co/papers/2210.03117)
+    learns `n_ctx` prompt tokens in the first `depth` layers of both CLIP towers; the vision prompts are linear
+    projections ("couplings") of the text prompts. The same machinery gives the paper's ablations, chosen by
+    `variant`.
+
+    Args:
+        n_ctx (`int`, defaults to 2):
+            Number of learnable context tokens of the text branch (and of the vision branch for the coupled variants).
+        n_ctx_vision (`int`, *optional*):
+            Number of vision prompt tokens for `variant="ivlp"` or `"vision"`; defaults to `n_ctx`. The coupled
+            variants map each text token to one vision token, so there it must equal `n_ctx`.
+        depth (`int`, defaults to 9):
+            Prompt depth J: prompts are inserted at the input of layers `0 .. depth-1` of the towers.
+        prompt_init (`str`, *optional*, defaults to `"a photo of a"`):
+            Text whose first `n_ctx` token embeddings initialize the first-layer text context. It also forms the class
+            prompts `f"{prompt_init} {class_name}."`. `None` initializes the context from N(0, 0.02²) and uses the
+            placeholder text `"X " * n_ctx`.
+        variant (`str`, defaults to `"maple"`):
+            `"maple"` (one coupling Linear per depth), `"maple_shared"` (one coupling shared by all depths: the paper's
+            lighter MaPLe† ablation), `"ivlp"` (independent vision-language prompts, no coupling), `"language"`
+            (deep text prompts only; with `depth=1` this is CoOp) or `"vision"` (VPT-deep: vision prompts only, frozen
+            text).
+        prompt_init_std (`float`, defaults to 0.02):
+            Standard deviation of the normal initialization of the prompts that are not initialized from text.
+        tokenizer_name_or_path (`str`, *optional*):
+            Tokenizer used once, at creation, to turn `prompt_init` into token ids. Defaults to the base model's
+            `name_or_path`.
+        prompt_init_token_ids (`list[int]`, *optional*):
+            The token ids of the first `n_ctx` tokens of `prompt_init`. Filled automatically when the adapter is
+            created, so that loading a saved adapter never needs the tokenizer.
+        target_modules (`list[str]`, *optional*):
+            Filled automatically from `depth` and `variant`; do not set it.
+    """
+
+    n_ctx: int = field(default=2, metadata={"help": "Number of learnable context tokens of the text branch."})
+    n_ctx_vision: Optional[int] = field(
+        default=None,
+        metadata={"help": "Number of vision prompt tokens for the 'ivlp' and 'vision' variants; defaults to n_ctx."},
+    )
+    depth: int = field(
+        default=9, metadata={"help": "Prompt depth J: prompts enter layers 0 .. depth-1 of the towers."}
+    )
+    prompt_init: Optional[str] = field(
+        default="a photo of a",
+        metadata={
+            "help": "Text initializing the first-layer text context (its first n_ctx tokens) and forming the class "
+            "prompts '{prompt_init} {class_name}.'; None for a random context and the placeholder 'X X ...'."
+        },
+    )
+    variant: str = field(
+        default="maple",
+        metadata={"help": f"One of {VARIANTS}: MaPLe, shared coupling (MaPLe†), IVLP, language-only, vision-only."},
+    )
+    prompt_init_std: float = field(
+        default=0.02, metadata={"help": "Std of the normal initialization of prompts not initialized from text."}
+    )
+    tokenizer_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={"help": "Tokenizer for prompt_init, used once at creation; defaults to the base model's path."},
+    )
+    prompt_init_token_ids: Optional[list[int]] = field(
+        default=None,
+        metadata={"help": "Token ids of the first n_ctx tokens of prompt_init; filled automatically at creation."},
+    )
+    target_modules: Optional[Union[list[str], str]] = field(
+        default=None, metadata={"help": "Filled automatically from depth and variant; do not set."}
+    )
+    maple_peft_version: Optional[str] = field(
+        default=None, metadata={"help": "Version of maple_peft that created this config; filled automatically."}
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.peft_type = PeftType.MAPLE
+        if self.maple_peft_version is None:
+            self.maple_peft_version = __version__
+        if self.task_type is not None:
+            raise ValueError(
+                f"task_type={self.task_type!r} is not supported by MaPLe: leave it as None. PEFT's task classes pass "
+                "`inputs_embeds`, which CLIP's encoders reject; use maple_peft.PromptClassifier for classification."
+            )
+        if self.variant not in VARIANTS:
+            raise ValueError(f"variant={self.variant!r} is not known; use one of {VARIANTS}.")
+        for name in ("n_ctx", "depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+        if self.n_ctx_vision is not None:
+            if isinstance(self.n_ctx_vision, bool) or not isinstance(self.n_ctx_vision, int) or self.n_ctx_vision < 1:
+                raise ValueError(f"n_ctx_vision={self.n_ctx_vision!r} must be an integer >= 1 (or None).")
+            if self.variant in COUPLED_VARIANTS and self.n_ctx_vision != self.n_ctx:
+                raise ValueError(
+                    f"n_ctx_vision={self.n_ctx_vision} differs from n_ctx={self.n_ctx}, but variant={self.variant!r} "
+                    "couples each text token to one vision token; leave n_ctx_vision unset, or use variant='ivlp'."
+                )
+        if self.prompt_init is not None and not self.prompt_init.strip():
+            raise ValueError(f"prompt_init={self.prompt_init!r} is empty; pass a text such as 'a photo of a', or None.")
+        if self.prompt_init_std <= 0:
+            raise ValueError(f"prompt_init_std={self.prompt_init_std!r} must be > 0.")
+        if self.prompt_init_token_ids is not None and len(self.prompt_init_token_ids) != self.n_ctx:
+            raise ValueError(
+                f"prompt_init_token_ids={self.prompt_init_token_ids} has {len(self.prompt_init_token_ids)} ids but "
+                f"n_ctx={self.n_ctx}; leave it unset so that it is computed from prompt_init."
+            )
+
+    @property
+    def vision_n_ctx(self) -> int:
+        """Number of vision prompt tokens (0 for the language-only variant)."""
+        if self.variant not in VISION_VARIANTS:
+            return 0
+        return self.n_ctx_vision if self.n_ctx_vision is not None else self.n_ctx
+
+    @property
+    def text_n_ctx(self) -> int:
+        """Number of learnable text tokens (0 for the vision-only variant)."""
+        return self.n_ctx if self.variant in TEXT_VARIANTS else 0

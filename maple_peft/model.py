@@ -1,0 +1,256 @@
+"""`MaPLeModel`: the PEFT tuner that injects MaPLe's prompt wrappers into a transformers `CLIPModel`."""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any, Optional
+
+import torch
+from peft.tuners.tuners_utils import BaseTuner
+from torch import nn
+
+from .config import COUPLED_VARIANTS, MaPLeConfig
+from .layer import MERGE_ERROR, MaPLeLayer, MaPLeTextPromptLayer, MaPLeVisionPromptLayer
+
+TEXT_EMBEDDING = "text_model.embeddings.token_embedding"
+TEXT_LAYER = "text_model.encoder.layers.{}"
+VISION_EMBEDDING = "vision_model.embeddings"
+VISION_LAYER = "vision_model.encoder.layers.{}"
+
+
+def _clip_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    text_model = getattr(model, "text_model", None)
+    vision_model = getattr(model, "vision_model", None)
+    if text_model is None or vision_model is None:
+        raise ValueError(
+            f"MaPLe adapts a transformers CLIPModel (with `text_model` and `vision_model`), got "
+            f"{type(model).__name__}; load the base model with CLIPModel.from_pretrained(...)."
+        )
+    return text_model, vision_model
+
+
+def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
+    """The names of the modules that `config` wraps in `model`, after validating `depth` against both towers."""
+    text_model, vision_model = _clip_parts(model)
+    n_text = len(text_model.encoder.layers)
+    n_vision = len(vision_model.encoder.layers)
+    names: list[str] = []
+    if config.text_n_ctx:
+        if config.depth > n_text:
+            raise ValueError(
+                f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}."
+            )
+        names += [TEXT_EMBEDDING] + [TEXT_LAYER.format(i) for i in range(1, config.depth)]
+    if config.vision_n_ctx:
+        if config.depth > n_vision:
+            raise ValueError(
+                f"depth={config.depth} but the vision encoder has {n_vision} layers; use depth <= {n_vision}."
+            )
+        names += [VISION_EMBEDDING] + [VISION_LAYER.format(i) for i in range(1, config.depth)]
+    return names
+
+
+def _target_regex(names: list[str]) -> str:
+    return "(" + "|".join(re.escape(name) for name in names) + ")"
+
+
+def _depth_of(key: str) -> int:
+    return 0 if key in (TEXT_EMBEDDING, VISION_EMBEDDING) else int(key.rsplit(".", 1)[1])
+
+
+def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> Optional[list[int]]:
+    """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens."""
+    if config.prompt_init is None or not config.text_n_ctx:
+        return None
+    if config.prompt_init_token_ids is not None:
+        return list(config.prompt_init_token_ids)
+    source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or None
+    if not source:
+        raise ValueError(
+            f"prompt_init={config.prompt_init!r} must be tokenized to initialize the context, but the base model has "
+            "no `name_or_path` to load its tokenizer from; pass MaPLeConfig(tokenizer_name_or_path=...) (a Hub id or "
+            "a directory with the CLIP tokenizer), or prompt_init=None for a random initialization."
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(
+            f"Could not load a tokenizer from {source!r} to tokenize prompt_init={config.prompt_init!r}: {error}. "
+            "Pass MaPLeConfig(tokenizer_name_or_path=...) pointing to the CLIP tokenizer."
+        ) from error
+    ids = tokenizer(config.prompt_init)["input_ids"]
+    body = [i for i in ids if i not in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
+    if len(body) < config.n_ctx:
+        raise ValueError(
+            f"prompt_init={config.prompt_init!r} has {len(body)} tokens but n_ctx={config.n_ctx}; use a longer "
+            f"prompt_init, n_ctx <= {len(body)}, or prompt_init=None."
+        )
+    return body[: config.n_ctx]
+
+
+class MaPLeModel(BaseTuner):
+    """MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023, https://huggingface.co/papers/2210.03117).
+
+    Wraps a transformers `CLIPModel` so that the first `depth` layers of both towers receive learnable prompts; the
+    vision prompts are linear couplings of the text prompts. CLIP itself stays frozen. Created by `get_peft_model`
+    once `maple_peft` is imported.
+
+    Args:
+        model (`transformers.CLIPModel`): the model to adapt.
+        config (`MaPLeConfig`): the adapter configuration.
+        adapter_name (`str`): the name of the adapter, `"default"` by default.
+        low_cpu_mem_usage (`bool`): create the adapter weights on the meta device (used when loading).
+
+    Example:
+
+        ```py
+        >>> import maple_peft
+        >>> from peft import get_peft_model
+        >>> from transformers import CLIPModel
+
+        >>> clip = CLIPModel.from_pretrained("openai/clip-vit-base-patch16")
+        >>> model = get_peft_model(clip, maple_peft.MaPLeConfig(n_ctx=2, depth=9, prompt_init="a photo of a"))
+        >>> model.print_trainable_parameters()
+        trainable params: 3,555,072 || all params: 153,175,873 || trainable%: 2.3209
+        ```
+    """
+
+    prefix: str = "maple_"
+    tuner_layer_cls = MaPLeLayer
+    target_module_mapping: dict[str, list[str]] = {}
+
+    def _prepare_adapter_config(self, peft_config: MaPLeConfig, model_config: dict) -> MaPLeConfig:
+        names = target_module_names(self.model, peft_config)
+        regex = _target_regex(names)
+        if peft_config.target_modules is not None and peft_config.target_modules != regex:
+            raise ValueError(
+                f"target_modules={peft_config.target_modules!r} was set, but MaPLe chooses its modules from depth and "
+                f"variant (here {names}); leave target_modules unset."
+            )
+        peft_config.target_modules = regex
+        peft_config.prompt_init_token_ids = resolve_prompt_init_token_ids(peft_config, self.model)
+        return peft_config
+
+    def _check_new_adapter_config(self, config: MaPLeConfig) -> None:
+        super()._check_new_adapter_config(config)
+        if not isinstance(config, MaPLeConfig):
+            raise TypeError(f"Expected a MaPLeConfig, got {type(config).__name__}.")
+
+    # ---- creation -------------------------------------------------------------------------------------------------
+
+    def _text_init(self, config: MaPLeConfig, depth: int, text_model: nn.Module) -> torch.Tensor:
+        embedding = text_model.embeddings.token_embedding
+        embedding = embedding.get_base_layer() if isinstance(embedding, MaPLeLayer) else embedding
+        width = embedding.weight.shape[1]
+        if depth == 0 and config.prompt_init_token_ids is not None:
+            ids = torch.tensor(config.prompt_init_token_ids, device=embedding.weight.device)
+            return embedding.weight[ids].detach().float()
+        return torch.empty(config.n_ctx, width).normal_(std=config.prompt_init_std)
+
+    def _coupling(self, config: MaPLeConfig, adapter_name: str, depth: int, d_text: int, d_vision: int):
+        if config.variant not in COUPLED_VARIANTS:
+            return None
+        if depth == 0:
+            return nn.Linear(d_text, d_vision)
+        if config.variant == "maple_shared":
+            return None
+        # the deeper couplings start as copies of one freshly initialized Linear, as in the original code
+        templates = self.__dict__.setdefault("_maple_coupling_templates", {})
+        if adapter_name not in templates:
+            templates[adapter_name] = nn.Linear(d_text, d_vision)
+        return copy.deepcopy(templates[adapter_name])
+
+    def _create_and_replace(
+        self,
+        peft_config: MaPLeConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+        **kwargs: Any,
+    ) -> None:
+        depth = _depth_of(current_key)
+        text_model, vision_model = _clip_parts(self.model)
+        base = target.get_base_layer() if isinstance(target, MaPLeLayer) else target
+        if current_key.startswith("text_model."):
+            init = self._text_init(peft_config, depth, text_model)
+            if isinstance(target, MaPLeTextPromptLayer):
+                target.update_layer(adapter_name, init)
+                return
+            new_module = MaPLeTextPromptLayer(base, adapter_name, depth, init)
+        else:
+            d_text = text_model.config.hidden_size
+            d_vision = vision_model.config.hidden_size
+            n_ctx = peft_config.vision_n_ctx
+            coupling = self._coupling(peft_config, adapter_name, depth, d_text, d_vision)
+            init = None
+            if peft_config.variant not in COUPLED_VARIANTS:
+                init = torch.empty(n_ctx, d_vision).normal_(std=peft_config.prompt_init_std)
+            if isinstance(target, MaPLeVisionPromptLayer):
+                target.update_layer(adapter_name, n_ctx, init=init, coupling=coupling)
+                return
+            new_module = MaPLeVisionPromptLayer(base, adapter_name, depth, n_ctx, init=init, coupling=coupling)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
+        setattr(parent, child_name, new_module)
+        # keep the wrapper in training/eval mode like the module it replaces
+        new_module.train(child.training)
+
+    def inject_adapter(
+        self,
+        model: nn.Module,
+        adapter_name: str,
+        autocast_adapter_dtype: bool = True,
+        low_cpu_mem_usage: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().inject_adapter(
+            model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs
+        )
+        self.__dict__.get("_maple_coupling_templates", {}).pop(adapter_name, None)
+        self._link(adapter_name)
+
+    def _link(self, adapter_name: str) -> None:
+        """Connect each coupled vision layer of `adapter_name` to the text layer of the same depth."""
+        config = self.peft_config[adapter_name]
+        if config.variant not in COUPLED_VARIANTS:
+            return
+        text_model, vision_model = _clip_parts(self.model)
+        text_layers = [text_model.embeddings.token_embedding, *text_model.encoder.layers[1 : config.depth]]
+        vision_layers = [vision_model.embeddings, *vision_model.encoder.layers[1 : config.depth]]
+        for text_layer, vision_layer in zip(text_layers, vision_layers):
+            owner = vision_layer if config.variant == "maple" else vision_layers[0]
+            vision_layer.link(adapter_name, text_layer, owner)
+
+    # ---- things a prompt method cannot do ---------------------------------------------------------------------------
+
+    def _check_merge_allowed(self) -> None:
+        raise ValueError(MERGE_ERROR)
+
+    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+        raise ValueError(MERGE_ERROR)
+
+    def _unload_and_optionally_merge(
+        self,
+        merge: bool = True,
+        progressbar: bool = False,
+        safe_merge: bool = False,
+        adapter_names: Optional[list[str]] = None,
+    ) -> nn.Module:
+        if merge:
+            raise ValueError(MERGE_ERROR)
+        for name, module in list(self.model.named_modules()):
+            if isinstance(module, MaPLeLayer):
+                parent_name, _, child_name = name.rpartition(".")
+                parent = self.model.get_submodule(parent_name) if parent_name else self.model
+                setattr(parent, child_name, module.get_base_layer())
+        if hasattr(self.model, "peft_config"):
+            del self.model.peft_config
+        return self.model
