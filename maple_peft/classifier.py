@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,7 +30,7 @@ def unwrap_clip(model: nn.Module) -> nn.Module:
     return model
 
 
-def active_maple_config(model: nn.Module) -> Optional[MaPLeConfig]:
+def active_maple_config(model: nn.Module) -> MaPLeConfig | None:
     """The config of the MaPLe adapter whose prompts `model` uses now, or None (no adapter, or adapters disabled)."""
     clip = unwrap_clip(model)
     configs = getattr(clip, "peft_config", None) or {}
@@ -75,7 +75,7 @@ class PromptClassifier(nn.Module):
         model: nn.Module,
         tokenizer: Any,
         class_names: Sequence[str],
-        template: Optional[str] = None,
+        template: str | None = None,
         text_batch_size: int = 256,
         gradient_checkpointing: bool = False,
     ) -> None:
@@ -87,8 +87,8 @@ class PromptClassifier(nn.Module):
         self.template = template
         self.text_batch_size = text_batch_size
         self.gradient_checkpointing = gradient_checkpointing
-        self._cache: Optional[tuple[Any, torch.Tensor]] = None
-        self._tokenized: Optional[tuple[str, torch.Tensor]] = None
+        self._cache: tuple[Any, torch.Tensor] | None = None
+        self._tokenized: tuple[str, torch.Tensor] | None = None
         self.set_class_names(class_names)
 
     @property

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional
 
 
 def _convert_official(args: argparse.Namespace) -> int:
@@ -14,7 +13,10 @@ def _convert_official(args: argparse.Namespace) -> int:
     from .convert import from_official_checkpoint
 
     if os.path.exists(args.output_dir) and os.listdir(args.output_dir) and not args.overwrite:
-        print(f"error: {args.output_dir} exists and is not empty; pass --overwrite or another --output-dir.", file=sys.stderr)
+        print(
+            f"error: {args.output_dir} exists and is not empty; pass --overwrite or another --output-dir.",
+            file=sys.stderr,
+        )
         return 2
     base = CLIPModel.from_pretrained(args.base_model)
     model = from_official_checkpoint(
@@ -26,7 +28,7 @@ def _convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import maple_peft  # noqa: F401 - registers the method with PEFT
 
     parser = argparse.ArgumentParser(prog="maple-peft", description="Tools for MaPLe adapters.")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional, Union
+from typing import Literal
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
@@ -60,14 +60,14 @@ class MaPLeConfig(PeftConfig):
     """
 
     n_ctx: int = field(default=2, metadata={"help": "Number of learnable context tokens of the text branch."})
-    n_ctx_vision: Optional[int] = field(
+    n_ctx_vision: int | None = field(
         default=None,
         metadata={"help": "Number of vision prompt tokens for the 'ivlp' and 'vision' variants; defaults to n_ctx."},
     )
     depth: int = field(
         default=9, metadata={"help": "Prompt depth J: prompts enter layers 0 .. depth-1 of the towers."}
     )
-    prompt_init: Optional[str] = field(
+    prompt_init: str | None = field(
         default="a photo of a",
         metadata={
             "help": "Text initializing the first-layer text context (its first n_ctx tokens) and forming the class "
@@ -81,18 +81,18 @@ class MaPLeConfig(PeftConfig):
     prompt_init_std: float = field(
         default=0.02, metadata={"help": "Std of the normal initialization of prompts not initialized from text."}
     )
-    tokenizer_name_or_path: Optional[str] = field(
+    tokenizer_name_or_path: str | None = field(
         default=None,
         metadata={"help": "Tokenizer for prompt_init, used once at creation; defaults to the base model's path."},
     )
-    prompt_init_token_ids: Optional[list[int]] = field(
+    prompt_init_token_ids: list[int] | None = field(
         default=None,
         metadata={"help": "Token ids of the first n_ctx tokens of prompt_init; filled automatically at creation."},
     )
-    target_modules: Optional[Union[list[str], str]] = field(
+    target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Filled automatically from depth and variant; do not set."}
     )
-    maple_peft_version: Optional[str] = field(
+    maple_peft_version: str | None = field(
         default=None, metadata={"help": "Version of maple_peft that created this config; filled automatically."}
     )
 
@@ -121,7 +121,9 @@ class MaPLeConfig(PeftConfig):
                     "couples each text token to one vision token; leave n_ctx_vision unset, or use variant='ivlp'."
                 )
         if self.prompt_init is not None and not self.prompt_init.strip():
-            raise ValueError(f"prompt_init={self.prompt_init!r} is empty; pass a text such as 'a photo of a', or None.")
+            raise ValueError(
+                f"prompt_init={self.prompt_init!r} is empty; pass a text such as 'a photo of a', or None."
+            )
         if self.prompt_init_std <= 0:
             raise ValueError(f"prompt_init_std={self.prompt_init_std!r} must be > 0.")
         if self.prompt_init_token_ids is not None and len(self.prompt_init_token_ids) != self.n_ctx:

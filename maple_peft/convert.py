@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -18,7 +18,9 @@ _IGNORED = ("token_prefix", "token_suffix")
 
 def _prompt_learner_state(checkpoint: Any, path: str) -> dict[str, torch.Tensor]:
     if not isinstance(checkpoint, dict):
-        raise ValueError(f"{path} holds a {type(checkpoint).__name__}, not a MaPLe checkpoint (a dict with 'state_dict').")
+        raise ValueError(
+            f"{path} holds a {type(checkpoint).__name__}, not a MaPLe checkpoint (a dict with 'state_dict')."
+        )
     state = checkpoint.get("state_dict", checkpoint)
     if not isinstance(state, dict):
         raise ValueError(f"{path}: 'state_dict' is a {type(state).__name__}, not a dict of tensors.")
@@ -27,8 +29,10 @@ def _prompt_learner_state(checkpoint: Any, path: str) -> dict[str, torch.Tensor]
         name = key
         for prefix in _OPTIONAL_PREFIXES:
             name = name.removeprefix(prefix)
-        if key.startswith(("prompt_learner.", "module.prompt_learner.")) or "." not in key or key.startswith(
-            ("proj.", "compound_prompt")
+        if (
+            key.startswith(("prompt_learner.", "module.prompt_learner."))
+            or "." not in key
+            or key.startswith(("proj.", "compound_prompt"))
         ):
             if name in _IGNORED:
                 continue
@@ -45,7 +49,7 @@ def convert_official_state_dict(learner: dict[str, torch.Tensor]) -> tuple[int, 
     """Map the original prompt learner's tensors to this library's adapter keys (float32).
 
     Returns:
-        `(n_ctx, depth, state_dict)` where `state_dict` is keyed like `get_peft_model_state_dict` (no adapter name).
+        `(n_ctx, depth, state_dict)` where `state_dict` is keyed like a saved `adapter_model.safetensors`.
     """
     deep = sorted(int(m.group(1)) for k in learner if (m := re.fullmatch(r"compound_prompts_text\.(\d+)", k)))
     if deep != list(range(len(deep))):
@@ -63,14 +67,18 @@ def convert_official_state_dict(learner: dict[str, torch.Tensor]) -> tuple[int, 
         state[f"{TEXT_LAYER.format(k + 1)}.maple_ctx"] = learner[f"compound_prompts_text.{k}"]
         state[f"{VISION_LAYER.format(k + 1)}.maple_coupling.weight"] = learner[f"{prefix}.weight"]
         state[f"{VISION_LAYER.format(k + 1)}.maple_coupling.bias"] = learner[f"{prefix}.bias"]
-    return n_ctx, len(deep) + 1, {key: value.float().contiguous() for key, value in state.items()}
+    return (
+        n_ctx,
+        len(deep) + 1,
+        {f"base_model.model.{key}": value.float().contiguous() for key, value in state.items()},
+    )
 
 
 def from_official_checkpoint(
     base_model: nn.Module,
     checkpoint_path: str | os.PathLike,
-    prompt_init: Optional[str] = "a photo of a",
-    tokenizer_name_or_path: Optional[str] = None,
+    prompt_init: str | None = "a photo of a",
+    tokenizer_name_or_path: str | None = None,
     adapter_name: str = "default",
 ):
     """Load a checkpoint saved by the original MaPLe repository as a `PeftModel` with the same logits.
@@ -103,12 +111,14 @@ def from_official_checkpoint(
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is reported the same way
-        raise ValueError(f"{path} could not be read as a PyTorch checkpoint with weights_only=True: {error}") from error
+        raise ValueError(
+            f"{path} could not be read as a PyTorch checkpoint with weights_only=True: {error}"
+        ) from error
     n_ctx, depth, state = convert_official_state_dict(_prompt_learner_state(checkpoint, path))
     d_text = base_model.config.text_config.hidden_size
     d_vision = base_model.config.vision_config.hidden_size
-    ctx = state[f"{TEXT_EMBEDDING}.maple_ctx"]
-    proj = state[f"{VISION_EMBEDDING}.maple_coupling.weight"]
+    ctx = state[f"base_model.model.{TEXT_EMBEDDING}.maple_ctx"]
+    proj = state[f"base_model.model.{VISION_EMBEDDING}.maple_coupling.weight"]
     if ctx.shape[1] != d_text or tuple(proj.shape) != (d_vision, d_text):
         raise ValueError(
             f"The checkpoint's prompts are {ctx.shape[1]}-wide and its coupling maps to {proj.shape[0]}, but the base "

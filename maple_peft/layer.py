@@ -12,7 +12,7 @@ Each wrapper sits on one CLIP module at one prompt depth `i`:
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
@@ -48,7 +48,7 @@ class MaPLeLayer(nn.Module, BaseTunerLayer):
         param = next(self.get_base_layer().parameters())
         return param.device, param.dtype
 
-    def prompt_adapter(self) -> Optional[str]:
+    def prompt_adapter(self) -> str | None:
         """The adapter whose prompts this layer inserts now, or None (adapters disabled or none active here)."""
         if self.disable_adapters:
             return None
@@ -60,7 +60,7 @@ class MaPLeLayer(nn.Module, BaseTunerLayer):
             )
         return names[0] if names else None
 
-    def merge(self, safe_merge: bool = False, adapter_names: Optional[list[str]] = None) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
         raise ValueError(MERGE_ERROR)
 
     def unmerge(self) -> None:
@@ -148,8 +148,8 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
         adapter_name: str,
         depth: int,
         n_ctx: int,
-        init: Optional[torch.Tensor] = None,
-        coupling: Optional[nn.Linear] = None,
+        init: torch.Tensor | None = None,
+        coupling: nn.Linear | None = None,
     ) -> None:
         super().__init__(base_layer, adapter_name, depth)
         self.maple_vision_ctx = nn.ParameterDict()
@@ -163,8 +163,8 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
         self,
         adapter_name: str,
         n_ctx: int,
-        init: Optional[torch.Tensor] = None,
-        coupling: Optional[nn.Linear] = None,
+        init: torch.Tensor | None = None,
+        coupling: nn.Linear | None = None,
     ) -> None:
         device, dtype = self._base_device_dtype()
         if init is not None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from peft.tuners.tuners_utils import BaseTuner
@@ -38,9 +38,7 @@ def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
     names: list[str] = []
     if config.text_n_ctx:
         if config.depth > n_text:
-            raise ValueError(
-                f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}."
-            )
+            raise ValueError(f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}.")
         names += [TEXT_EMBEDDING] + [TEXT_LAYER.format(i) for i in range(1, config.depth)]
     if config.vision_n_ctx:
         if config.depth > n_vision:
@@ -59,7 +57,7 @@ def _depth_of(key: str) -> int:
     return 0 if key in (TEXT_EMBEDDING, VISION_EMBEDDING) else int(key.rsplit(".", 1)[1])
 
 
-def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> Optional[list[int]]:
+def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list[int] | None:
     """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens."""
     if config.prompt_init is None or not config.text_n_ctx:
         return None
@@ -212,7 +210,11 @@ class MaPLeModel(BaseTuner):
         **kwargs: Any,
     ) -> None:
         super().inject_adapter(
-            model, adapter_name, autocast_adapter_dtype=autocast_adapter_dtype, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs
+            model,
+            adapter_name,
+            autocast_adapter_dtype=autocast_adapter_dtype,
+            low_cpu_mem_usage=low_cpu_mem_usage,
+            **kwargs,
         )
         self.__dict__.get("_maple_coupling_templates", {}).pop(adapter_name, None)
         self._link(adapter_name)
@@ -234,7 +236,7 @@ class MaPLeModel(BaseTuner):
     def _check_merge_allowed(self) -> None:
         raise ValueError(MERGE_ERROR)
 
-    def merge_adapter(self, adapter_names: Optional[list[str]] = None, safe_merge: bool = False) -> None:
+    def merge_adapter(self, adapter_names: list[str] | None = None, safe_merge: bool = False) -> None:
         raise ValueError(MERGE_ERROR)
 
     def _unload_and_optionally_merge(
@@ -242,7 +244,7 @@ class MaPLeModel(BaseTuner):
         merge: bool = True,
         progressbar: bool = False,
         safe_merge: bool = False,
-        adapter_names: Optional[list[str]] = None,
+        adapter_names: list[str] | None = None,
     ) -> nn.Module:
         if merge:
             raise ValueError(MERGE_ERROR)

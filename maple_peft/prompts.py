@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -18,7 +18,7 @@ def clean_class_name(name: str) -> str:
     return name.replace("_", " ")
 
 
-def prompt_template(config: Optional[MaPLeConfig]) -> str:
+def prompt_template(config: MaPLeConfig | None) -> str:
     """The `str.format` template of the class prompts of an adapter, e.g. `"a photo of a {}."`.
 
     Args:
@@ -36,9 +36,7 @@ def prompt_template(config: Optional[MaPLeConfig]) -> str:
     return f"{prefix} {{}}." if prefix else "{}."
 
 
-def format_prompts(
-    config: Optional[MaPLeConfig], class_names: Sequence[str], template: Optional[str] = None
-) -> list[str]:
+def format_prompts(config: MaPLeConfig | None, class_names: Sequence[str], template: str | None = None) -> list[str]:
     """The prompt texts of the classes, exactly as the original MaPLe code builds them.
 
     Args:
@@ -67,7 +65,7 @@ def format_prompts(
 def tokenize_prompts(
     tokenizer: Any,
     prompts: Sequence[str],
-    class_names: Optional[Sequence[str]] = None,
+    class_names: Sequence[str] | None = None,
     max_length: int = MAX_TEXT_LENGTH,
 ) -> torch.Tensor:
     """Tokenize prompts with right padding to the longest prompt (never more than `max_length` tokens).

@@ -10,7 +10,6 @@ from conftest import TOKENIZER_DIR, tiny_clip
 from peft import get_peft_model, get_peft_model_state_dict
 from reference import prompts_from_state_dict, reference_logits
 
-import maple_peft
 from maple_peft import MaPLeConfig, PromptClassifier, format_prompts, tokenize_prompts
 
 CLASSES = ["cat", "golden_retriever", "sea anemone", "Boeing 737-800"]
@@ -24,7 +23,7 @@ def make_adapted(shape="narrow_text", seed=0, **config_kwargs):
     # random, large adapter values so that any mistake in where a prompt goes shows in the logits
     generator = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for param in model.parameters():
             if param.requires_grad:
                 param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
     return model, untouched
@@ -173,7 +172,10 @@ def test_trimmed_prompts_equal_77_token_padding(tokenizer, pixel_values):
     input_ids = padded77(tokenizer, model.peft_config["default"], CLASSES)
     with torch.no_grad():
         torch.testing.assert_close(
-            clf(pixel_values), model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image, atol=1e-5, rtol=0
+            clf(pixel_values),
+            model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image,
+            atol=1e-5,
+            rtol=0,
         )
 
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 from conftest import TOKENIZER_DIR, tiny_clip
-from peft import AutoPeftModel, PeftConfig, PeftModel, get_peft_model
+from peft import get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
 from test_model import CLASSES, make_adapted, padded77
@@ -56,7 +56,15 @@ def test_saved_folder_holds_only_adapter_tensors_and_the_full_config(adapted_on_
     assert all(".maple_" in key for key in tensors)
     assert all(t.dtype == torch.float32 for t in tensors.values())
     saved = json.loads((path / "adapter_config.json").read_text())
-    for field in ("n_ctx", "n_ctx_vision", "depth", "prompt_init", "variant", "prompt_init_std", "prompt_init_token_ids"):
+    for field in (
+        "n_ctx",
+        "n_ctx_vision",
+        "depth",
+        "prompt_init",
+        "variant",
+        "prompt_init_std",
+        "prompt_init_token_ids",
+    ):
         assert field in saved
     assert saved["peft_type"] == "MAPLE" and saved["maple_peft_version"] == maple_peft.__version__
     assert saved["task_type"] is None
@@ -134,7 +142,9 @@ def test_merge_and_unload_refuses_with_a_clear_error():
 
 def test_several_adapters_switch_delete_and_reload(tokenizer, pixel_values, tmp_path):
     model, untouched = make_adapted(depth=3)
-    model.add_adapter("ivlp", MaPLeConfig(variant="ivlp", depth=2, n_ctx_vision=4, tokenizer_name_or_path=TOKENIZER_DIR))
+    model.add_adapter(
+        "ivlp", MaPLeConfig(variant="ivlp", depth=2, n_ctx_vision=4, tokenizer_name_or_path=TOKENIZER_DIR)
+    )
     clf = PromptClassifier(model, tokenizer, CLASSES)
     with torch.no_grad():
         default_logits = clf(pixel_values)
@@ -187,7 +197,9 @@ def test_bf16_base_keeps_float32_adapter_and_trains(tokenizer, pixel_values):
     logits = PromptClassifier(model, tokenizer, CLASSES)(pixel_values.bfloat16())
     assert logits.dtype == torch.bfloat16
     torch.nn.functional.cross_entropy(logits.float(), torch.tensor([0, 1, 2])).backward()
-    assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in adapter.values())
+    assert all(
+        p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all() for p in adapter.values()
+    )
 
 
 def test_bf16_logits_are_close_to_float32(tokenizer, pixel_values):
@@ -227,5 +239,11 @@ def test_deepcopy_keeps_the_links_inside_the_copy(tokenizer, pixel_values):
         for p in clone.parameters():
             if p.requires_grad:
                 p.mul_(2)
-        assert not torch.equal(PromptClassifier(clone, tokenizer, CLASSES)(pixel_values), PromptClassifier(model, tokenizer, CLASSES)(pixel_values))
-        assert torch.equal(PromptClassifier(model, tokenizer, CLASSES)(pixel_values), PromptClassifier(model, tokenizer, CLASSES)(pixel_values))
+        assert not torch.equal(
+            PromptClassifier(clone, tokenizer, CLASSES)(pixel_values),
+            PromptClassifier(model, tokenizer, CLASSES)(pixel_values),
+        )
+        assert torch.equal(
+            PromptClassifier(model, tokenizer, CLASSES)(pixel_values),
+            PromptClassifier(model, tokenizer, CLASSES)(pixel_values),
+        )
