@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Evaluate a MaPLe adapter (a folder or a Hub id) on any dataset and any class names.
+
+    accelerate launch examples/evaluate.py --adapter user/maple-eurosat --dataset eurosat --data_root DATA --subset novel
+    python examples/evaluate.py --adapter outputs/smoke --dataset_name imagefolder --data_dir smoke_assets/data
+
+Without --adapter it evaluates zero-shot CLIP with the dataset's template. Writes a metrics JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from accelerate import Accelerator
+from peft import PeftConfig, PeftModel
+from torch.utils.data import DataLoader
+from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+
+import maple_peft
+from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn
+from maple_peft.training import (
+    atomic_write_json,
+    check_adapter_matches_model,
+    evaluate_classifier,
+    load_experiment_data,
+)
+
+logger = logging.getLogger("maple_peft.evaluate")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
+    p.add_argument("--model_name_or_path", default=None, help="defaults to the adapter's base model")
+    p.add_argument("--tokenizer_name_or_path", default=None)
+    p.add_argument("--dataset", default=None, help="a CoOp benchmark name, with --data_root")
+    p.add_argument("--data_root", default=None)
+    p.add_argument("--dataset_name", default=None, help="a 🤗 dataset id or 'imagefolder' with --data_dir")
+    p.add_argument("--data_dir", default=None)
+    p.add_argument("--image_column", default="image")
+    p.add_argument("--label_column", default="label")
+    p.add_argument("--test_split", default="test")
+    p.add_argument("--class_name_map", default=None)
+    p.add_argument("--subset", default="all", choices=["all", "base", "novel"])
+    p.add_argument("--template", default=None, help="prompt template with {} (zero-shot default: the dataset's)")
+    p.add_argument("--eval_batch_size", type=int, default=100)
+    p.add_argument("--text_batch_size", type=int, default=256)
+    p.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    p.add_argument("--output_file", default=None, help="metrics JSON (default: eval_<dataset>_<subset>.json)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO, stream=sys.stdout)
+    accelerator = Accelerator(mixed_precision=args.mixed_precision)
+    base_path = args.model_name_or_path
+    if args.adapter:
+        base_path = base_path or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
+    if not base_path:
+        raise ValueError("Pass --model_name_or_path (the adapter does not name its base model).")
+    data = load_experiment_data(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        dataset_name=args.dataset_name,
+        data_dir=args.data_dir,
+        image_column=args.image_column,
+        label_column=args.label_column,
+        train_split=args.test_split,
+        test_split=args.test_split,
+        class_name_map=args.class_name_map,
+    )
+    records = data.test if args.subset == "all" else data.test.class_subset(args.subset)
+    class_names = list(records.class_names)
+
+    clip = CLIPModel.from_pretrained(base_path)
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path or base_path)
+    try:
+        image_processor = AutoImageProcessor.from_pretrained(base_path)
+    except (OSError, ValueError):
+        image_processor = None
+    if args.adapter:
+        check_adapter_matches_model(args.adapter, clip)
+        model = PeftModel.from_pretrained(clip, args.adapter)
+        template = args.template
+    else:
+        model, template = clip, args.template or data.template
+    model = accelerator.prepare_model(model, evaluation_mode=True).eval()
+
+    dataset = ImageClassificationDataset(records, CLIPTransforms.from_processor(image_processor).test())
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=args.eval_batch_size, collate_fn=collate_fn))
+    classifier = maple_peft.PromptClassifier(model, tokenizer, class_names, template, args.text_batch_size)
+    result = evaluate_classifier(accelerator, classifier, loader, class_names)
+    result.update(
+        adapter=args.adapter,
+        base_model=base_path,
+        dataset=data.name,
+        subset=args.subset,
+        prompts=classifier.prompts[:5],
+        num_skipped_images=dataset.num_skipped,
+    )
+    logger.info(f"{data.name} ({args.subset}): accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}%")
+    if accelerator.is_main_process:
+        output = Path(args.output_file or f"eval_{Path(data.name).name}_{args.subset}.json")
+        atomic_write_json(output, result)
+        logger.info(f"Wrote {output}")
+        print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "num_images", "num_classes")}))
+    return result
+
+
+if __name__ == "__main__":
+    main()

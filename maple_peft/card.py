@@ -1,0 +1,403 @@
+"""The model card (`README.md`) written next to every saved MaPLe adapter.
+
+The card is rendered from the Jinja template `model_cards/adapter_card.md` (shipped as `maple_peft.model_cards`)
+with YAML metadata built by `huggingface_hub.ModelCardData`, so the Hub indexes the adapter as a PEFT adapter of its
+CLIP base model and shows the measured accuracies in its evaluation widget (`model-index`).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from .metrics import harmonic_mean
+
+__all__ = ["CARD_TAGS", "build_model_card", "render_model_card", "write_model_card"]
+
+CARD_TAGS: tuple[str, ...] = ("maple", "prompt-learning", "clip", "peft", "zero-shot-image-classification")
+"""Tags of every MaPLe adapter card."""
+
+TASK_TYPE = "zero-shot-image-classification"
+TEMPLATE_NAME = "adapter_card.md"
+MAX_INLINE_CLASS_NAMES = 10
+MAX_PER_CLASS_ROWS = 200
+
+_SETTING_DESCRIPTIONS = {
+    "base2novel": "base-to-novel generalization: trained on the base half of the classes, evaluated on the base "
+    "classes and on the unseen novel classes",
+    "all": "few-shot classification: trained and evaluated on all classes",
+    "cross_dataset": "cross-dataset transfer: trained on the source dataset, evaluated on other datasets as is",
+    "zero_shot": "zero-shot evaluation",
+}
+_VARIANT_DESCRIPTIONS = {
+    "maple": "learns {prompts} of the text encoder, and linear coupling functions that project each text prompt into "
+    "a prompt of the image encoder, so that both modalities adapt together.",
+    "maple_shared": "learns {prompts} of the text encoder, and one linear coupling function, shared by all layers, "
+    "that projects each text prompt into a prompt of the image encoder.",
+    "ivlp": "learns {prompts} of both the text and the image encoder, independently (the IVLP baseline, no coupling).",
+    "language": "learns {prompts} of the text encoder only (language prompting baseline).",
+    "vision": "learns {prompts} of the image encoder only (vision prompting baseline).",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# (row title, where to look, accepted key names), in table order. The first key found wins.
+_RECIPE_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("Context tokens (n_ctx)", "peft", ("n_ctx", "num_ctx", "num_context_tokens")),
+    ("Prompt depth", "peft", ("depth", "prompt_depth")),
+    ("Prompt initialization", "peft", ("prompt_init", "ctx_init", "init_text")),
+    ("Variant", "peft", ("variant",)),
+    ("Learning rate", "train", ("lr", "learning_rate", "base_lr")),
+    ("Epochs", "train", ("epochs", "max_epochs", "num_epochs", "num_train_epochs")),
+    ("Batch size", "train", ("batch_size", "train_batch_size", "per_device_train_batch_size")),
+    ("Warmup epochs", "train", ("warmup_epochs", "warmup_epoch")),
+    ("Warmup learning rate", "train", ("warmup_lr", "warmup_cons_lr")),
+    ("Optimizer", "train", ("optimizer", "optim")),
+    ("Momentum", "train", ("momentum",)),
+    ("Weight decay", "train", ("weight_decay",)),
+    ("Mixed precision", "train", ("mixed_precision", "precision")),
+)
+
+
+def _cell(value: Any) -> str:
+    """Formats a value for a markdown table cell."""
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, float):
+        text = f"{value:g}"
+    elif isinstance(value, str):
+        text = f"`{value}`" if value.strip() != value or " " in value else value
+    elif isinstance(value, list | tuple | dict):
+        text = json.dumps(value, default=str)
+    else:
+        text = str(value)
+    return _escape(text)
+
+
+def _escape(text: str) -> str:
+    """Makes text safe inside a markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _percent(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.2f}"
+
+
+def _ordered_splits(results: Mapping[str, Any]) -> list[str]:
+    first = [split for split in ("base", "novel") if split in results]
+    return first + [split for split in results if split not in first]
+
+
+def _split_title(split: str, setting: str) -> str:
+    return split if setting == "cross_dataset" else split.replace("_", " ").capitalize()
+
+
+def _lookup(config: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    for key in keys:
+        if config.get(key) is not None:
+            return config[key]
+    return None
+
+
+def _recipe_rows(
+    metrics: Mapping[str, Any], peft_config: Mapping[str, Any], train_config: Mapping[str, Any]
+) -> list[tuple[str, str]]:
+    setting = metrics.get("setting")
+    rows: list[tuple[str, str]] = [
+        ("Base model", _cell(metrics.get("base_model"))),
+        ("Dataset", _cell(metrics.get("dataset"))),
+        ("Setting", f"`{setting}` ({_SETTING_DESCRIPTIONS.get(setting, 'custom')})"),
+    ]
+    shots = metrics.get("num_shots", _lookup(train_config, ("num_shots", "shots")))
+    rows.append(("Shots per class", _cell(shots)))
+    rows.append(("Seed", _cell(metrics.get("seed", train_config.get("seed")))))
+    for title, source, keys in _RECIPE_KEYS:
+        value = _lookup(peft_config if source == "peft" else train_config, keys)
+        if value is not None:
+            rows.append((title, _cell(value)))
+    if metrics.get("time_seconds") is not None:
+        rows.append(("Training time", f"{float(metrics['time_seconds']) / 60:.1f} min"))
+    return rows
+
+
+def _class_names_line(metrics: Mapping[str, Any]) -> str:
+    names: list[str] = []
+    for result in metrics["results"].values():
+        names.extend(name for name in (result.get("per_class_accuracy") or {}) if name not in names)
+    if not names:
+        return 'class_names = ["cat", "dog"]  # the names of the classes to recognize'
+    if len(names) <= MAX_INLINE_CLASS_NAMES:
+        line = f"class_names = {json.dumps(names, ensure_ascii=False)}"
+        if len(line) <= 110:
+            return line
+    shown = names[:3]
+    return (
+        f"class_names = {json.dumps(shown, ensure_ascii=False)}  # any names; e.g. {len(shown)} of the "
+        f"{len(names)} classes evaluated here"
+    )
+
+
+def _hm(results: Mapping[str, Any], stored: Any) -> float | None:
+    if stored is not None:
+        return float(stored)
+    if "base" in results and "novel" in results:
+        return harmonic_mean(results["base"]["accuracy"], results["novel"]["accuracy"])
+    return None
+
+
+def _eval_results(metrics: Mapping[str, Any]) -> list[EvalResult]:
+    setting, dataset = metrics["setting"], metrics["dataset"]
+    evals = []
+    for split in _ordered_splits(metrics["results"]):
+        result = metrics["results"][split]
+        target, dataset_split = (split, "test") if setting == "cross_dataset" else (dataset, split)
+        common = {
+            "task_type": TASK_TYPE,
+            "task_name": "Zero-shot image classification",
+            "dataset_type": target,
+            "dataset_name": target,
+            "dataset_split": dataset_split,
+        }
+        evals.append(EvalResult(metric_type="accuracy", metric_value=round(float(result["accuracy"]), 2), **common))
+        if result.get("macro_f1") is not None:
+            evals.append(
+                EvalResult(
+                    metric_type="f1",
+                    metric_name="Macro-F1",
+                    metric_args={"average": "macro"},
+                    metric_value=round(float(result["macro_f1"]), 2),
+                    **common,
+                )
+            )
+    hm = _hm(metrics["results"], metrics.get("harmonic_mean"))
+    if hm is not None:
+        evals.append(
+            EvalResult(
+                task_type=TASK_TYPE,
+                task_name="Zero-shot image classification",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                dataset_split="base+novel",
+                metric_type="harmonic_mean",
+                metric_name="Harmonic mean (base, novel)",
+                metric_value=round(hm, 2),
+            )
+        )
+    return evals
+
+
+def _check_metrics(metrics: Any) -> None:
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
+    missing = [key for key in ("base_model", "dataset", "setting", "results") if key not in metrics]
+    if missing:
+        raise ValueError(
+            f"metrics lacks {missing}; pass the dict built by maple_peft.metrics.build_run_metrics (metrics.json)."
+        )
+    results = metrics["results"]
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"metrics['results'] must be a non-empty dict of split -> metrics, got {results!r}.")
+    for split, result in results.items():
+        if not isinstance(result, Mapping) or "accuracy" not in result:
+            raise ValueError(f"metrics['results'][{split!r}] has no 'accuracy'; build it with classification_metrics.")
+
+
+def build_model_card(
+    metrics: Mapping[str, Any],
+    peft_config: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+    *,
+    license: str = "apache-2.0",
+    images: Sequence[str] = (),
+) -> ModelCard:
+    """Builds the `huggingface_hub.ModelCard` of a trained MaPLe adapter.
+
+    Args:
+        metrics: The run's `metrics.json` dict (see `maple_peft.metrics`).
+        peft_config: The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to `metrics["peft_config"]`.
+        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
+        repo_id: The Hub repository the adapter is pushed to (`"user/name"`), used in the loading example and as the
+            model-index name. `None` shows a local-path placeholder.
+        license: The card's license identifier (a Hub license id such as `"apache-2.0"` or `"mit"`).
+        images: Paths, relative to the card, of plots to embed (e.g. `["per_class_accuracy.png"]`).
+
+    Returns:
+        The model card; `str(card)` is the README.md text.
+    """
+    _check_metrics(metrics)
+    peft_config = dict(metrics.get("peft_config") or {}) if peft_config is None else dict(peft_config)
+    train_config = dict(metrics.get("train_config") or {}) if train_config is None else dict(train_config)
+    base_model, dataset, setting = str(metrics["base_model"]), str(metrics["dataset"]), str(metrics["setting"])
+    results = metrics["results"]
+    zero_shot = metrics.get("zero_shot") or {}
+    zs_results = zero_shot.get("results") or {}
+
+    datasets = [dataset]
+    if setting == "cross_dataset":
+        datasets += [target for target in results if target not in datasets]
+    is_hub_id = bool(_HUB_ID.match(base_model)) and not Path(base_model).exists()
+    model_name = repo_id.split("/")[-1] if repo_id else f"maple-{base_model.rstrip('/').split('/')[-1]}-{dataset}"
+    card_data = ModelCardData(
+        base_model=base_model if is_hub_id else None,
+        library_name="peft",
+        pipeline_tag=TASK_TYPE,
+        license=license,
+        tags=list(CARD_TAGS),
+        datasets=datasets,
+        metrics=["accuracy"],
+        model_name=model_name,
+        eval_results=_eval_results(metrics),
+    )
+
+    result_rows = []
+    for split in _ordered_splits(results):
+        result, zs = results[split], zs_results.get(split, {})
+        result_rows.append(
+            {
+                "name": _split_title(split, setting),
+                "accuracy": _percent(result.get("accuracy")),
+                "macro_f1": _percent(result.get("macro_f1")),
+                "zs_accuracy": _percent(zs.get("accuracy")),
+                "zs_macro_f1": _percent(zs.get("macro_f1")),
+                "num_images": _cell(result.get("num_images")),
+                "num_classes": _cell(result.get("num_classes")),
+            }
+        )
+    hm = _hm(results, metrics.get("harmonic_mean"))
+    hm_row = None
+    if hm is not None:
+        hm_row = {"value": _percent(hm), "zs_value": _percent(_hm(zs_results, zero_shot.get("harmonic_mean")))}
+        if not zs_results:
+            hm_row["zs_value"] = "–"
+
+    per_class = []
+    for split in _ordered_splits(results):
+        per_class_accuracy = results[split].get("per_class_accuracy") or {}
+        if 0 < len(per_class_accuracy) <= MAX_PER_CLASS_ROWS:
+            rows = [(_escape(str(name)), _percent(acc)) for name, acc in per_class_accuracy.items()]
+            per_class.append({"name": _split_title(split, setting), "rows": rows})
+
+    seed_text = f", seed {metrics['seed']}" if metrics.get("seed") is not None else ""
+    shots_text = f"{metrics['num_shots']}-shot " if metrics.get("num_shots") else ""
+    n_ctx = _lookup(peft_config, ("n_ctx", "num_ctx", "num_context_tokens"))
+    depth = _lookup(peft_config, ("depth", "prompt_depth"))
+    variant = peft_config.get("variant") or "maple"
+    prompts_text = (
+        f"{n_ctx} prompt tokens in each of the first {depth} layers"
+        if n_ctx is not None and depth is not None
+        else "prompt tokens in the first layers"
+    )
+    base_link = f"[`{base_model}`](https://huggingface.co/{base_model})" if is_hub_id else f"`{base_model}`"
+    description = (
+        f"A [MaPLe](https://arxiv.org/abs/2210.03117) (Multi-modal Prompt Learning, Khattak et al., CVPR 2023) "
+        f"adapter for {base_link}, "
+        f"trained with `maple_peft` on {shots_text}`{dataset}`{seed_text} "
+        f"({_SETTING_DESCRIPTIONS.get(setting, setting)}). CLIP stays frozen; the adapter "
+        + _VARIANT_DESCRIPTIONS.get(variant, f"(variant `{variant}`) learns {{prompts}}.").format(prompts=prompts_text)
+        + " It holds only these parameters and is loaded on top of the base model with PEFT."
+    )
+    if setting == "base2novel":
+        results_intro = (
+            f"Accuracy on the test images of `{dataset}`: base classes (seen in training) and novel classes (never "
+            "seen), each evaluated among its own classes."
+        )
+    elif setting == "cross_dataset":
+        results_intro = f"Trained on `{dataset}`; each target dataset is evaluated on all its classes as is."
+    else:
+        results_intro = f"Accuracy on the test images of `{dataset}`."
+    if zs_results:
+        results_intro += " Zero-shot CLIP is the same base model with hand-written prompts and no adapter."
+
+    full_config = {"peft_config": peft_config, "train_config": train_config}
+    versions = [("maple_peft", metrics.get("maple_peft_version"))]
+    versions += list((metrics.get("versions") or {}).items())
+    template = importlib.resources.files("maple_peft.model_cards").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        card_data,
+        template_str=template,
+        title=f"MaPLe adapter: {base_model.rstrip('/').split('/')[-1]} on {dataset}",
+        description=description,
+        base_model_id=base_model,
+        adapter_id=repo_id or "path/to/this/adapter",
+        class_names_line=_class_names_line(metrics),
+        recipe_rows=_recipe_rows(metrics, peft_config, train_config),
+        full_config=json.dumps(full_config, indent=2, sort_keys=True, default=str)
+        if any(full_config.values())
+        else "",
+        results_intro=results_intro,
+        split_header="Target dataset" if setting == "cross_dataset" else "Split",
+        has_zero_shot=bool(zs_results),
+        result_rows=result_rows,
+        hm_row=hm_row,
+        per_class=per_class,
+        images=list(images),
+        framework_versions=[(name, version or "not installed") for name, version in versions if name],
+    )
+
+
+def render_model_card(
+    metrics: Mapping[str, Any],
+    peft_config: Mapping[str, Any] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    repo_id: str | None = None,
+    *,
+    license: str = "apache-2.0",
+    images: Sequence[str] = (),
+) -> str:
+    """Renders the README.md text of a trained MaPLe adapter (see `build_model_card` for the arguments).
+
+    Args:
+        metrics: The run's `metrics.json` dict.
+        peft_config: The adapter configuration; defaults to `metrics["peft_config"]`.
+        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
+        repo_id: The Hub repository id used in the loading example, or `None`.
+        license: The card's license identifier.
+        images: Paths, relative to the card, of plots to embed.
+
+    Returns:
+        The model card as markdown with a YAML metadata header.
+
+    Example:
+        ```python
+        >>> text = render_model_card(json.load(open("outputs/eurosat/metrics.json")), repo_id="me/maple-eurosat")
+        >>> ModelCard(text).data.library_name
+        'peft'
+        ```
+    """
+    card = build_model_card(metrics, peft_config, train_config, repo_id, license=license, images=images)
+    return str(card)
+
+
+def write_model_card(
+    output_dir: str | Path, repo_id: str | None = None, *, license: str = "apache-2.0", filename: str = "README.md"
+) -> Path:
+    """Writes the model card of a run directory from its `metrics.json`, embedding the PNG plots found there.
+
+    Args:
+        output_dir: The run directory, holding `metrics.json` (and usually the adapter and plots).
+        repo_id: The Hub repository id used in the loading example, or `None`.
+        license: The card's license identifier.
+        filename: The card's file name inside `output_dir`.
+
+    Returns:
+        The path of the written card.
+    """
+    output_dir = Path(output_dir)
+    metrics_path = output_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise FileNotFoundError(
+            f"{metrics_path} does not exist; write the run's metrics (maple_peft.metrics.build_run_metrics) first."
+        )
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+    images = sorted(path.name for path in output_dir.glob("*.png"))
+    path = output_dir / filename
+    path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
+    return path

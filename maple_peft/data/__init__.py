@@ -1,0 +1,65 @@
+"""Data loading for MaPLe: CoOp benchmark layouts, 🤗 datasets, few-shot sampling, CLIP transforms.
+
+Typical few-shot base-to-novel setup::
+
+    from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn, load_coop_split
+
+    train = load_coop_split("eurosat", data_root, "train").few_shot(16, seed=1).class_subset("base")
+    test = load_coop_split("eurosat", data_root, "test").class_subset("base")
+    tfm = CLIPTransforms.from_processor(processor)
+    train_ds = ImageClassificationDataset(train, tfm.train(), cache_decoded=True)
+    test_ds = ImageClassificationDataset(test, tfm.test())
+"""
+
+from .coop import BENCHMARKS, BenchmarkSpec, get_benchmark, list_benchmarks, load_coop_split, read_classnames
+from .dataset import ImageClassificationDataset, collate_fn
+from .hf import ImageClassificationData, load_class_name_map, load_image_classification, records_from_hf_dataset
+from .records import HFImageRef, ImageRecord, ImageRecords
+from .sampling import sample_few_shot, split_base_novel, subsample_classes
+from .synthetic import make_synthetic_imagefolder
+from .transforms import (
+    CLIP_MEAN,
+    CLIP_STD,
+    CLIPTestTransform,
+    CLIPTrainTransform,
+    CLIPTransforms,
+    center_crop,
+    normalize,
+    random_resized_crop_params,
+    resize_shorter_side,
+    to_rgb,
+    to_tensor,
+)
+
+__all__ = [
+    "BENCHMARKS",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "BenchmarkSpec",
+    "CLIPTestTransform",
+    "CLIPTrainTransform",
+    "CLIPTransforms",
+    "HFImageRef",
+    "ImageClassificationData",
+    "ImageClassificationDataset",
+    "ImageRecord",
+    "ImageRecords",
+    "center_crop",
+    "collate_fn",
+    "get_benchmark",
+    "list_benchmarks",
+    "load_class_name_map",
+    "load_coop_split",
+    "load_image_classification",
+    "make_synthetic_imagefolder",
+    "normalize",
+    "random_resized_crop_params",
+    "read_classnames",
+    "records_from_hf_dataset",
+    "resize_shorter_side",
+    "sample_few_shot",
+    "split_base_novel",
+    "subsample_classes",
+    "to_rgb",
+    "to_tensor",
+]

@@ -1,0 +1,174 @@
+"""Few-shot sampling and the base-to-novel class split of the CoOp / CoCoOp / MaPLe protocol.
+
+The protocol for a base-to-novel run is::
+
+    train = records.few_shot(num_shots=16, seed=seed)   # 1. draw k shots per class over ALL classes
+    train = train.class_subset("base")                  # 2. then keep the base half, relabelled from 0
+    test_base = test.class_subset("base")
+    test_novel = test.class_subset("novel")
+
+i.e. :func:`sample_few_shot` first, then :func:`subsample_classes`, as in CoOp's ``generate_fewshot_dataset``
+followed by ``subsample_classes``. (CoOp also draws ``min(num_shots, 4)`` shots for the validation split.)
+
+Sampling is deterministic across machines: items are ordered by a stable key (e.g. the relative image path) within
+each class before drawing, classes are visited in ascending label order, and the RNG is ``random.Random(seed)``
+(Mersenne Twister, identical on every platform and Python version). The exact images differ from the ones CoOp's
+cached ``split_fewshot/*.pkl`` files hold (those depend on the order of CoOp's global RNG calls), but the
+distribution is the same: ``num_shots`` items per class drawn uniformly without replacement.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import random
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+__all__ = ["sample_few_shot", "split_base_novel", "subsample_classes"]
+
+_MAX_LISTED = 20
+
+
+def _check_labels(labels: Sequence[int]) -> list[int]:
+    out = []
+    for i, label in enumerate(labels):
+        try:
+            if isinstance(label, bool):
+                raise TypeError
+            label = operator.index(label)
+        except TypeError:
+            raise TypeError(f"labels[{i}] = {label!r} is not an integer class id; labels must be ints >= 0") from None
+        if label < 0:
+            raise ValueError(
+                f"labels[{i}] = {label} is negative; labels must be class ids >= 0 (drop unlabeled items)"
+            )
+        out.append(label)
+    return out
+
+
+def sample_few_shot(
+    labels: Sequence[int],
+    num_shots: int | None,
+    seed: int,
+    keys: Sequence[str] | None = None,
+    class_names: Sequence[str] | None = None,
+) -> list[int]:
+    """Draw ``num_shots`` items per class, without replacement, reproducibly.
+
+    For every class (ascending label order) the items of that class are sorted by ``keys`` (ties and the default:
+    by index) and ``random.Random(seed).sample`` draws ``num_shots`` of them; one RNG is shared across classes, as
+    in CoOp. A class with fewer than ``num_shots`` items keeps all of them (CoOp's behaviour without
+    ``repeat``), and a warning names each such class with its count.
+
+    Args:
+        labels: The label of each item of the dataset.
+        num_shots: Items per class; ``-1`` or ``None`` keeps every item.
+        seed: Seed for ``random.Random``.
+        keys: A stable identity per item (e.g. image paths relative to the dataset root). With keys, the result does
+            not depend on the order in which the items are listed. Defaults to the item's index.
+        class_names: Optional names by label, used in the warning.
+
+    Returns:
+        Indices into ``labels``, sorted by ``(label, key)``.
+    """
+    labels = _check_labels(labels)
+    if keys is not None and len(keys) != len(labels):
+        raise ValueError(f"got {len(keys)} keys for {len(labels)} labels; pass one key per item (or keys=None)")
+    if num_shots is not None and (isinstance(num_shots, bool) or not isinstance(num_shots, int)):
+        raise TypeError(f"num_shots={num_shots!r} must be a positive int, or -1 / None for all items")
+    take_all = num_shots is None or num_shots == -1
+    if not take_all and num_shots < 1:
+        raise ValueError(f"num_shots={num_shots} is invalid; use a positive number of shots, or -1 / None for all")
+
+    def sort_key(i: int) -> tuple:
+        return (keys[i], i) if keys is not None else (i,)
+
+    by_class: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_class.setdefault(label, []).append(i)
+
+    rng = random.Random(seed)
+    selected: list[int] = []
+    short: list[tuple[int, int]] = []
+    for label in sorted(by_class):
+        items = sorted(by_class[label], key=sort_key)
+        if take_all:
+            chosen = items
+        elif len(items) < num_shots:
+            short.append((label, len(items)))
+            chosen = items
+        else:
+            chosen = rng.sample(items, num_shots)
+        selected.extend(sorted(chosen, key=sort_key))
+
+    if short:
+
+        def name(label: int) -> str:
+            if class_names is not None and label < len(class_names):
+                return f"{label} ({class_names[label]!r})"
+            return str(label)
+
+        listed = ", ".join(f"class {name(label)} has {count}" for label, count in short[:_MAX_LISTED])
+        more = f", and {len(short) - _MAX_LISTED} more" if len(short) > _MAX_LISTED else ""
+        warnings.warn(
+            f"{len(short)} class(es) have fewer than num_shots={num_shots} items and keep all they have: "
+            f"{listed}{more}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return selected
+
+
+def split_base_novel(class_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Split class ids into the base and novel halves of the base-to-novel protocol.
+
+    The ids are sorted; the first ``ceil(n / 2)`` are base, the rest novel (10 → 5/5, 11 → 6/5, 101 → 51/50).
+
+    Args:
+        class_ids: The class ids (duplicates are ignored).
+
+    Returns:
+        ``(base_ids, novel_ids)``, each sorted.
+    """
+    ids = sorted(set(_check_labels(class_ids)))
+    m = math.ceil(len(ids) / 2)
+    return ids[:m], ids[m:]
+
+
+def subsample_classes(
+    labels: Sequence[int],
+    class_names: Sequence[str],
+    subset: Literal["all", "base", "novel"],
+) -> tuple[list[int], list[int], list[str]]:
+    """Keep the items of the base or novel classes and relabel them from 0.
+
+    The label space is ``range(len(class_names))`` (so train and test splits always agree on which classes are base,
+    even if a split lacks a class), split with :func:`split_base_novel`. In the protocol the few-shot items are
+    drawn *before* this filter: call :func:`sample_few_shot` on the full dataset first, then this function.
+
+    Args:
+        labels: The label of each item.
+        class_names: Names of the full label space, ordered by label.
+        subset: ``"all"`` keeps everything (labels unchanged), ``"base"`` the first ``ceil(n/2)`` classes,
+            ``"novel"`` the rest.
+
+    Returns:
+        ``(indices, new_labels, new_class_names)``: the kept item indices (in input order), their labels in the new
+        label space (``0..`` in ascending old-label order), and the class names of the new label space.
+    """
+    labels = _check_labels(labels)
+    n = len(class_names)
+    if subset not in ("all", "base", "novel"):
+        raise ValueError(f"subset={subset!r} is invalid; use 'all', 'base' or 'novel'")
+    for i, label in enumerate(labels):
+        if label >= n:
+            raise ValueError(f"labels[{i}] = {label} is outside the label space of {n} class names")
+    if subset == "all":
+        return list(range(len(labels))), list(labels), list(class_names)
+    base, novel = split_base_novel(range(n))
+    chosen = base if subset == "base" else novel
+    relabel = {old: new for new, old in enumerate(chosen)}
+    indices = [i for i, label in enumerate(labels) if label in relabel]
+    return indices, [relabel[labels[i]] for i in indices], [class_names[old] for old in chosen]

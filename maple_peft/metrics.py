@@ -1,0 +1,405 @@
+"""Evaluation metrics and the run summary (`metrics.json`) shared by the training and evaluation scripts.
+
+Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
+
+```json
+{
+  "maple_peft_version": "0.1.0",
+  "versions": {"torch": "...", "transformers": "...", "peft": "...", "accelerate": "..."},
+  "base_model": "openai/clip-vit-base-patch16",
+  "dataset": "eurosat",
+  "setting": "base2novel",
+  "seed": 1, "num_shots": 16,
+  "train_config": {}, "peft_config": {},
+  "time_seconds": 123.4,
+  "results": {"base": {"accuracy": 97.1, "macro_f1": 96.9, "per_class_accuracy": {}, "num_images": 4200,
+                       "num_classes": 5}, "novel": {}},
+  "harmonic_mean": 80.2,
+  "zero_shot": {"results": {}, "harmonic_mean": 75.0}
+}
+```
+
+`results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
+per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
+zero-shot CLIP evaluated on the same splits.
+"""
+
+from __future__ import annotations
+
+import collections
+import importlib.metadata
+import math
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SETTINGS",
+    "build_run_metrics",
+    "classification_metrics",
+    "collect_versions",
+    "harmonic_mean",
+    "summarize_runs",
+    "validate_run_metrics",
+]
+
+SETTINGS: tuple[str, ...] = ("base2novel", "all", "cross_dataset", "zero_shot")
+"""The values `metrics["setting"]` may take."""
+
+_RESULT_KEYS = ("accuracy", "macro_f1", "per_class_accuracy", "num_images", "num_classes")
+_VERSION_PACKAGES = ("torch", "transformers", "peft", "accelerate")
+
+
+def _to_numpy(values: Any, name: str) -> np.ndarray:
+    """Converts a list, numpy array or (possibly CUDA) torch tensor to a numpy array."""
+    if hasattr(values, "detach"):  # torch.Tensor, without importing torch
+        values = values.detach().cpu()
+        values = (values.float() if values.is_floating_point() else values).numpy()  # numpy has no bfloat16
+    array = np.asarray(values)
+    if array.dtype == object:
+        raise ValueError(
+            f"{name} must be a sequence of integers, got {type(values).__name__} with ragged or mixed items"
+        )
+    return array
+
+
+def _as_class_indices(array: np.ndarray, name: str, num_classes: int) -> np.ndarray:
+    """Checks that `array` holds integer class indices in `[0, num_classes)` and returns it as int64."""
+    if not np.issubdtype(array.dtype, np.integer):
+        if not (np.issubdtype(array.dtype, np.floating) and np.all(np.mod(array, 1) == 0)):
+            raise ValueError(f"{name} must hold integer class indices, got dtype {array.dtype}.")
+    array = array.astype(np.int64)
+    bad = array[(array < 0) | (array >= num_classes)]
+    if bad.size:
+        raise ValueError(
+            f"{name} contains class index {int(bad[0])}, outside [0, {num_classes}) for {num_classes} class names; "
+            "check that labels and class_names come from the same split."
+        )
+    return array
+
+
+def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[str]) -> dict[str, Any]:
+    """Computes the accuracy, macro-F1 and per-class accuracy of a classifier's predictions.
+
+    Classes without any test image are left out of the macro-F1 and of `per_class_accuracy` (their recall is
+    undefined), so a split that evaluates only some classes gives no division by zero. Predictions of such a class
+    still count as false positives of the predicted class and as errors of the true one.
+
+    Args:
+        predictions: Predicted class indices, shape `(N,)`, as a list, numpy array or torch tensor. Logits of shape
+            `(N, num_classes)` are also accepted and reduced with `argmax`.
+        labels: True class indices, shape `(N,)`, in `[0, len(class_names))`.
+        class_names: The name of each class index; keys of `per_class_accuracy`. Must be unique.
+
+    Returns:
+        A dict with `accuracy` (%), `macro_f1` (%), `per_class_accuracy` (% keyed by class name, classes with test
+        images only, in class-index order), `num_images` and `num_classes` (`len(class_names)`).
+
+    Example:
+        ```python
+        >>> m = classification_metrics([0, 1, 1], [0, 1, 0], ["cat", "dog"])
+        >>> round(m["accuracy"], 2), m["per_class_accuracy"]
+        (66.67, {'cat': 50.0, 'dog': 100.0})
+        ```
+    """
+    class_names = list(class_names)
+    num_classes = len(class_names)
+    if num_classes == 0:
+        raise ValueError("class_names is empty; pass the name of every class index the classifier can predict.")
+    if len(set(class_names)) != num_classes:
+        duplicates = sorted(name for name, count in collections.Counter(class_names).items() if count > 1)
+        raise ValueError(f"class_names must be unique, but {duplicates} appear more than once.")
+
+    preds = _to_numpy(predictions, "predictions")
+    targets = _to_numpy(labels, "labels")
+    if preds.ndim == 2:
+        if preds.shape[1] != num_classes:
+            raise ValueError(
+                f"predictions look like logits of shape {tuple(preds.shape)} but there are {num_classes} class names; "
+                "pass logits of shape (N, len(class_names)) or predicted class indices of shape (N,)."
+            )
+        preds = preds.argmax(axis=1)
+    preds = preds.reshape(-1) if preds.ndim == 0 else preds
+    targets = targets.reshape(-1) if targets.ndim == 0 else targets
+    if preds.ndim != 1 or targets.ndim != 1:
+        raise ValueError(
+            f"predictions and labels must be 1-D, got shapes {tuple(preds.shape)} and {tuple(targets.shape)}."
+        )
+    if preds.shape[0] != targets.shape[0]:
+        raise ValueError(
+            f"Got {preds.shape[0]} predictions but {targets.shape[0]} labels; pass one prediction per labelled image "
+            "(with accelerate, gather both with `gather_for_metrics`)."
+        )
+    if preds.shape[0] == 0:
+        raise ValueError("predictions and labels are empty; evaluate at least one image.")
+    preds = _as_class_indices(preds, "predictions", num_classes)
+    targets = _as_class_indices(targets, "labels", num_classes)
+
+    true_positives = np.bincount(targets[preds == targets], minlength=num_classes).astype(np.float64)
+    support = np.bincount(targets, minlength=num_classes).astype(np.float64)  # test images per true class
+    predicted = np.bincount(preds, minlength=num_classes).astype(np.float64)  # images predicted as each class
+    present = support > 0
+
+    recall = np.divide(true_positives, support, out=np.zeros(num_classes), where=support > 0)
+    precision = np.divide(true_positives, predicted, out=np.zeros(num_classes), where=predicted > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(num_classes), where=denominator > 0)
+
+    return {
+        "accuracy": float(true_positives.sum() / targets.shape[0] * 100.0),
+        "macro_f1": float(f1[present].mean() * 100.0),
+        "per_class_accuracy": {class_names[i]: float(recall[i] * 100.0) for i in np.flatnonzero(present)},
+        "num_images": int(targets.shape[0]),
+        "num_classes": num_classes,
+    }
+
+
+def harmonic_mean(base: float, novel: float) -> float:
+    """The harmonic mean `2BN / (B + N)` of base and novel accuracy, the headline number of base-to-novel tables.
+
+    Args:
+        base: Accuracy on the base classes (%), >= 0.
+        novel: Accuracy on the novel classes (%), >= 0.
+
+    Returns:
+        The harmonic mean, or 0.0 when both accuracies are 0.
+    """
+    for name, value in (("base", base), ("novel", novel)):
+        if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value) or value < 0:
+            raise ValueError(f"{name}={value!r} is not an accuracy; pass a non-negative number (a percentage).")
+    if base + novel == 0:
+        return 0.0
+    return float(2.0 * base * novel / (base + novel))
+
+
+def collect_versions() -> dict[str, str | None]:
+    """The installed versions of torch, transformers, peft and accelerate (`None` for a missing package)."""
+    versions: dict[str, str | None] = {}
+    for package in _VERSION_PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = None
+    return versions
+
+
+def _maybe_harmonic_mean(results: Mapping[str, Mapping[str, Any]]) -> float | None:
+    if "base" in results and "novel" in results:
+        return harmonic_mean(results["base"]["accuracy"], results["novel"]["accuracy"])
+    return None
+
+
+def build_run_metrics(
+    *,
+    base_model: str,
+    dataset: str,
+    setting: str,
+    seed: int,
+    num_shots: int | None,
+    results: Mapping[str, Mapping[str, Any]],
+    train_config: Mapping[str, Any] | None = None,
+    peft_config: Mapping[str, Any] | None = None,
+    time_seconds: float | None = None,
+    zero_shot_results: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Assembles (and validates) the `metrics.json` dict of one run.
+
+    The package versions are filled in, and `harmonic_mean` is computed whenever `results` (or
+    `zero_shot_results`) hold both a `"base"` and a `"novel"` entry.
+
+    Args:
+        base_model: Hub id or path of the CLIP checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
+        dataset: The (source) dataset name, e.g. `"eurosat"`.
+        setting: One of `SETTINGS`.
+        seed: The run's random seed.
+        num_shots: Training images per class (`None` for zero-shot runs).
+        results: `{split_or_target: classification_metrics(...)}`.
+        train_config: The training hyper-parameters (JSON-serializable).
+        peft_config: The adapter configuration, e.g. `MaPLeConfig.to_dict()` (JSON-serializable).
+        time_seconds: Wall-clock time of the run.
+        zero_shot_results: Zero-shot CLIP results on the same splits, if evaluated.
+
+    Returns:
+        The `metrics.json` dict.
+    """
+    from maple_peft import __version__
+
+    metrics: dict[str, Any] = {
+        "maple_peft_version": __version__,
+        "versions": collect_versions(),
+        "base_model": base_model,
+        "dataset": dataset,
+        "setting": setting,
+        "seed": seed,
+        "num_shots": num_shots,
+        "train_config": dict(train_config or {}),
+        "peft_config": dict(peft_config or {}),
+        "time_seconds": time_seconds,
+        "results": {name: dict(result) for name, result in results.items()},
+    }
+    hm = _maybe_harmonic_mean(results)
+    if hm is not None:
+        metrics["harmonic_mean"] = hm
+    if zero_shot_results is not None:
+        zero_shot: dict[str, Any] = {"results": {name: dict(result) for name, result in zero_shot_results.items()}}
+        zs_hm = _maybe_harmonic_mean(zero_shot_results)
+        if zs_hm is not None:
+            zero_shot["harmonic_mean"] = zs_hm
+        metrics["zero_shot"] = zero_shot
+    validate_run_metrics(metrics)
+    return metrics
+
+
+def _validate_results(results: Any, where: str) -> None:
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"{where} must be a non-empty dict of split name -> metrics, got {results!r}.")
+    for split, result in results.items():
+        if not isinstance(result, Mapping):
+            raise ValueError(f"{where}[{split!r}] must be a dict of metrics, got {type(result).__name__}.")
+        missing = [key for key in _RESULT_KEYS if key not in result]
+        if missing:
+            raise ValueError(
+                f"{where}[{split!r}] lacks {missing}; build each result with maple_peft.metrics.classification_metrics."
+            )
+        for key in ("accuracy", "macro_f1"):
+            value = result[key]
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value <= 100:
+                raise ValueError(f"{where}[{split!r}][{key!r}]={value!r} is not a percentage in [0, 100].")
+
+
+def validate_run_metrics(metrics: Mapping[str, Any]) -> None:
+    """Checks that a dict follows the `metrics.json` schema (see the module docstring).
+
+    Args:
+        metrics: A loaded `metrics.json`.
+
+    Raises:
+        ValueError: naming the first missing or malformed field.
+    """
+    if not isinstance(metrics, Mapping):
+        raise ValueError(f"metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
+    required = ("base_model", "dataset", "setting", "seed", "results")
+    missing = [key for key in required if key not in metrics]
+    if missing:
+        raise ValueError(f"metrics lacks the required field(s) {missing}; build it with build_run_metrics().")
+    if metrics["setting"] not in SETTINGS:
+        raise ValueError(f"metrics['setting']={metrics['setting']!r} is not one of {list(SETTINGS)}.")
+    _validate_results(metrics["results"], "metrics['results']")
+    expected = _maybe_harmonic_mean(metrics["results"])
+    if expected is not None and "harmonic_mean" not in metrics:
+        raise ValueError(
+            f"metrics has base and novel results but no 'harmonic_mean'; add harmonic_mean={expected!r} "
+            "(build_run_metrics computes it)."
+        )
+    if "harmonic_mean" in metrics:
+        if expected is None:
+            raise ValueError("metrics has 'harmonic_mean' but its results lack a 'base' or a 'novel' split.")
+        if not math.isclose(metrics["harmonic_mean"], expected, rel_tol=1e-6, abs_tol=1e-6):
+            raise ValueError(
+                f"metrics['harmonic_mean']={metrics['harmonic_mean']!r} but 2BN/(B+N) of the results is {expected!r}."
+            )
+    if "zero_shot" in metrics:
+        zero_shot = metrics["zero_shot"]
+        if not isinstance(zero_shot, Mapping) or "results" not in zero_shot:
+            raise ValueError("metrics['zero_shot'] must be a dict with a 'results' entry.")
+        _validate_results(zero_shot["results"], "metrics['zero_shot']['results']")
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return float(array.mean()), float(array.std())  # population std (ddof=0), as the original parse_test_res.py
+
+
+def _summarize_results(all_results: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
+    """Mean and std over runs of each split's accuracy and macro-F1, plus the HM of the averaged base and novel."""
+    splits: list[str] = []
+    for results in all_results:
+        splits.extend(split for split in results if split not in splits)
+    summary: dict[str, Any] = {"results": {}}
+    for split in splits:
+        present = [results[split] for results in all_results if split in results]
+        accuracy_mean, accuracy_std = _mean_std([r["accuracy"] for r in present])
+        entry = {"accuracy_mean": accuracy_mean, "accuracy_std": accuracy_std, "num_runs": len(present)}
+        f1_values = [r["macro_f1"] for r in present if r.get("macro_f1") is not None]
+        if len(f1_values) == len(present):
+            entry["macro_f1_mean"], entry["macro_f1_std"] = _mean_std(f1_values)
+        summary["results"][split] = entry
+    if "base" in summary["results"] and "novel" in summary["results"]:
+        # The paper's convention: the HM of the seed-averaged base and novel accuracy, not the mean of per-seed HMs.
+        summary["harmonic_mean"] = harmonic_mean(
+            summary["results"]["base"]["accuracy_mean"], summary["results"]["novel"]["accuracy_mean"]
+        )
+    return summary
+
+
+def _validate_results_for_summary(results: Any, where: str) -> None:
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"{where} must be a non-empty dict of split name -> metrics, got {results!r}.")
+    for split, result in results.items():
+        if not isinstance(result, Mapping) or "accuracy" not in result:
+            raise ValueError(f"{where}[{split!r}] has no 'accuracy'; pass loaded metrics.json dicts.")
+
+
+def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Aggregates the `metrics.json` of several seeds of one experiment, the way the MaPLe paper reports them.
+
+    Each split's (or target dataset's) accuracy and macro-F1 are averaged over the runs, with their standard deviation
+    (population std, as the original code's `parse_test_res.py`). When both `"base"` and `"novel"` are present the
+    harmonic mean is computed from the averaged base and novel accuracies, not averaged over per-seed HMs.
+
+    Args:
+        runs: Loaded `metrics.json` dicts that share `dataset` and `setting`, one per seed.
+
+    Returns:
+        `{"dataset", "setting", "base_model", "num_runs", "seeds", "results": {split: {"accuracy_mean",
+        "accuracy_std", "macro_f1_mean", "macro_f1_std", "num_runs"}}}`, plus `"harmonic_mean"` when base and novel
+        are present and `"zero_shot"` (same layout) when every run has zero-shot results.
+
+    Example:
+        ```python
+        >>> runs = [{"dataset": "eurosat", "setting": "base2novel", "seed": s, "base_model": "m",
+        ...          "results": {"base": {"accuracy": b, "macro_f1": b}, "novel": {"accuracy": n, "macro_f1": n}}}
+        ...         for s, b, n in [(1, 90.0, 60.0), (2, 94.0, 80.0)]]
+        >>> summary = summarize_runs(runs)
+        >>> summary["results"]["base"]["accuracy_mean"], round(summary["harmonic_mean"], 2)
+        (92.0, 79.51)
+        ```
+    """
+    runs = list(runs)
+    if not runs:
+        raise ValueError("runs is empty; pass at least one loaded metrics.json.")
+    for index, run in enumerate(runs):
+        for key in ("dataset", "setting", "results"):
+            if key not in run:
+                raise ValueError(f"runs[{index}] lacks {key!r}; pass loaded metrics.json dicts.")
+        _validate_results_for_summary(run["results"], f"runs[{index}]['results']")
+    groups = {(run["dataset"], run["setting"]) for run in runs}
+    if len(groups) > 1:
+        raise ValueError(
+            f"runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
+            "(examples/aggregate.py groups them for you)."
+        )
+    seeds = [run.get("seed") for run in runs]
+    duplicated = sorted({seed for seed in seeds if seed is not None and seeds.count(seed) > 1})
+    if duplicated:
+        raise ValueError(
+            f"seed(s) {duplicated} appear in more than one run of {runs[0]['dataset']}/{runs[0]['setting']}; "
+            "each seed must be counted once: remove the duplicate run directory."
+        )
+    base_models = sorted({str(run.get("base_model")) for run in runs})
+    if len(base_models) > 1:
+        raise ValueError(f"runs mix base models {base_models}; summarize each base model separately.")
+
+    summary: dict[str, Any] = {
+        "dataset": runs[0]["dataset"],
+        "setting": runs[0]["setting"],
+        "base_model": runs[0].get("base_model"),
+        "num_runs": len(runs),
+        "seeds": seeds,
+    }
+    summary.update(_summarize_results([run["results"] for run in runs]))
+    if all(isinstance(run.get("zero_shot"), Mapping) and run["zero_shot"].get("results") for run in runs):
+        summary["zero_shot"] = _summarize_results([run["zero_shot"]["results"] for run in runs])
+    return summary

@@ -1,0 +1,248 @@
+"""PNG plots of a training run: loss and learning-rate curves, per-class accuracy, base/novel/HM bars.
+
+Matplotlib is an optional dependency (`pip install maple-peft[plots]`). The figures are drawn on matplotlib's Agg
+canvas directly, without `pyplot`, so plotting neither needs a display nor changes the backend of the caller's session.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .metrics import harmonic_mean
+
+__all__ = ["plot_base_novel_hm", "plot_per_class_accuracy", "plot_training_curves"]
+
+_MAPLE_COLOR = "#1f77b4"
+_ZERO_SHOT_COLOR = "#b0b0b0"
+
+
+def _new_figure(width: float, height: float, constrained: bool = True) -> Any:
+    """A matplotlib Figure on an Agg canvas; raises a helpful ImportError when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as error:
+        raise ImportError(
+            "maple_peft.plots needs matplotlib, which is not installed; install it with `pip install maple-peft[plots]`."
+        ) from error
+    figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Any, path: str | Path, dpi: int) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"path={str(path)!r} must end in .png; the plots are written as PNG images.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=dpi, format="png")
+    return path
+
+
+def _moving_average(values: Sequence[float], window: int) -> list[float]:
+    averaged, total = [], 0.0
+    for index, value in enumerate(values):
+        total += value
+        if index >= window:
+            total -= values[index - window]
+        averaged.append(total / min(index + 1, window))
+    return averaged
+
+
+def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, dpi: int = 120) -> Path:
+    """Plots the training loss and the learning rate against the optimizer step.
+
+    Args:
+        history: One dict per logged step with keys `step`, `epoch`, `loss` and `lr` (entries without a `loss` or an
+            `lr` are skipped in that panel). Epoch boundaries are marked with dotted lines.
+        path: The PNG file to write (parent directories are created).
+        dpi: Resolution of the PNG.
+
+    Returns:
+        The path of the written PNG.
+
+    Example:
+        ```python
+        >>> history = [{"step": s, "epoch": s // 10, "loss": 1 / (s + 1), "lr": 0.0035} for s in range(50)]
+        >>> plot_training_curves(history, "outputs/run/training_curves.png")
+        PosixPath('outputs/run/training_curves.png')
+        ```
+    """
+    history = list(history)
+    if not history:
+        raise ValueError("history is empty; log at least one step (a dict with step, epoch, loss and lr).")
+    for index, entry in enumerate(history):
+        if not isinstance(entry, Mapping) or "step" not in entry:
+            raise ValueError(f"history[{index}]={entry!r} has no 'step'; log dicts with step, epoch, loss and lr.")
+    losses = [(entry["step"], float(entry["loss"])) for entry in history if entry.get("loss") is not None]
+    lrs = [(entry["step"], float(entry["lr"])) for entry in history if entry.get("lr") is not None]
+    if not losses and not lrs:
+        raise ValueError("history has neither 'loss' nor 'lr' values; nothing to plot.")
+
+    figure = _new_figure(8.0, 6.0)
+    loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    if losses:
+        steps, values = zip(*losses, strict=True)
+        window = max(1, len(values) // 20)
+        loss_axes.plot(steps, values, color=_MAPLE_COLOR, alpha=0.35 if window > 1 else 1.0, linewidth=1, label="loss")
+        if window > 1:
+            smooth = _moving_average(values, window)
+            loss_axes.plot(steps, smooth, color=_MAPLE_COLOR, linewidth=2, label=f"moving average ({window} steps)")
+        loss_axes.legend(loc="upper right")
+    else:
+        loss_axes.text(0.5, 0.5, "no loss logged", ha="center", va="center", transform=loss_axes.transAxes)
+    loss_axes.set_ylabel("training loss")
+    loss_axes.set_title("Training curves")
+    loss_axes.grid(alpha=0.3)
+    if lrs:
+        steps, values = zip(*lrs, strict=True)
+        lr_axes.step(steps, values, where="post", color="#d62728", linewidth=1.5)
+        lr_axes.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    lr_axes.set_ylabel("learning rate")
+    lr_axes.set_xlabel("optimizer step")
+    lr_axes.grid(alpha=0.3)
+
+    previous_epoch = history[0].get("epoch")
+    for entry in history[1:]:
+        epoch = entry.get("epoch")
+        if epoch is not None and previous_epoch is not None and int(epoch) != int(previous_epoch):
+            for axes in (loss_axes, lr_axes):
+                axes.axvline(entry["step"], color="black", linestyle=":", linewidth=0.8, alpha=0.5)
+        previous_epoch = epoch
+    return _save(figure, path, dpi)
+
+
+def _label(name: Any, max_chars: int = 40) -> str:
+    """A class name shortened to `max_chars` characters for a tick label."""
+    text = str(name)
+    return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
+
+
+def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path, *, dpi: int = 100) -> Path:
+    """Plots one horizontal bar chart of per-class accuracy per split, stacked in one figure.
+
+    Bars are sorted from the best class (top) to the worst, the split's overall accuracy is drawn as a dashed line,
+    and the figure grows with the number of classes so that ~100 class names stay readable.
+
+    Args:
+        metrics_results: `metrics["results"]` (split -> `classification_metrics(...)`), or the whole `metrics.json`
+            dict.
+        path: The PNG file to write.
+        dpi: Resolution of the PNG.
+
+    Returns:
+        The path of the written PNG.
+    """
+    if isinstance(metrics_results, Mapping) and isinstance(metrics_results.get("results"), Mapping):
+        metrics_results = metrics_results["results"]
+    if not isinstance(metrics_results, Mapping):
+        raise ValueError(f"metrics_results must be a dict of split -> metrics, got {type(metrics_results).__name__}.")
+    splits = {
+        split: result
+        for split, result in metrics_results.items()
+        if isinstance(result, Mapping) and result.get("per_class_accuracy")
+    }
+    if not splits:
+        raise ValueError(
+            "metrics_results has no split with a non-empty 'per_class_accuracy'; pass metrics['results'] built with "
+            "maple_peft.metrics.classification_metrics."
+        )
+    # Placed by hand in inches (no layout engine: with ~100 tick labels it doubles the drawing time).
+    bar_in, title_in, xlabel_in, plot_width_in = 0.2, 0.4, 0.6, 5.5
+    fontsize = 8
+    labels_in = 0.25 + max(len(_label(name)) for r in splits.values() for name in r["per_class_accuracy"]) * 0.062
+    heights_in = [max(len(r["per_class_accuracy"]), 2) * bar_in for r in splits.values()]
+    width, height = labels_in + plot_width_in + 0.4, sum(h + title_in + xlabel_in for h in heights_in) + 0.1
+    figure = _new_figure(width, height, constrained=False)
+    top = height - 0.05
+    for (split, result), axes_in in zip(splits.items(), heights_in, strict=True):
+        top -= title_in + axes_in
+        axes = figure.add_axes((labels_in / width, top / height, plot_width_in / width, axes_in / height))
+        top -= xlabel_in
+        items = sorted(result["per_class_accuracy"].items(), key=lambda item: item[1])
+        names = [_label(name) for name, _ in items]
+        values = [float(value) for _, value in items]
+        positions = range(len(items))
+        axes.barh(positions, values, color=_MAPLE_COLOR, height=0.75)
+        axes.set_yticks(list(positions), labels=names, fontsize=fontsize)
+        axes.set_ylim(-0.6, len(items) - 0.4)
+        axes.set_xlim(0, 100)
+        if result.get("accuracy") is not None:
+            axes.axvline(float(result["accuracy"]), color="black", linestyle="--", linewidth=1)
+            title = f"{split}: accuracy {float(result['accuracy']):.1f}% over {len(items)} classes"
+        else:
+            title = f"{split}: {len(items)} classes"
+        axes.set_title(title, fontsize=10)
+        axes.set_xlabel("per-class accuracy (%)")
+        axes.grid(axis="x", alpha=0.3)
+        if len(items) <= 40:
+            for position, value in zip(positions, values, strict=True):
+                inside = value > 88  # no room right of the bar: write the value inside it
+                axes.text(
+                    value - 1 if inside else value + 1,
+                    position,
+                    f"{value:.1f}",
+                    va="center",
+                    ha="right" if inside else "left",
+                    color="white" if inside else "black",
+                    fontsize=7,
+                )
+    return _save(figure, path, dpi)
+
+
+def _bar_groups(results: Mapping[str, Any], stored_hm: Any) -> dict[str, float]:
+    ordered = [split for split in ("base", "novel") if split in results] + [
+        split for split in results if split not in ("base", "novel")
+    ]
+    groups = {split: float(results[split]["accuracy"]) for split in ordered}
+    if "base" in groups and "novel" in groups:
+        hm = stored_hm if stored_hm is not None else harmonic_mean(groups["base"], groups["novel"])
+        groups["HM"] = float(hm)
+    return groups
+
+
+def plot_base_novel_hm(metrics: Mapping[str, Any], path: str | Path, *, dpi: int = 120) -> Path:
+    """Plots grouped accuracy bars (base, novel, HM; or each split / target), MaPLe beside zero-shot CLIP if present.
+
+    Args:
+        metrics: The run's `metrics.json` dict (its `results`, `harmonic_mean` and optional `zero_shot`).
+        path: The PNG file to write.
+        dpi: Resolution of the PNG.
+
+    Returns:
+        The path of the written PNG.
+    """
+    results = metrics.get("results") if isinstance(metrics, Mapping) else None
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError("metrics has no 'results'; pass the run's metrics.json dict.")
+    for split, result in results.items():
+        if not isinstance(result, Mapping) or result.get("accuracy") is None:
+            raise ValueError(f"metrics['results'][{split!r}] has no 'accuracy'; build it with classification_metrics.")
+    groups = _bar_groups(results, metrics.get("harmonic_mean"))
+    series = [("MaPLe", groups, _MAPLE_COLOR)]
+    zero_shot = metrics.get("zero_shot") or {}
+    if zero_shot.get("results"):
+        zs_results = {split: r for split, r in zero_shot["results"].items() if r.get("accuracy") is not None}
+        series.insert(0, ("zero-shot CLIP", _bar_groups(zs_results, zero_shot.get("harmonic_mean")), _ZERO_SHOT_COLOR))
+
+    labels = list(groups)
+    figure = _new_figure(max(5.0, 1.3 * len(labels) + 2.0), 4.5)
+    axes = figure.subplots()
+    width = 0.8 / len(series)
+    for index, (name, values, color) in enumerate(series):
+        offsets = [position - 0.4 + width * (index + 0.5) for position in range(len(labels))]
+        heights = [values.get(label, float("nan")) for label in labels]
+        bars = axes.bar(offsets, heights, width=width * 0.95, label=name, color=color)
+        axes.bar_label(bars, labels=[f"{h:.1f}" if h == h else "" for h in heights], fontsize=8, padding=2)
+    axes.set_xticks(
+        range(len(labels)), labels=[{"base": "Base", "novel": "Novel"}.get(label, label) for label in labels]
+    )
+    axes.set_ylim(0, 105)
+    axes.set_ylabel("accuracy (%)")
+    title = f"{metrics.get('dataset', '')} ({metrics.get('setting', '')})".strip()
+    axes.set_title(title if title != "()" else "Accuracy")
+    figure.legend(loc="outside lower center", ncols=len(series), frameon=False)
+    axes.grid(axis="y", alpha=0.3)
+    return _save(figure, path, dpi)

@@ -1,0 +1,160 @@
+import importlib.resources
+import json
+
+import pytest
+from huggingface_hub import ModelCard
+
+from maple_peft.card import CARD_TAGS, build_model_card, render_model_card, write_model_card
+from maple_peft.metrics import build_run_metrics, classification_metrics
+
+BASE_MODEL = "openai/clip-vit-base-patch16"
+PEFT_CONFIG = {"peft_type": "MAPLE", "n_ctx": 2, "depth": 9, "prompt_init": "a photo of a"}
+TRAIN_CONFIG = {"lr": 0.0035, "epochs": 5, "batch_size": 4, "warmup_epochs": 1, "warmup_lr": 1e-5}
+
+
+def _metrics(setting="base2novel", zero_shot=True, base_model=BASE_MODEL):
+    base = classification_metrics([0, 1, 1, 2, 2, 0], [0, 1, 0, 2, 2, 1], ["AnnualCrop", "Forest", "River"])
+    novel = classification_metrics([0, 1, 1, 0], [0, 1, 0, 1], ["Sea Lake", "Highway"])
+    zs_base = classification_metrics([0, 1, 2, 2, 2, 0], [0, 1, 0, 2, 2, 1], ["AnnualCrop", "Forest", "River"])
+    if setting == "base2novel":
+        results, zs_results = {"base": base, "novel": novel}, {"base": zs_base, "novel": novel}
+    else:
+        results, zs_results = {"imagenet": base, "dtd": novel}, {"imagenet": zs_base, "dtd": novel}
+    return build_run_metrics(
+        base_model=base_model,
+        dataset="eurosat" if setting == "base2novel" else "imagenet",
+        setting=setting,
+        seed=1,
+        num_shots=16,
+        results=results,
+        train_config=TRAIN_CONFIG,
+        peft_config=PEFT_CONFIG,
+        time_seconds=600.0,
+        zero_shot_results=zs_results if zero_shot else None,
+    )
+
+
+def test_card_metadata_parses_back_with_the_hub_fields():
+    metrics = _metrics()
+    text = render_model_card(metrics, PEFT_CONFIG, TRAIN_CONFIG, repo_id="me/maple-eurosat")
+
+    data = ModelCard(text).data
+    assert data.library_name == "peft"
+    assert data.base_model == BASE_MODEL
+    assert data.pipeline_tag == "zero-shot-image-classification"
+    assert set(CARD_TAGS) <= set(data.tags)
+    assert {"maple", "prompt-learning", "clip", "peft", "zero-shot-image-classification"} <= set(data.tags)
+    assert data.datasets == ["eurosat"]
+    assert data.metrics == ["accuracy"]
+    assert data.license == "apache-2.0"
+    assert data.model_name == "maple-eurosat"
+    accuracies = {
+        (r.dataset_type, r.dataset_split): r.metric_value for r in data.eval_results if r.metric_type == "accuracy"
+    }
+    assert accuracies == {
+        ("eurosat", "base"): round(metrics["results"]["base"]["accuracy"], 2),
+        ("eurosat", "novel"): round(metrics["results"]["novel"]["accuracy"], 2),
+    }
+    (hm,) = [r for r in data.eval_results if r.metric_type == "harmonic_mean"]
+    assert hm.metric_value == round(metrics["harmonic_mean"], 2)
+    assert {r.task_type for r in data.eval_results} == {"zero-shot-image-classification"}
+
+
+def test_card_shows_how_to_load_the_adapter_with_maple_imported_first():
+    text = render_model_card(_metrics(), PEFT_CONFIG, TRAIN_CONFIG, repo_id="me/maple-eurosat")
+
+    assert "import maple_peft" in text
+    assert text.index("import maple_peft") < text.index("PeftModel.from_pretrained")
+    assert f'CLIPModel.from_pretrained("{BASE_MODEL}")' in text
+    assert 'PeftModel.from_pretrained(base, "me/maple-eurosat")' in text
+    assert "maple_peft.PromptClassifier(model, tokenizer, class_names)" in text
+    assert 'class_names = ["AnnualCrop", "Forest", "River", "Sea Lake", "Highway"]' in text
+
+
+def test_card_shows_recipe_results_with_zero_shot_versions_and_citation():
+    metrics = _metrics()
+    text = render_model_card(metrics, PEFT_CONFIG, TRAIN_CONFIG, repo_id="me/maple-eurosat")
+
+    for row in (
+        "| Context tokens (n_ctx) | 2 |",
+        "| Prompt depth | 9 |",
+        "| Prompt initialization | `a photo of a` |",
+        "| Learning rate | 0.0035 |",
+        "| Epochs | 5 |",
+        "| Batch size | 4 |",
+        "| Shots per class | 16 |",
+        "| Seed | 1 |",
+    ):
+        assert row in text
+    assert "Zero-shot CLIP accuracy (%)" in text
+    zs = metrics["zero_shot"]["results"]["base"]
+    assert f"| Base | 66.67 | 66.67 | {zs['accuracy']:.2f} | {zs['macro_f1']:.2f} | 6 | 3 |" in text
+    assert "| Novel | 50.00 | 50.00 | 50.00 | 50.00 | 4 | 2 |" in text
+    assert (
+        f"| **Harmonic mean (base, novel)** | **{metrics['harmonic_mean']:.2f}** | | "
+        f"{metrics['zero_shot']['harmonic_mean']:.2f} |"
+    ) in text
+    assert "| Sea Lake | 50.00 |" in text  # per-class accuracy
+    assert f"- torch: {metrics['versions']['torch']}" in text
+    assert "@inproceedings{khattak2023maple," in text
+    assert "pages={19113--19122}," in text
+
+
+def test_card_without_zero_shot_has_no_zero_shot_column():
+    text = render_model_card(_metrics(zero_shot=False))
+
+    assert "Zero-shot CLIP" not in text
+    assert "| Split | Accuracy (%) | Macro-F1 (%) | Images | Classes |" in text
+    assert '"path/to/this/adapter"' in text  # no repo id: a placeholder
+    assert "| Prompt depth | 9 |" in text  # the configs default to the ones in metrics.json
+
+
+def test_cross_dataset_card_lists_every_target_dataset():
+    card = build_model_card(_metrics(setting="cross_dataset"))
+
+    assert card.data.datasets == ["imagenet", "dtd"]
+    assert {(r.dataset_type, r.dataset_split) for r in card.data.eval_results} == {
+        ("imagenet", "test"),
+        ("dtd", "test"),
+    }
+    assert "| Target dataset |" in card.text
+    assert "Harmonic mean" not in card.text
+
+
+def test_local_base_model_is_kept_out_of_the_hub_metadata(tmp_path):
+    text = render_model_card(_metrics(base_model=str(tmp_path)))
+
+    assert ModelCard(text).data.base_model is None
+    assert f'CLIPModel.from_pretrained("{tmp_path}")' in text
+
+
+def test_write_model_card_renders_the_run_directory_with_its_plots(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    (tmp_path / "per_class_accuracy.png").write_bytes(b"")
+
+    path = write_model_card(tmp_path, repo_id="me/maple-eurosat")
+
+    assert path == tmp_path / "README.md"
+    text = path.read_text()
+    assert ModelCard(text).data.library_name == "peft"
+    assert "![per_class_accuracy.png](per_class_accuracy.png)" in text
+
+
+def test_template_ships_in_the_package():
+    template = importlib.resources.files("maple_peft.model_cards") / "adapter_card.md"
+    assert "{{ card_data }}" in template.read_text(encoding="utf-8")
+
+
+def test_card_rejects_metrics_without_results(tmp_path):
+    with pytest.raises(ValueError, match=r"lacks \['results'\]"):
+        render_model_card({"base_model": BASE_MODEL, "dataset": "eurosat", "setting": "all"})
+    with pytest.raises(FileNotFoundError, match="metrics.json"):
+        write_model_card(tmp_path)
+
+
+def test_card_describes_a_non_default_variant():
+    text = render_model_card(_metrics(zero_shot=False), {**PEFT_CONFIG, "variant": "ivlp"})
+
+    assert "| Variant | ivlp |" in text
+    assert "IVLP baseline" in text
+    assert "coupling functions that project" not in text
