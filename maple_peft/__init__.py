@@ -46,6 +46,31 @@ def _register() -> None:
 
 _register()
 
+
+def _patch_peft_model_card() -> None:
+    """Make the card of every saved MaPLe adapter say to `import maple_peft` first (idempotent)."""
+    import os
+
+    from peft import PeftModel
+
+    original = PeftModel.create_or_update_model_card
+    if getattr(original, "_maple_peft", False):
+        return
+
+    def create_or_update_model_card(self, output_dir: str) -> None:
+        original(self, output_dir)
+        if any(getattr(c, "peft_type", None) == PeftType.MAPLE for c in self.peft_config.values()):
+            from .card import add_loading_section
+
+            base = getattr(self.get_base_model(), "name_or_path", None)
+            add_loading_section(os.path.join(output_dir, "README.md"), base_model=base if base else None)
+
+    create_or_update_model_card._maple_peft = True
+    PeftModel.create_or_update_model_card = create_or_update_model_card
+
+
+_patch_peft_model_card()
+
 from .classifier import PromptClassifier  # noqa: E402
 from .convert import from_official_checkpoint  # noqa: E402
 from .prompts import clean_class_name, format_prompts, tokenize_prompts  # noqa: E402

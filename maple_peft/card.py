@@ -401,3 +401,35 @@ def write_model_card(
     path = output_dir / filename
     path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
     return path
+
+
+def add_loading_section(readme: str | Path, base_model: str | None) -> None:
+    """Add a "How to load" section (with `import maple_peft`) to a card PEFT wrote, unless it has one already.
+
+    `import maple_peft` patches `PeftModel.create_or_update_model_card` to call this, so that even the generic card
+    of a plain `model.save_pretrained(...)` tells readers to import the package before loading.
+    """
+    path = Path(readme)
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8")
+    if "import maple_peft" in text:
+        return
+    base = base_model or "openai/clip-vit-base-patch16"
+    section = (
+        "\n## How to load\n\n"
+        "This is a MaPLe (multi-modal prompt learning) adapter for CLIP. Import `maple_peft` before loading it: the "
+        "import registers the method with PEFT.\n\n"
+        "```python\n"
+        "import maple_peft  # registers MaPLe with PEFT: import it before loading\n"
+        "from peft import PeftModel\n"
+        "from transformers import CLIPModel, CLIPTokenizer\n\n"
+        f'base = CLIPModel.from_pretrained("{base}")\n'
+        'model = PeftModel.from_pretrained(base, "path/or/hub-id/of/this/adapter").eval()\n'
+        f'clf = maple_peft.PromptClassifier(model, CLIPTokenizer.from_pretrained("{base}"), ["cat", "dog"])\n'
+        "logits = clf(pixel_values)\n"
+        "```\n"
+    )
+    match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
+    cut = match.end() if match else 0
+    path.write_text(text[:cut] + section + text[cut:], encoding="utf-8")

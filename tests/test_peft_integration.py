@@ -68,7 +68,8 @@ def test_saved_folder_holds_only_adapter_tensors_and_the_full_config(adapted_on_
         assert field in saved
     assert saved["peft_type"] == "MAPLE" and saved["maple_peft_version"] == maple_peft.__version__
     assert saved["task_type"] is None
-    assert (path / "README.md").exists()
+    card = (path / "README.md").read_text()
+    assert "import maple_peft" in card and "library_name: peft" in card
 
 
 def test_load_in_a_fresh_process_gives_bitwise_equal_logits(adapted_on_disk, saved_base, pixel_values, tmp_path):
