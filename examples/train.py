@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
     setup_logging(accelerator, output_dir)
     set_seed(args.seed)
     started = time.time()
+    logger.info(
+        f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
+    )
 
     # ---- data: few-shot training images (drawn before the base filter), test splits -------------------------------
     data = load_experiment_data(

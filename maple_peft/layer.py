@@ -170,7 +170,9 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
         if init is not None:
             self.maple_vision_ctx[adapter_name] = nn.Parameter(init.detach().clone().to(device=device, dtype=dtype))
         if coupling is not None:
-            self.maple_coupling[adapter_name] = coupling.to(device=device, dtype=dtype)
+            if coupling.weight.device.type != "meta":  # meta when loading with low_cpu_mem_usage=True
+                coupling = coupling.to(device=device, dtype=dtype)
+            self.maple_coupling[adapter_name] = coupling
         self.maple_n_ctx[adapter_name] = n_ctx
         self.set_adapter(self.active_adapters)
 

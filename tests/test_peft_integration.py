@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 from conftest import TOKENIZER_DIR, tiny_clip
-from peft import get_peft_model
+from peft import PeftModel, get_peft_model
 from peft.utils import PeftType
 from safetensors.torch import load_file
 from test_model import CLASSES, make_adapted, padded77
@@ -247,4 +247,14 @@ def test_deepcopy_keeps_the_links_inside_the_copy(tokenizer, pixel_values):
         assert torch.equal(
             PromptClassifier(model, tokenizer, CLASSES)(pixel_values),
             PromptClassifier(model, tokenizer, CLASSES)(pixel_values),
+        )
+
+
+def test_low_cpu_mem_usage_loading(adapted_on_disk, saved_base, tokenizer, pixel_values):
+    _, path, logits = adapted_on_disk
+    model = PeftModel.from_pretrained(CLIPModel.from_pretrained(saved_base).eval(), path, low_cpu_mem_usage=True)
+    assert not any(p.device.type == "meta" for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(
+            PromptClassifier(model, tokenizer, CLASSES)(pixel_values), logits, atol=1e-5, rtol=0
         )

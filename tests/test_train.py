@@ -57,7 +57,7 @@ def smoke_args(assets, output_dir, *extra):
 @pytest.fixture(scope="session")
 def smoke_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    run_script("train.py", *smoke_args(assets, out))
+    run_script("train.py", *smoke_args(assets, out, "--report_to", "tensorboard"))
     return out
 
 
@@ -83,6 +83,24 @@ def test_smoke_run_writes_adapter_card_metrics_plots_and_log(smoke_run):
     card = (smoke_run / "README.md").read_text()
     assert "import maple_peft" in card and "library_name: peft" in card
     assert "epoch 3/3" in (smoke_run / "training_log.txt").read_text()
+    assert list(smoke_run.rglob("events.out.tfevents.*"))  # --report_to tensorboard
+
+
+def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "examples" / "train.py"),
+         *map(str, smoke_args(assets, out, "--no_plots"))],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 process(es)" in (out / "training_log.txt").read_text()
+    ddp = json.loads((out / "metrics.json").read_text())
+    single = json.loads((smoke_run / "metrics.json").read_text())
+    for split in ("base", "novel"):
+        assert ddp["results"][split]["num_images"] == single["results"][split]["num_images"] == 15
+        assert ddp["zero_shot"]["results"][split] == single["zero_shot"]["results"][split]
 
 
 def test_trained_adapter_beats_chance_and_loads_with_peft(smoke_run, assets):
