@@ -23,10 +23,11 @@ from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 import maple_peft
 from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn
 from maple_peft.training import (
+    add_data_arguments,
     atomic_write_json,
     check_adapter_matches_model,
     evaluate_classifier,
-    load_experiment_data,
+    load_experiment_data_from_args,
 )
 
 logger = logging.getLogger("maple_peft.evaluate")
@@ -37,14 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
     p.add_argument("--model_name_or_path", default=None, help="defaults to the adapter's base model")
     p.add_argument("--tokenizer_name_or_path", default=None)
-    p.add_argument("--dataset", default=None, help="a CoOp benchmark name, with --data_root")
-    p.add_argument("--data_root", default=None)
-    p.add_argument("--dataset_name", default=None, help="a 🤗 dataset id or 'imagefolder' with --data_dir")
-    p.add_argument("--data_dir", default=None)
-    p.add_argument("--image_column", default="image")
-    p.add_argument("--label_column", default="label")
-    p.add_argument("--test_split", default="test")
-    p.add_argument("--class_name_map", default=None)
+    add_data_arguments(p)
     p.add_argument("--subset", default="all", choices=["all", "base", "novel"])
     p.add_argument("--template", default=None, help="prompt template with {} (zero-shot default: the dataset's)")
     p.add_argument("--eval_batch_size", type=int, default=100)
@@ -63,17 +57,8 @@ def main(argv: list[str] | None = None) -> dict:
         base_path = base_path or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
     if not base_path:
         raise ValueError("Pass --model_name_or_path (the adapter does not name its base model).")
-    data = load_experiment_data(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        dataset_name=args.dataset_name,
-        data_dir=args.data_dir,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        train_split=args.test_split,
-        test_split=args.test_split,
-        class_name_map=args.class_name_map,
-    )
+    args.train_split = args.test_split  # evaluation reads no training images
+    data = load_experiment_data_from_args(args)
     records = data.test if args.subset == "all" else data.test.class_subset(args.subset)
     class_names = list(records.class_names)
 

@@ -32,10 +32,12 @@ from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_
 from maple_peft.metrics import build_run_metrics
 from maple_peft.schedule import build_scheduler
 from maple_peft.training import (
+    add_data_arguments,
     atomic_write_json,
     check_output_dir,
     evaluate_classifier,
     load_experiment_data,
+    load_experiment_data_from_args,
     load_training_checkpoint,
     resolve_checkpoint,
     save_training_checkpoint,
@@ -57,16 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--n_ctx_vision", type=int, default=None)
     g.add_argument("--depth", type=int, default=9)
     g.add_argument("--prompt_init", default="a photo of a", help="'none' for a random context")
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default=None, help="a CoOp benchmark name (eurosat, imagenet, ...) with --data_root")
-    g.add_argument("--data_root", default=None)
-    g.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
-    g.add_argument("--data_dir", default=None)
-    g.add_argument("--image_column", default="image")
-    g.add_argument("--label_column", default="label")
-    g.add_argument("--train_split", default="train")
-    g.add_argument("--test_split", default="test")
-    g.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
+    add_data_arguments(p)
+    g = p.add_argument_group("protocol")
     g.add_argument("--setting", default="base2novel", choices=SETTINGS)
     g.add_argument("--eval_datasets", nargs="*", default=[], help="cross_dataset: benchmarks to evaluate on")
     g.add_argument("--num_shots", type=int, default=16)
@@ -192,17 +186,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ---- data: few-shot training images (drawn before the base filter), test splits -------------------------------
-    data = load_experiment_data(
-        dataset=args.dataset,
-        data_root=args.data_root,
-        dataset_name=args.dataset_name,
-        data_dir=args.data_dir,
-        image_column=args.image_column,
-        label_column=args.label_column,
-        train_split=args.train_split,
-        test_split=args.test_split,
-        class_name_map=args.class_name_map,
-    )
+    data = load_experiment_data_from_args(args)
     splits = eval_splits(args, data)
     logger.info(f"{data.name}: {len(data.class_names)} classes; evaluating on {list(splits)}")
 
