@@ -46,10 +46,10 @@ class PromptClassifier(nn.Module):
     """Classifies images among class names with a (MaPLe-adapted) CLIP.
 
     Class names become prompts (`"a photo of a {name}."` for the default adapter, see `maple_peft.format_prompts`),
-    tokenized once with right padding trimmed to the longest prompt (exact: CLIP's causal text encoder pools at the
-    end-of-text token). In eval mode the text features are computed once and cached until the adapter changes
+    tokenized once and encoded in groups of prompts of equal length, each trimmed to that length, so that no padding
+    is encoded (exact: CLIP's causal text encoder pools at the end-of-text token). In eval mode the text features are computed once and cached until the adapter changes
     (other active adapter, adapters disabled, parameters updated); in train mode they are recomputed at every call with
-    gradients. Text is encoded in chunks of `text_batch_size` prompts; with `gradient_checkpointing=True` the chunks'
+    gradients. Text is encoded in chunks of at most `text_batch_size` prompts; with `gradient_checkpointing=True` the chunks'
     activations are recomputed in the backward pass, so training memory stays bounded for thousands of classes.
 
     Args:
@@ -113,17 +113,44 @@ class PromptClassifier(nn.Module):
 
     def input_ids(self) -> torch.Tensor:
         """The tokenized prompts, `(n_classes, longest)`, re-tokenized only when the template changes."""
+        return self._tokenize()[0]
+
+    def _tokenize(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Token ids, the encoding plan (groups of equal-length prompts, each trimmed to its length), its inverse."""
         template = self.current_template()
         if self._tokenized is None or self._tokenized[0] != template:
             prompts = format_prompts(None, self.class_names, template=template)
-            self._tokenized = (template, tokenize_prompts(self.tokenizer, prompts, self.class_names))
-        return self._tokenized[1]
+            input_ids = tokenize_prompts(self.tokenizer, prompts, self.class_names)
+            self._tokenized = (template, input_ids, *self._plan(input_ids))
+        return self._tokenized[1:]
+
+    def _plan(self, input_ids: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        # Prompts are grouped by length (up to the end-of-text token) and each group is trimmed to that length, so no
+        # padding token is encoded at all. Exact: the text encoder is causal and pools at the end-of-text token.
+        eos = self.tokenizer.eos_token_id
+        lengths = ((input_ids == eos).int().argmax(dim=-1) + 1).tolist()
+        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+        chunks, start = [], 0
+        while start < len(order):
+            stop = start + 1
+            while (
+                stop < len(order)
+                and lengths[order[stop]] == lengths[order[start]]
+                and stop - start < self.text_batch_size
+            ):
+                stop += 1
+            rows = torch.tensor(order[start:stop])
+            chunks.append((rows, input_ids[rows, : lengths[order[start]]]))
+            start = stop
+        inverse = torch.empty(len(order), dtype=torch.long)
+        inverse[torch.tensor(order)] = torch.arange(len(order))
+        return chunks, inverse
 
     def _fingerprint(self, clip: nn.Module) -> tuple:
         text_side = [clip.text_model, clip.text_projection]
         versions = tuple((id(p), p._version) for part in text_side for p in part.parameters())
         adapters = tuple(m.prompt_adapter() for m in clip.text_model.modules() if isinstance(m, MaPLeLayer))
-        return versions, adapters, self.input_ids().data_ptr()
+        return versions, adapters, self._tokenize()[0].data_ptr()
 
     def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         features = _pooled(self.clip.get_text_features(input_ids=input_ids))
@@ -131,16 +158,15 @@ class PromptClassifier(nn.Module):
 
     def _compute_text_features(self, clip: nn.Module) -> torch.Tensor:
         device = clip.text_projection.weight.device
-        input_ids = self.input_ids().to(device)
-        chunks = []
+        _, chunks, inverse = self._tokenize()
         use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
-        for start in range(0, input_ids.shape[0], self.text_batch_size):
-            chunk = input_ids[start : start + self.text_batch_size]
-            if use_checkpoint:
-                chunks.append(checkpoint(self._encode, chunk, use_reentrant=False))
-            else:
-                chunks.append(self._encode(chunk))
-        return torch.cat(chunks)
+        features = []
+        for _, ids in chunks:
+            ids = ids.to(device)
+            features.append(
+                checkpoint(self._encode, ids, use_reentrant=False) if use_checkpoint else self._encode(ids)
+            )
+        return torch.cat(features)[inverse.to(device)]
 
     def text_features(self) -> torch.Tensor:
         """L2-normalized text features of the classes, `(n_classes, projection_dim)`."""

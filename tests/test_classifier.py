@@ -12,21 +12,24 @@ from transformers import CLIPImageProcessor, pipeline
 from maple_peft import PromptClassifier
 
 
-def count_text_calls(model):
+def count_text_encodings(clf):
+    """Counts how often the classifier encodes its whole list of class prompts."""
     calls = {"n": 0}
+    encode = clf._compute_text_features
 
-    def hook(*args):
+    def counted(clip):
         calls["n"] += 1
+        return encode(clip)
 
-    model.get_base_model().text_model.register_forward_hook(hook)
+    clf._compute_text_features = counted
     return calls
 
 
 def test_eval_mode_encodes_the_class_prompts_once(tokenizer, pixel_values):
     model, _ = make_adapted(depth=3)
     model.eval()
-    calls = count_text_calls(model)
     clf = PromptClassifier(model, tokenizer, CLASSES)
+    calls = count_text_encodings(clf)
     with torch.no_grad():
         first = clf(pixel_values)
         second = clf(pixel_values[:1])
@@ -37,8 +40,8 @@ def test_eval_mode_encodes_the_class_prompts_once(tokenizer, pixel_values):
 def test_cache_is_refreshed_when_the_adapter_changes(tokenizer, pixel_values):
     model, _ = make_adapted(depth=3)
     model.eval()
-    calls = count_text_calls(model)
     clf = PromptClassifier(model, tokenizer, CLASSES)
+    calls = count_text_encodings(clf)
     before = clf(pixel_values).detach()
     # an optimizer step (in-place update) on a text prompt
     ctx = model.get_base_model().text_model.encoder.layers[1].maple_ctx["default"]
@@ -57,8 +60,8 @@ def test_cache_is_refreshed_when_the_adapter_changes(tokenizer, pixel_values):
 def test_train_mode_recomputes_text_features_with_gradients(tokenizer, pixel_values):
     model, _ = make_adapted(depth=3)
     model.train()
-    calls = count_text_calls(model)
     clf = PromptClassifier(model, tokenizer, CLASSES)
+    calls = count_text_encodings(clf)
     clf(pixel_values)
     features = clf.text_features()
     assert calls["n"] == 2 and features.requires_grad
@@ -139,3 +142,21 @@ def test_zero_shot_pipeline_accepts_the_adapted_model(tokenizer):
     got = {r["label"]: r["score"] for r in result}
     for label, prob in zip(labels, probs.tolist()):
         assert got[label] == pytest.approx(prob, abs=1e-5)
+
+
+def test_prompts_are_encoded_in_length_groups_without_padding(tokenizer, pixel_values):
+    model, _ = make_adapted(depth=3)
+    names = ["cat", "golden retriever", "sea anemone", "dog", "Boeing 737-800", "a very long winded class name"]
+    clf = PromptClassifier(model, tokenizer, names, text_batch_size=2)
+    seen = []
+    model.get_base_model().text_model.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True
+    )
+    with torch.no_grad():
+        grouped = clf.text_features()
+        groups = list(seen)
+        one_batch = clf._encode(clf.input_ids())
+    assert len(groups) >= 3 and all(ids.shape[0] <= 2 for ids in groups)
+    # every encoded prompt ends with its end-of-text token: no padding is encoded
+    assert all((ids == tokenizer.eos_token_id).int().argmax(-1).eq(ids.shape[1] - 1).all() for ids in groups)
+    torch.testing.assert_close(grouped, one_batch, atol=1e-6, rtol=0)
