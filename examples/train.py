@@ -80,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--text_batch_size", type=int, default=256, help="class prompts encoded at once")
     g.add_argument("--gradient_checkpointing", action="store_true", help="bounded text memory for many classes")
     g = p.add_argument_group("run")
-    g.add_argument("--output_dir", default=None, help="defaults to outputs/<dataset>/<variant>/seed<seed>")
+    g.add_argument("--output_dir", default=None, help="defaults to outputs/<dataset>/<recipe>/seed<seed>")
     g.add_argument("--overwrite_output_dir", action="store_true")
     g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     g.add_argument("--stop_after_epoch", type=int, default=None, help="end early after this epoch (a planned pause)")
@@ -115,9 +115,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--push_to_hub needs --hub_model_id user/name")
     if args.output_dir is None:
         source = args.dataset or Path(str(args.dataset_name)).name
-        args.output_dir = str(
-            Path("outputs") / source / ("zero_shot" if args.zero_shot else args.variant) / f"seed{args.seed}"
-        )
+        recipe = "zero_shot" if args.zero_shot else (Path(args.config).stem if args.config else args.variant)
+        args.output_dir = str(Path("outputs") / source / recipe / f"seed{args.seed}")
     return args
 
 
