@@ -8,13 +8,13 @@ Measures, on a ViT-B/16-shaped CLIP with random weights (MaPLe n_ctx=2, depth=9)
 * evaluation throughput over a test set (text features included) against plain CLIP image encoding (the lower bound);
 * peak memory of one training step against the class count, each configuration in a fresh subprocess;
 * options: SDPA vs eager attention, bf16 autocast, gradient checkpointing, torch.compile, channels-last (GPU) and
-  the candidate optimizations of `candidates.py`.
+  the shared-prefix text encoding against the text tower's own forward (`PromptClassifier(shared_prefix=False)`).
 
 Results go to `benchmarks/results/<device>-<quick|full>.json`, `<device>-<quick|full>.md`, `latest.md` and a plot;
 see benchmarks/README.md.
 
     python benchmarks/bench.py --quick                 # CPU, reduced settings
-    python benchmarks/bench.py                         # CPU, fuller settings (about 25 min on 2 cores)
+    python benchmarks/bench.py                         # CPU, fuller settings (about 25-30 min on 2 cores)
     python benchmarks/bench.py --device cuda           # GPU: the library in bf16 autocast, the baseline in float32
 """
 
@@ -39,7 +39,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from baseline import OriginalMaPLeBaseline  # noqa: E402
-from candidates import SharedPrefixClassifier  # noqa: E402
 from common import (  # noqa: E402
     PROMPT_INIT,
     PeakMemory,
@@ -84,7 +83,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         memory_lib_classes=[1000],
         memory_baseline_classes=[10, 50],
         memory_eval_classes=[],
-        memory_candidate_classes=[],
+        memory_no_shared_prefix_classes=[],
     ),
     "cpu-full": dict(
         train_classes=[10, 100, 500, 1000],
@@ -94,7 +93,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         baseline_budget_s=100.0,
         eval_classes=[10, 100, 500, 1000],
         baseline_eval_max=1000,
-        eval_reps=3,
+        eval_reps=5,
         eval_images=256,
         eval_batch_size=32,
         baseline_eval_budget_s=40.0,
@@ -104,12 +103,12 @@ PROFILES: dict[str, dict[str, Any]] = {
         options_reps=2,
         options_text_classes=1000,
         options_eval_batch_size=8,
-        compile=True,
+        compile=False,  # no gain on this CPU in two runs (1.12x, 1.16x slower) for 1-4 min of compilation: --compile
         memory_checkpointing_classes=[10, 100, 500, 1000],
-        memory_lib_classes=[100, 1000],
+        memory_lib_classes=[1000],
         memory_baseline_classes=[10, 100, 250],
         memory_eval_classes=[1000, 5000],
-        memory_candidate_classes=[1000],
+        memory_no_shared_prefix_classes=[1000],
     ),
     "cuda-quick": dict(
         train_classes=[10, 100, 500, 1000],
@@ -134,7 +133,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         memory_lib_classes=[1000],
         memory_baseline_classes=[10, 100, 1000],
         memory_eval_classes=[21000],
-        memory_candidate_classes=[],
+        memory_no_shared_prefix_classes=[],
     ),
     "cuda-full": dict(
         train_classes=[10, 100, 500, 1000],
@@ -159,7 +158,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         memory_lib_classes=[10, 100, 500, 1000],
         memory_baseline_classes=[10, 100, 500, 1000],
         memory_eval_classes=[1000, 21000],
-        memory_candidate_classes=[1000],
+        memory_no_shared_prefix_classes=[1000],
     ),
 }
 
@@ -190,8 +189,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.memory_classes is not None:
         s["memory_checkpointing_classes"] = args.memory_classes
         s["memory_lib_classes"] = [c for c in s["memory_lib_classes"] if c in args.memory_classes]
-    if args.no_compile:
-        s["compile"] = False
+    if args.compile is not None:
+        s["compile"] = args.compile
     if args.override:
         unknown = set(args.override) - set(s)
         if unknown:
@@ -518,8 +517,11 @@ def options_section(s, model, plain, tokenizer, names, pixel_values, labels) -> 
                 m.train()
         variants: dict[str, Stepper] = {
             reference: Stepper(maple_peft.PromptClassifier(model, tokenizer, nc, text_batch_size=tbs), model, y, fp32),
-            "candidate shared-prefix fp32 (own SDPA attention)": Stepper(
-                SharedPrefixClassifier(model, tokenizer, nc, text_batch_size=tbs), model, y, fp32
+            f"maple_peft fp32 {attn} shared_prefix=False (text tower's own forward)": Stepper(
+                maple_peft.PromptClassifier(model, tokenizer, nc, text_batch_size=tbs, shared_prefix=False),
+                model,
+                y,
+                fp32,
             ),
         }
         if everything:
@@ -610,20 +612,23 @@ def text_features_options(s, model, tokenizer) -> dict[str, Any]:
     log(f"options: evaluation text features of {many} classes")
     many_names = class_names(many)
     variants = {
-        "maple_peft": maple_peft.PromptClassifier,
-        "candidate shared-prefix": SharedPrefixClassifier,
+        "maple_peft": {},
+        "maple_peft shared_prefix=False": {"shared_prefix": False},
     }
     model.eval()
     out: dict[str, torch.Tensor] = {}
 
-    def text_fn(name, cls):
+    def text_fn(name, kwargs):
         def run():
             with autocast(s):
-                out[name] = cls(model, tokenizer, many_names, text_batch_size=s["text_batch_size"]).text_features()
+                clf = maple_peft.PromptClassifier(
+                    model, tokenizer, many_names, text_batch_size=s["text_batch_size"], **kwargs
+                )
+                out[name] = clf.text_features()
 
         return run
 
-    fns = {name: text_fn(name, cls) for name, cls in variants.items()}
+    fns = {name: text_fn(name, kwargs) for name, kwargs in variants.items()}
     with torch.no_grad():
         times = time_interleaved(fns, s["eval_reps"], s["device"])
     rows = [
@@ -706,18 +711,21 @@ def eval_options(s, model, plain, model_other, plain_other, tokenizer, names, bf
 
 # ---- memory ----------------------------------------------------------------------------------------------------------------
 
-MEMORY_KINDS = {
-    "train-maple_peft": maple_peft.PromptClassifier,
-    "train-maple_peft-checkpointing": maple_peft.PromptClassifier,
-    "train-candidate-shared-prefix": SharedPrefixClassifier,
-    "eval-maple_peft": maple_peft.PromptClassifier,
-}
+MEMORY_KINDS = (
+    "train-baseline",
+    "train-maple_peft",
+    "train-maple_peft-checkpointing",
+    "train-maple_peft-no-shared-prefix",
+    "eval-maple_peft",
+)
 
 
 def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     """One configuration, in this (fresh) process: peak memory of one training step, or of the evaluation text
     features + one image batch, above the memory in use once the model, classifier and inputs exist."""
     device, kind = spec["device"], spec["kind"]
+    if kind not in MEMORY_KINDS:
+        raise ValueError(f"unknown memory configuration {kind!r}; one of {MEMORY_KINDS}")
     model = build_maple(spec["layers"], spec["attn"], device=device)
     tokenizer = load_tokenizer()
     names = class_names(spec["classes"])
@@ -727,12 +735,13 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     if kind == "train-baseline":
         forward = OriginalMaPLeBaseline(model, tokenizer, names, PROMPT_INIT)
     else:
-        forward = MEMORY_KINDS[kind](
+        forward = maple_peft.PromptClassifier(
             model,
             tokenizer,
             names,
             text_batch_size=spec["text_batch_size"],
             gradient_checkpointing=kind == "train-maple_peft-checkpointing",
+            shared_prefix=kind != "train-maple_peft-no-shared-prefix",
         )
         forward.input_ids()
     use_autocast = kind != "train-baseline"
@@ -805,8 +814,8 @@ def memory_section(s) -> dict[str, Any]:
     configs = [("train-maple_peft-checkpointing", c) for c in s["memory_checkpointing_classes"]]
     configs += [("train-maple_peft", c) for c in s["memory_lib_classes"]]
     configs += [("train-baseline", c) for c in s["memory_baseline_classes"]]
-    for c in s["memory_candidate_classes"]:
-        configs += [("train-candidate-shared-prefix", c)]
+    for c in s["memory_no_shared_prefix_classes"]:
+        configs += [("train-maple_peft-no-shared-prefix", c)]
     configs += [("eval-maple_peft", c) for c in s["memory_eval_classes"]]
     rows = []
     for kind, c in configs:
@@ -915,7 +924,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention of the headline runs")
     parser.add_argument("--text-batch-size", type=int, default=256)
     parser.add_argument("--checkpoint-text-batch-size", type=int, default=64)
-    parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="measure torch.compile of both towers in the options (default: on for cuda-full only)",
+    )
     parser.add_argument(
         "--malloc",
         choices=("fixed-mmap-threshold", "default"),

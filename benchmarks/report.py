@@ -134,10 +134,14 @@ def markdown(result: dict[str, Any], tag: str) -> str:
                 f"| {c} | {lib} | {ck} | {base} | {_f(lib_v / base_v if lib_v and base_v else None, '.3f')} | "
                 f"{_f(ck_v / base_v if ck_v and base_v else None, '.3f')} |"
             )
-        candidates = [r for r in rows if r["kind"].startswith("train-candidate")]
-        if candidates:
-            lines += ["", "Candidate optimizations (`candidates.py`, no checkpointing):", ""]
-            for r in candidates:
+        others = [r for r in rows if r["kind"] == "train-maple_peft-no-shared-prefix"]
+        if others:
+            lines += [
+                "",
+                "maple_peft with `shared_prefix=False` (the text tower's own forward), no checkpointing:",
+                "",
+            ]
+            for r in others:
                 base_r = by.get(("train-baseline", r["classes"]))
                 ratio = (
                     f" ({r['increase_mb'] / base_r['increase_mb']:.3f} of the baseline)"
@@ -145,7 +149,7 @@ def markdown(result: dict[str, Any], tag: str) -> str:
                     else ""
                 )
                 value = f"{r['increase_mb']:.0f} MiB{ratio}" if "increase_mb" in r else r.get("error")
-                lines.append(f"- {r['kind'].removeprefix('train-candidate-')} at {r['classes']} classes: {value}")
+                lines.append(f"- {r['classes']} classes: {value}")
         evals = [r for r in rows if r["kind"] == "eval-maple_peft"]
         if evals:
             lines += ["", "Evaluation (text features of all classes + one image batch, no grad):", ""]

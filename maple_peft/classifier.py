@@ -12,6 +12,14 @@ from torch.utils.checkpoint import checkpoint
 from .config import MaPLeConfig
 from .layer import MaPLeLayer
 from .prompts import format_prompts, prompt_template, tokenize_prompts
+from .text_encoding import (
+    PrefixCache,
+    active_text_n_ctx,
+    common_prefix_length,
+    encode_prefix,
+    encode_suffixes,
+    shared_prefix_unsupported,
+)
 
 
 def _pooled(output: Any) -> torch.Tensor:
@@ -47,10 +55,13 @@ class PromptClassifier(nn.Module):
 
     Class names become prompts (`"a photo of a {name}."` for the default adapter, see `maple_peft.format_prompts`),
     tokenized once and encoded in groups of prompts of equal length, each trimmed to that length, so that no padding
-    is encoded (exact: CLIP's causal text encoder pools at the end-of-text token). In eval mode the text features are computed once and cached until the adapter changes
-    (other active adapter, adapters disabled, parameters updated); in train mode they are recomputed at every call with
-    gradients. Text is encoded in chunks of at most `text_batch_size` prompts; with `gradient_checkpointing=True` the chunks'
-    activations are recomputed in the backward pass, so training memory stays bounded for thousands of classes.
+    is encoded (exact: CLIP's causal text encoder pools at the end-of-text token). The token prefix that all prompts
+    share (`<start> ctx_1 .. ctx_n of a`) is encoded once and reused by every class (`shared_prefix`, see
+    `maple_peft.text_encoding`), which about halves the text cost. In eval mode the text features are computed once
+    and cached until the adapter changes (other active adapter, adapters disabled, parameters updated); in train mode
+    they are recomputed at every call with gradients. Text is encoded in chunks of at most `text_batch_size` prompts;
+    with `gradient_checkpointing=True` the chunks' activations are recomputed in the backward pass, so training memory
+    stays bounded for thousands of classes.
 
     Args:
         model (`PeftModel` or `CLIPModel`): the adapted model (or a plain CLIP for zero-shot classification).
@@ -60,6 +71,10 @@ class PromptClassifier(nn.Module):
             zero-shot template for plain CLIP).
         text_batch_size (`int`): number of prompts encoded at once.
         gradient_checkpointing (`bool`): recompute the text activations in the backward pass (training only).
+        shared_prefix (`bool`): encode the prompts' common prefix once. It is used whenever the model allows it (a
+            transformers CLIP text tower without forward hooks, no attention dropout or transformers gradient
+            checkpointing in training; `shared_prefix_reason()` says why not otherwise) and gives the same features
+            up to float rounding. `False` always runs the text tower's own forward.
 
     Example:
 
@@ -78,6 +93,7 @@ class PromptClassifier(nn.Module):
         template: str | None = None,
         text_batch_size: int = 256,
         gradient_checkpointing: bool = False,
+        shared_prefix: bool = True,
     ) -> None:
         super().__init__()
         if text_batch_size < 1:
@@ -87,6 +103,7 @@ class PromptClassifier(nn.Module):
         self.template = template
         self.text_batch_size = text_batch_size
         self.gradient_checkpointing = gradient_checkpointing
+        self.shared_prefix = shared_prefix
         self._cache: tuple[Any, torch.Tensor] | None = None
         self._tokenized: tuple[str, torch.Tensor] | None = None
         self.set_class_names(class_names)
@@ -115,20 +132,27 @@ class PromptClassifier(nn.Module):
         """The tokenized prompts, `(n_classes, longest)`, re-tokenized only when the template changes."""
         return self._tokenize()[0]
 
-    def _tokenize(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        """Token ids, the encoding plan (groups of equal-length prompts, each trimmed to its length), its inverse."""
+    def _tokenize(self) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor, int]:
+        """Token ids, the encoding plan (groups of equal-length prompts, each trimmed to its length), its inverse, and
+        the number of leading tokens all prompts share."""
         template = self.current_template()
         if self._tokenized is None or self._tokenized[0] != template:
             prompts = format_prompts(None, self.class_names, template=template)
             input_ids = tokenize_prompts(self.tokenizer, prompts, self.class_names)
-            self._tokenized = (template, input_ids, *self._plan(input_ids))
+            lengths = ((input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1) + 1).tolist()
+            self._tokenized = (
+                template,
+                input_ids,
+                *self._plan(input_ids, lengths),
+                common_prefix_length(input_ids, lengths),
+            )
         return self._tokenized[1:]
 
-    def _plan(self, input_ids: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    def _plan(
+        self, input_ids: torch.Tensor, lengths: list[int]
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         # Prompts are grouped by length (up to the end-of-text token) and each group is trimmed to that length, so no
         # padding token is encoded at all. Exact: the text encoder is causal and pools at the end-of-text token.
-        eos = self.tokenizer.eos_token_id
-        lengths = ((input_ids == eos).int().argmax(dim=-1) + 1).tolist()
         order = sorted(range(len(lengths)), key=lambda i: lengths[i])
         chunks, start = [], 0
         while start < len(order):
@@ -150,22 +174,36 @@ class PromptClassifier(nn.Module):
         text_side = [clip.text_model, clip.text_projection]
         versions = tuple((id(p), p._version) for part in text_side for p in part.parameters())
         adapters = tuple(m.prompt_adapter() for m in clip.text_model.modules() if isinstance(m, MaPLeLayer))
-        return versions, adapters, self._tokenize()[0].data_ptr()
+        return versions, adapters, self._tokenize()[0].data_ptr(), self.shared_prefix
 
     def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
         features = _pooled(self.clip.get_text_features(input_ids=input_ids))
         return features / features.norm(dim=-1, keepdim=True)
 
+    def shared_prefix_reason(self) -> str | None:
+        """Why the text features are not computed with the shared-prefix encoding now, or None when they are."""
+        if not self.shared_prefix:
+            return "shared_prefix=False"
+        clip = self.clip
+        return shared_prefix_unsupported(clip, self._tokenize()[3], active_text_n_ctx(clip))
+
+    def _encode_suffixes(self, cache: PrefixCache, ids: torch.Tensor) -> torch.Tensor:
+        features = encode_suffixes(self.clip, cache, ids)
+        return features / features.norm(dim=-1, keepdim=True)
+
     def _compute_text_features(self, clip: nn.Module) -> torch.Tensor:
         device = clip.text_projection.weight.device
-        _, chunks, inverse = self._tokenize()
+        input_ids, chunks, inverse, prefix_length = self._tokenize()
         use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
+        if self.shared_prefix_reason() is None:
+            cache = encode_prefix(clip, input_ids[:1, :prefix_length].to(device))
+            encode = lambda ids: self._encode_suffixes(cache, ids[:, prefix_length:])  # noqa: E731
+        else:
+            encode = self._encode
         features = []
         for _, ids in chunks:
             ids = ids.to(device)
-            features.append(
-                checkpoint(self._encode, ids, use_reentrant=False) if use_checkpoint else self._encode(ids)
-            )
+            features.append(checkpoint(encode, ids, use_reentrant=False) if use_checkpoint else encode(ids))
         return torch.cat(features)[inverse.to(device)]
 
     def text_features(self) -> torch.Tensor:

@@ -147,7 +147,7 @@ def test_zero_shot_pipeline_accepts_the_adapted_model(tokenizer):
 def test_prompts_are_encoded_in_length_groups_without_padding(tokenizer, pixel_values):
     model, _ = make_adapted(depth=3)
     names = ["cat", "golden retriever", "sea anemone", "dog", "Boeing 737-800", "a very long winded class name"]
-    clf = PromptClassifier(model, tokenizer, names, text_batch_size=2)
+    clf = PromptClassifier(model, tokenizer, names, text_batch_size=2, shared_prefix=False)
     seen = []
     model.get_base_model().text_model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["input_ids"]), with_kwargs=True

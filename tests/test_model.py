@@ -89,10 +89,14 @@ def test_logits_match_reference_implementation(tokenizer, pixel_values, variant,
     with torch.no_grad():
         expected = reference_logits(untouched, input_ids, pixel_values, text_prompts, vision_prompts)
         plain = model(input_ids=input_ids, pixel_values=pixel_values).logits_per_image
-        ours = PromptClassifier(model, tokenizer, CLASSES)(pixel_values)
+        shared = PromptClassifier(model, tokenizer, CLASSES)
+        assert shared.shared_prefix_reason() is None  # the default encodes the common prefix once
+        ours = shared(pixel_values)
+        own_forward = PromptClassifier(model, tokenizer, CLASSES, shared_prefix=False)(pixel_values)
         base = untouched(input_ids=input_ids, pixel_values=pixel_values).logits_per_image
     torch.testing.assert_close(plain, expected, atol=1e-5, rtol=0)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(own_forward, expected, atol=1e-5, rtol=0)
     assert (plain - base).abs().max() > 1e-3  # the adapter does change the model
 
 
@@ -105,7 +109,9 @@ def test_logits_match_reference_on_wider_text_tower(tokenizer, pixel_values, var
     with torch.no_grad():
         expected = reference_logits(untouched, input_ids, pixel_values, text_prompts, vision_prompts)
         ours = PromptClassifier(model, tokenizer, CLASSES)(pixel_values)
+        own_forward = PromptClassifier(model, tokenizer, CLASSES, shared_prefix=False)(pixel_values)
     torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(own_forward, expected, atol=1e-5, rtol=0)
 
 
 def test_deeper_couplings_start_as_identical_copies_but_are_separate_parameters():
