@@ -72,7 +72,7 @@ def markdown(result: dict[str, Any], tag: str) -> str:
         lines += [
             f"## Evaluation ({ev['test_images']} test images, batch {ev['batch_size']}, text features included)",
             "",
-            "| classes | text features (s) | plain CLIP (img/s) | maple_peft (img/s) | maple_peft / plain | "
+            "| classes | text features (s) | plain CLIP (img/s) | maple_peft (img/s) | maple_peft / plain (paired) | "
             "maple_peft, text amortized (img/s) | baseline (img/s) | speedup vs baseline | max abs Δ logits |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
