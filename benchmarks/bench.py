@@ -1007,7 +1007,8 @@ def main(argv=None) -> None:
     for written in write_report(path, args.out):
         log(f"wrote {written}")
     for t in result["targets"]:
-        log(f"target {'MET' if t['met'] else 'NOT MET'}: {t['target']}: {t['value']}")
+        verdict = "not measured" if t["value"] is None else "MET" if t["met"] else "NOT MET"
+        log(f"target {verdict}: {t['target']}: {t['value']}")
 
 
 if __name__ == "__main__":
