@@ -94,14 +94,17 @@ def shared_prefix_unsupported(clip: nn.Module, prefix_length: int, n_ctx: int) -
             return f"text encoder layer {index} has forward hooks, which only the model's own forward runs"
     if _has_hooks(text_model) or _has_hooks(text_model.encoder) or _has_hooks(text_model.embeddings):
         return "the text model has forward hooks, which only its own forward runs"
-    if text_model.training and torch.is_grad_enabled():
+    if any(hasattr(module, "_hf_hook") for module in text_model.modules()):
+        # accelerate's device placement / offloading (device_map) wraps the modules' own forward
+        return "accelerate hooks (device_map or offloading) are attached to the text model"
+    if text_model.training:
         if getattr(text_model.encoder, "gradient_checkpointing", False):
             return (
                 "transformers' gradient checkpointing is on for the text encoder (use "
                 "PromptClassifier(gradient_checkpointing=True) instead to checkpoint the shared-prefix encoding)"
             )
         if text_model.config.attention_dropout > 0:
-            return f"attention dropout is {text_model.config.attention_dropout} in training"
+            return f"attention dropout is {text_model.config.attention_dropout} in training mode"
     return None
 
 

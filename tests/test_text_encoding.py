@@ -126,13 +126,21 @@ def test_falls_back_to_the_towers_forward_and_says_why(tokenizer, pixel_values):
     handle.remove()
     assert clf.shared_prefix_reason() is None
 
-    # in training: transformers' gradient checkpointing, or attention dropout
+    # accelerate's device_map / offloading hooks replace the modules' own forward
+    layer = clip.text_model.encoder.layers[1].get_base_layer()
+    layer._hf_hook = object()
+    assert "accelerate hooks" in clf.shared_prefix_reason()
+    del layer._hf_hook
+
+    # in training mode: transformers' gradient checkpointing, or attention dropout (applied even under no_grad)
     model.train()
     clip.text_model.encoder.gradient_checkpointing = True
     assert "gradient checkpointing" in clf.shared_prefix_reason()
     clip.text_model.encoder.gradient_checkpointing = False
     clip.text_model.config.attention_dropout = 0.1
     assert "attention dropout is 0.1" in clf.shared_prefix_reason()
+    with torch.no_grad():
+        assert "attention dropout is 0.1" in clf.shared_prefix_reason()
     model.eval()
     assert clf.shared_prefix_reason() is None  # no dropout in eval mode
 
