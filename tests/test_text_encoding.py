@@ -101,6 +101,24 @@ def test_bf16_model_stays_within_bf16_tolerance(tokenizer, pixel_values):
     torch.testing.assert_close(shared.float(), own.float(), atol=2e-2, rtol=0)
 
 
+def test_bf16_autocast_training_stays_within_bf16_tolerance(tokenizer, pixel_values):
+    model, _ = make_adapted(depth=3)
+    model.train()
+    labels = torch.tensor([0, 3, 1])
+    results = []
+    for shared_prefix in (True, False):
+        clf = PromptClassifier(model, tokenizer, CLASSES, shared_prefix=shared_prefix)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            results.append(train_step(model, clf, pixel_values, labels))
+    (logits, grads), (expected_logits, expected_grads) = results
+    torch.testing.assert_close(logits.float(), expected_logits.float(), atol=0.1, rtol=0.02)
+    assert grads.keys() == expected_grads.keys()
+    for name, grad in grads.items():
+        assert grad.dtype == torch.float32, name  # the adapter parameters stay float32
+        cosine = torch.nn.functional.cosine_similarity(grad.flatten(), expected_grads[name].flatten(), dim=0)
+        assert cosine > 0.99, (name, cosine)
+
+
 def test_falls_back_to_the_towers_forward_and_says_why(tokenizer, pixel_values):
     model, _ = make_adapted(depth=3)
     clip = model.get_base_model()
