@@ -53,6 +53,7 @@ from common import (  # noqa: E402
 )
 
 import maple_peft  # noqa: E402
+from maple_peft.text_encoding import common_prefix_length  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("train", "eval", "options", "memory")
@@ -202,14 +203,13 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 # ---- helpers -----------------------------------------------------------------------------------------------------------
 
 
-def autocast(s: dict[str, Any], enabled: bool = True):
-    if s["dtype"] != "bf16" or not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(s["device"].split(":")[0], dtype=torch.bfloat16)
-
-
 def bf16_autocast(device: str):
     return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
+def autocast(s: dict[str, Any], enabled: bool = True):
+    """bf16 autocast where the profile runs the library in bf16, else nothing."""
+    return bf16_autocast(s["device"]) if s["dtype"] == "bf16" and enabled else contextlib.nullcontext()
 
 
 def bf16_native_cpu() -> bool:
@@ -284,6 +284,10 @@ def train_section(s, model, tokenizer, names, pixel_values, labels) -> list[dict
         y = labels % n_classes
         clf = maple_peft.PromptClassifier(model, tokenizer, names[n_classes], text_batch_size=s["text_batch_size"])
         ids = clf.input_ids()
+        lengths = prompt_lengths(ids, eos)
+        # tokens the classifier runs: each prompt up to its end token, the shared prefix once when it is used
+        prefix = common_prefix_length(ids, lengths.tolist()) if clf.shared_prefix_reason() is None else 0
+        encoded_tokens = prefix + int((lengths - prefix).sum())
         steppers = {"maple_peft": Stepper(clf, model, y, lambda: autocast(s))}
         if s["dtype"] == "bf16":
             steppers["maple_peft_fp32"] = Stepper(clf, model, y, contextlib.nullcontext)
@@ -321,9 +325,9 @@ def train_section(s, model, tokenizer, names, pixel_values, labels) -> list[dict
         ref = steppers.get("maple_peft_fp32", lib)
         row: dict[str, Any] = {
             "classes": n_classes,
-            "prompt_tokens_mean": prompt_lengths(ids, eos).float().mean().item(),
+            "prompt_tokens_mean": lengths.float().mean().item(),
             "prompt_tokens_trimmed": ids.shape[1],
-            "text_tokens_per_step": {"maple_peft": ids.numel(), "baseline": n_classes * 77},
+            "text_tokens_per_step": {"maple_peft": encoded_tokens, "baseline": n_classes * 77},
             "times_s": times,
             "maple_peft_s": median(times["maple_peft"]),
             "baseline_s": median(times.get("baseline", [])),

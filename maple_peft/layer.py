@@ -24,6 +24,13 @@ MERGE_ERROR = (
 )
 
 
+def replace_text_prompt(hidden_states: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """`hidden_states` `(batch, seq, d)` with positions `1 .. n_ctx` (right after the start token) set to `prompt`."""
+    n_ctx = prompt.shape[0]
+    prompt = prompt.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+    return torch.cat([hidden_states[:, :1], prompt, hidden_states[:, 1 + n_ctx :]], dim=1)
+
+
 class MaPLeLayer(nn.Module, BaseTunerLayer):
     """Common part of the MaPLe wrappers: adapter bookkeeping and the refusal to merge.
 
@@ -105,8 +112,7 @@ class MaPLeTextPromptLayer(MaPLeLayer):
                 f"The text sequence has {hidden_states.shape[1]} tokens, too short for {n_ctx} prompt tokens after "
                 "the start token; tokenize the prompts made by maple_peft.format_prompts."
             )
-        prompt = prompt.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-        return torch.cat([hidden_states[:, :1], prompt, hidden_states[:, 1 + n_ctx :]], dim=1)
+        return replace_text_prompt(hidden_states, prompt)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_name = self.prompt_adapter()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layer import MaPLeTextPromptLayer
+from .layer import MaPLeTextPromptLayer, replace_text_prompt
 
 #: (encoder layer without the MaPLe wrapper, prefix keys, prefix values), one per layer; keys/values `(1, heads, P, d)`
 PrefixCache = list[tuple[nn.Module, torch.Tensor, torch.Tensor]]
@@ -52,13 +52,7 @@ def _text_prompt_layers(clip: nn.Module) -> tuple[MaPLeTextPromptLayer | None, l
 def active_text_n_ctx(clip: nn.Module) -> int:
     """The number of text prompt tokens the active adapter inserts (0 without text prompts or with adapters off)."""
     first, layers = _text_prompt_layers(clip)
-    n_ctx = 0
-    for module in [first, *layers]:
-        if isinstance(module, MaPLeTextPromptLayer):
-            name = module.prompt_adapter()
-            if name is not None:
-                n_ctx = max(n_ctx, module.maple_n_ctx[name])
-    return n_ctx
+    return max((prompt.shape[0] for module in [first, *layers] if (prompt := _prompt(module)) is not None), default=0)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -85,9 +79,8 @@ def shared_prefix_unsupported(clip: nn.Module, prefix_length: int, n_ctx: int) -
         return (
             f"the text embeddings are a {type(text_model.embeddings).__name__}, not transformers' CLIPTextEmbeddings"
         )
-    first, layers = _text_prompt_layers(clip)
-    for index, module in enumerate(layers):
-        layer = module.get_base_layer() if isinstance(module, MaPLeTextPromptLayer) else module
+    for index, module in enumerate(text_model.encoder.layers):
+        layer = _base(module)
         if not isinstance(layer, CLIPEncoderLayer):
             return f"text encoder layer {index} is a {type(layer).__name__}, not transformers' CLIPEncoderLayer"
         if _has_hooks(module) or _has_hooks(layer) or _has_hooks(layer.self_attn):
@@ -116,12 +109,6 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
-def _replace_prompt(hidden: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    n_ctx = prompt.shape[0]
-    prompt = prompt.to(hidden.dtype).unsqueeze(0).expand(hidden.shape[0], -1, -1)
-    return torch.cat([hidden[:, :1], prompt, hidden[:, 1 + n_ctx :]], dim=1)
-
-
 def _base(module: nn.Module) -> nn.Module:
     return module.get_base_layer() if isinstance(module, MaPLeTextPromptLayer) else module
 
@@ -141,12 +128,12 @@ def encode_prefix(clip: nn.Module, prefix_ids: torch.Tensor) -> PrefixCache:
     first, layers = _text_prompt_layers(clip)
     hidden = _base(embeddings.token_embedding)(prefix_ids)
     if (prompt := _prompt(first)) is not None:
-        hidden = _replace_prompt(hidden, prompt)
+        hidden = replace_text_prompt(hidden, prompt)
     hidden = hidden + embeddings.position_embedding(embeddings.position_ids[:, : prefix_ids.shape[1]])
     cache: PrefixCache = []
     for module in layers:
         if (prompt := _prompt(module)) is not None:
-            hidden = _replace_prompt(hidden, prompt)
+            hidden = replace_text_prompt(hidden, prompt)
         layer = _base(module)
         attention = layer.self_attn
         normed = layer.layer_norm1(hidden)

@@ -5,6 +5,7 @@ The loops themselves live in `examples/train.py` and `examples/evaluate.py`; thi
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -95,12 +96,6 @@ def load_experiment_data(
     return data
 
 
-DATA_ARGUMENTS = (
-    "dataset", "data_root", "dataset_name", "data_dir", "image_column", "label_column", "train_split", "test_split",
-    "class_name_map",
-)  # fmt: skip
-
-
 def add_data_arguments(parser: Any) -> None:
     """The command-line options of `load_experiment_data`, shared by the training and evaluation scripts."""
     group = parser.add_argument_group("data")
@@ -119,7 +114,8 @@ def add_data_arguments(parser: Any) -> None:
 
 def load_experiment_data_from_args(args: Any) -> ExperimentData:
     """`load_experiment_data` with the options that `add_data_arguments` declared."""
-    return load_experiment_data(**{name: getattr(args, name) for name in DATA_ARGUMENTS})
+    names = inspect.signature(load_experiment_data).parameters
+    return load_experiment_data(**{name: getattr(args, name) for name in names})
 
 
 # ---- evaluation -------------------------------------------------------------------------------------------------
