@@ -53,7 +53,7 @@ from common import (  # noqa: E402
 )
 
 import maple_peft  # noqa: E402
-from maple_peft.text_encoding import common_prefix_length  # noqa: E402
+from maple_peft.shared_prefix import common_prefix_length  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("train", "eval", "options", "memory")

@@ -5,7 +5,7 @@ Usage:
     python examples/aggregate.py outputs/ --output results.md --json results.json
 
 Every `metrics.json` below the given directories is loaded and grouped by (base model, setting, dataset); each group
-is summarized with `maple_peft.metrics.summarize_runs`. The base-to-novel table has one row per dataset with
+is summarized with `maple_peft.training.metrics.summarize_runs`. The base-to-novel table has one row per dataset with
 `Base | Novel | HM | Seeds` and an "Average" row, following the MaPLe paper: base and novel accuracies are averaged
 over seeds (then over datasets) and the harmonic mean is computed from those averages. Other settings get one column
 per evaluated split or target dataset (and, for cross-dataset transfer, the average over the target datasets).
@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maple_peft.metrics import harmonic_mean, summarize_runs
+from maple_peft.training.metrics import harmonic_mean, summarize_runs
 
 SETTING_TITLES = {
     "base2novel": "Base-to-novel generalization",

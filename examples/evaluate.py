@@ -21,8 +21,8 @@ from torch.utils.data import DataLoader
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft
-from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn
-from maple_peft.training import (
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, collate_fn
+from maple_peft.training.experiment import (
     add_data_arguments,
     atomic_write_json,
     check_adapter_matches_model,

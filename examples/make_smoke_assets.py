@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
-from maple_peft.data import make_synthetic_imagefolder
+from maple_peft.training.data import make_synthetic_imagefolder
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "tests" / "fixtures" / "clip-tokenizer"

@@ -28,10 +28,8 @@ from tqdm.auto import tqdm
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft
-from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn
-from maple_peft.metrics import build_run_metrics
-from maple_peft.schedule import build_scheduler
-from maple_peft.training import (
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, collate_fn
+from maple_peft.training.experiment import (
     add_data_arguments,
     atomic_write_json,
     check_output_dir,
@@ -43,6 +41,8 @@ from maple_peft.training import (
     save_training_checkpoint,
     seed_epoch,
 )
+from maple_peft.training.metrics import build_run_metrics
+from maple_peft.training.schedule import build_scheduler
 
 logger = logging.getLogger("maple_peft.train")
 SETTINGS = ("base2novel", "all", "cross_dataset")
@@ -349,11 +349,11 @@ def finish(args, accelerator, model, data, results, zero_shot, history, started)
         if not args.no_plots:
             write_plots(output_dir, metrics, history)
         if model is not None:
-            from maple_peft.card import write_model_card
+            from maple_peft.training.card import write_model_card
 
             write_model_card(output_dir, repo_id=args.hub_model_id)
         if args.push_to_hub:
-            from maple_peft.hub import push_run_to_hub
+            from maple_peft.training.hub import push_run_to_hub
 
             url = push_run_to_hub(output_dir, args.hub_model_id, token=args.hub_token, private=args.hub_private)
             logger.info(f"Pushed to {url}")
@@ -364,7 +364,7 @@ def finish(args, accelerator, model, data, results, zero_shot, history, started)
 
 def write_plots(output_dir: Path, metrics: dict, history: list[dict]) -> None:
     try:
-        from maple_peft import plots
+        from maple_peft.training import plots
     except ImportError:
         return
     try:

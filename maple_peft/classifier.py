@@ -12,7 +12,7 @@ from torch.utils.checkpoint import checkpoint
 from .config import MaPLeConfig
 from .layer import MaPLeLayer
 from .prompts import format_prompts, prompt_template, tokenize_prompts
-from .text_encoding import (
+from .shared_prefix import (
     PrefixCache,
     active_text_n_ctx,
     common_prefix_length,
@@ -57,7 +57,7 @@ class PromptClassifier(nn.Module):
     tokenized once and encoded in groups of prompts of equal length, each trimmed to that length, so that no padding
     is encoded (exact: CLIP's causal text encoder pools at the end-of-text token). The token prefix that all prompts
     share (`<start> ctx_1 .. ctx_n of a`) is encoded once and reused by every class (`shared_prefix`, see
-    `maple_peft.text_encoding`), which about halves the text cost. In eval mode the text features are computed once
+    `maple_peft.shared_prefix`), which about halves the text cost. In eval mode the text features are computed once
     and cached until the adapter changes (other active adapter, adapters disabled, parameters updated); in train mode
     they are recomputed at every call with gradients. Text is encoded in chunks of at most `text_batch_size` prompts;
     with `gradient_checkpointing=True` the chunks' activations are recomputed in the backward pass, so training memory

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maple_peft.metrics import harmonic_mean
+from maple_peft.training.metrics import harmonic_mean
 
 AGGREGATE = Path(__file__).resolve().parents[1] / "examples" / "aggregate.py"
 

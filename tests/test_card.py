@@ -4,8 +4,8 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from maple_peft.card import CARD_TAGS, build_model_card, render_model_card, write_model_card
-from maple_peft.metrics import build_run_metrics, classification_metrics
+from maple_peft.training.card import CARD_TAGS, build_model_card, render_model_card, write_model_card
+from maple_peft.training.metrics import build_run_metrics, classification_metrics
 
 BASE_MODEL = "openai/clip-vit-base-patch16"
 PEFT_CONFIG = {"peft_type": "MAPLE", "n_ctx": 2, "depth": 9, "prompt_init": "a photo of a"}

@@ -1,4 +1,4 @@
-"""CoOp benchmark layouts (maple_peft.data.coop), on tiny fake data roots generated in tmp_path."""
+"""CoOp benchmark layouts (maple_peft.training.data.coop), on tiny fake data roots generated in tmp_path."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from maple_peft.data import BENCHMARKS, get_benchmark, list_benchmarks, load_coop_split, read_classnames
+from maple_peft.training.data import BENCHMARKS, get_benchmark, list_benchmarks, load_coop_split, read_classnames
 
 
 def _png(path: Path, value: int = 0) -> None:

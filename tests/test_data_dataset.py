@@ -1,4 +1,4 @@
-"""The torch Dataset over records, its decode cache, corrupt-file handling and collate_fn (maple_peft.data.dataset)."""
+"""The torch Dataset over records, its decode cache, corrupt-file handling and collate_fn (maple_peft.training.data.dataset)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple_peft.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords, collate_fn
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords, collate_fn
 
 TFM = CLIPTransforms(crop_size=(8, 8), resize=8)
 

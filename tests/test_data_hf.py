@@ -1,4 +1,4 @@
-"""🤗 datasets loading (maple_peft.data.hf) with imagefolders generated in tmp_path (no network)."""
+"""🤗 datasets loading (maple_peft.training.data.hf) with imagefolders generated in tmp_path (no network)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maple_peft.data import (
+from maple_peft.training.data import (
     HFImageRef,
     ImageClassificationDataset,
     ImageRecords,

@@ -1,4 +1,4 @@
-"""Few-shot sampling and base/novel class splits (maple_peft.data.sampling)."""
+"""Few-shot sampling and base/novel class splits (maple_peft.training.data.sampling)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import warnings
 
 import pytest
 
-from maple_peft.data import ImageRecord, ImageRecords, sample_few_shot, split_base_novel, subsample_classes
+from maple_peft.training.data import ImageRecord, ImageRecords, sample_few_shot, split_base_novel, subsample_classes
 
 
 def _toy(num_classes: int = 4, per_class: int = 20) -> tuple[list[int], list[str]]:

@@ -1,4 +1,4 @@
-"""The synthetic imagefolder generator (maple_peft.data.synthetic)."""
+"""The synthetic imagefolder generator (maple_peft.training.data.synthetic)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maple_peft.data import make_synthetic_imagefolder
+from maple_peft.training.data import make_synthetic_imagefolder
 
 NAMES = ["alpha", "beta", "gamma", "delta", "epsilon"]
 

@@ -1,4 +1,4 @@
-"""CLIP image transforms without torchvision (maple_peft.data.transforms)."""
+"""CLIP image transforms without torchvision (maple_peft.training.data.transforms)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple_peft.data import (
+from maple_peft.training.data import (
     CLIP_MEAN,
     CLIP_STD,
     CLIPTransforms,

@@ -3,7 +3,7 @@ from unittest import mock
 import pytest
 from huggingface_hub.utils import filter_repo_objects
 
-from maple_peft.hub import push_run_to_hub
+from maple_peft.training.hub import push_run_to_hub
 
 RUN_FILES = {
     "adapter_model.safetensors": True,
@@ -31,7 +31,7 @@ def run_dir(tmp_path):
 
 
 def test_push_creates_the_repo_and_uploads_the_run_without_checkpoints(run_dir):
-    with mock.patch("maple_peft.hub.HfApi") as hf_api:
+    with mock.patch("maple_peft.training.hub.HfApi") as hf_api:
         api = hf_api.return_value
         api.create_repo.return_value.repo_id = "me/maple-eurosat"
         api.upload_folder.return_value.commit_url = "https://huggingface.co/me/maple-eurosat/commit/abc"
@@ -62,7 +62,7 @@ def test_push_creates_the_repo_and_uploads_the_run_without_checkpoints(run_dir):
 
 
 def test_push_defaults_to_a_public_repo_and_a_descriptive_commit_message(run_dir):
-    with mock.patch("maple_peft.hub.HfApi") as hf_api:
+    with mock.patch("maple_peft.training.hub.HfApi") as hf_api:
         push_run_to_hub(run_dir, "me/maple-eurosat")
 
     hf_api.assert_called_once_with(token=None)
@@ -72,14 +72,17 @@ def test_push_defaults_to_a_public_repo_and_a_descriptive_commit_message(run_dir
 
 def test_push_refuses_a_directory_without_an_adapter(tmp_path):
     (tmp_path / "metrics.json").write_text("{}")
-    with mock.patch("maple_peft.hub.HfApi") as hf_api, pytest.raises(FileNotFoundError, match="adapter_model"):
+    with (
+        mock.patch("maple_peft.training.hub.HfApi") as hf_api,
+        pytest.raises(FileNotFoundError, match="adapter_model"),
+    ):
         push_run_to_hub(tmp_path, "me/maple-eurosat")
     hf_api.assert_not_called()
 
 
 def test_push_rejects_a_bad_repo_id_and_warns_without_a_model_card(run_dir):
-    with mock.patch("maple_peft.hub.HfApi"), pytest.raises(ValueError, match="repo_id='a/b/c'"):
+    with mock.patch("maple_peft.training.hub.HfApi"), pytest.raises(ValueError, match="repo_id='a/b/c'"):
         push_run_to_hub(run_dir, "a/b/c")
     (run_dir / "README.md").unlink()
-    with mock.patch("maple_peft.hub.HfApi"), pytest.warns(UserWarning, match="no README.md"):
+    with mock.patch("maple_peft.training.hub.HfApi"), pytest.warns(UserWarning, match="no README.md"):
         push_run_to_hub(run_dir, "me/maple-eurosat")

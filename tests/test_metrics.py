@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from maple_peft.metrics import (
+from maple_peft.training.metrics import (
     build_run_metrics,
     classification_metrics,
     harmonic_mean,

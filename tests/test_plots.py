@@ -3,7 +3,7 @@ import sys
 import pytest
 from PIL import Image
 
-from maple_peft.plots import plot_base_novel_hm, plot_per_class_accuracy, plot_training_curves
+from maple_peft.training.plots import plot_base_novel_hm, plot_per_class_accuracy, plot_training_curves
 
 pytest.importorskip("matplotlib")
 

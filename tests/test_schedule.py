@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from maple_peft.schedule import build_scheduler, lr_at_epoch
+from maple_peft.training.schedule import build_scheduler, lr_at_epoch
 
 L = 0.0035  # MaPLe's learning rate
 

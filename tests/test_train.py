@@ -204,7 +204,7 @@ def test_push_to_hub_uploads_the_run_with_the_hub_mocked(assets, tmp_path):
         textwrap.dedent(
             f"""
             import json, os, runpy, sys
-            import maple_peft.hub as hub
+            import maple_peft.training.hub as hub
 
             class FakeApi:
                 def __init__(self, token=None):

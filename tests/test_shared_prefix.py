@@ -7,7 +7,7 @@ import torch
 from test_model import CLASSES, make_adapted
 
 from maple_peft import PromptClassifier
-from maple_peft.text_encoding import common_prefix_length, encode_prefix
+from maple_peft.shared_prefix import common_prefix_length, encode_prefix
 
 CASES = [
     ("maple", {}, 3),

@@ -261,7 +261,7 @@ def _validate_results(results: Any, where: str) -> None:
         missing = [key for key in _RESULT_KEYS if key not in result]
         if missing:
             raise ValueError(
-                f"{where}[{split!r}] lacks {missing}; build each result with maple_peft.metrics.classification_metrics."
+                f"{where}[{split!r}] lacks {missing}; build each result with maple_peft.training.metrics.classification_metrics."
             )
         for key in ("accuracy", "macro_f1"):
             value = result[key]

@@ -16,7 +16,7 @@ A ``split_zhou_<Name>.json`` file maps ``train`` / ``val`` / ``test`` to lists o
 ``[image path relative to the image dir, label, class name]``. Class names are kept as written (CoOp replaces ``_``
 with a space when it builds prompts; so does this package's prompt formatter).
 
-Use :func:`load_coop_split` to get :class:`~maple_peft.data.records.ImageRecords`, and :func:`get_benchmark` for
+Use :func:`load_coop_split` to get :class:`~maple_peft.training.data.records.ImageRecords`, and :func:`get_benchmark` for
 the dataset's prompt template.
 """
 
@@ -398,7 +398,7 @@ def _load_imagenetv2(spec: BenchmarkSpec, image_dir: Path, classnames: dict[str,
 
 
 def load_coop_split(name: str, data_root: str | os.PathLike, split: str) -> ImageRecords:
-    """Load one split of a CoOp benchmark as :class:`~maple_peft.data.records.ImageRecords`.
+    """Load one split of a CoOp benchmark as :class:`~maple_peft.training.data.records.ImageRecords`.
 
     The result's ``class_names`` (ordered by label) cover the dataset's whole label space. Each record has an
     absolute ``path``, its ``label``, its raw ``class_name`` and a ``key`` (the path relative to the image folder,

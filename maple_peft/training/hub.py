@@ -64,7 +64,7 @@ def push_run_to_hub(
         raise ValueError(f"repo_id={repo_id!r} is not a Hub repository id; use 'user/name' (or just 'name').")
     if not (output_dir / "README.md").is_file():
         warnings.warn(
-            f"{str(output_dir)!r} has no README.md model card; write one with maple_peft.card.write_model_card "
+            f"{str(output_dir)!r} has no README.md model card; write one with maple_peft.training.card.write_model_card "
             "before pushing so the Hub knows how to load the adapter.",
             stacklevel=2,
         )

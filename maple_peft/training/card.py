@@ -199,7 +199,7 @@ def _check_metrics(metrics: Any) -> None:
     missing = [key for key in ("base_model", "dataset", "setting", "results") if key not in metrics]
     if missing:
         raise ValueError(
-            f"metrics lacks {missing}; pass the dict built by maple_peft.metrics.build_run_metrics (metrics.json)."
+            f"metrics lacks {missing}; pass the dict built by maple_peft.training.metrics.build_run_metrics (metrics.json)."
         )
     results = metrics["results"]
     if not isinstance(results, Mapping) or not results:
@@ -221,7 +221,7 @@ def build_model_card(
     """Builds the `huggingface_hub.ModelCard` of a trained MaPLe adapter.
 
     Args:
-        metrics: The run's `metrics.json` dict (see `maple_peft.metrics`).
+        metrics: The run's `metrics.json` dict (see `maple_peft.training.metrics`).
         peft_config: The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to `metrics["peft_config"]`.
         train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
         repo_id: The Hub repository the adapter is pushed to (`"user/name"`), used in the loading example and as the
@@ -394,42 +394,10 @@ def write_model_card(
     metrics_path = output_dir / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(
-            f"{metrics_path} does not exist; write the run's metrics (maple_peft.metrics.build_run_metrics) first."
+            f"{metrics_path} does not exist; write the run's metrics (maple_peft.training.metrics.build_run_metrics) first."
         )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     images = sorted(path.name for path in output_dir.glob("*.png"))
     path = output_dir / filename
     path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
     return path
-
-
-def add_loading_section(readme: str | Path, base_model: str | None) -> None:
-    """Add a "How to load" section (with `import maple_peft`) to a card PEFT wrote, unless it has one already.
-
-    `import maple_peft` patches `PeftModel.create_or_update_model_card` to call this, so that even the generic card
-    of a plain `model.save_pretrained(...)` tells readers to import the package before loading.
-    """
-    path = Path(readme)
-    if not path.is_file():
-        return
-    text = path.read_text(encoding="utf-8")
-    if "import maple_peft" in text:
-        return
-    base = base_model or "openai/clip-vit-base-patch16"
-    section = (
-        "\n## How to load\n\n"
-        "This is a MaPLe (multi-modal prompt learning) adapter for CLIP. Import `maple_peft` before loading it: the "
-        "import registers the method with PEFT.\n\n"
-        "```python\n"
-        "import maple_peft  # registers MaPLe with PEFT: import it before loading\n"
-        "from peft import PeftModel\n"
-        "from transformers import CLIPModel, CLIPTokenizer\n\n"
-        f'base = CLIPModel.from_pretrained("{base}")\n'
-        'model = PeftModel.from_pretrained(base, "path/or/hub-id/of/this/adapter").eval()\n'
-        f'clf = maple_peft.PromptClassifier(model, CLIPTokenizer.from_pretrained("{base}"), ["cat", "dog"])\n'
-        "logits = clf(pixel_values)\n"
-        "```\n"
-    )
-    match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
-    cut = match.end() if match else 0
-    path.write_text(text[:cut] + section + text[cut:], encoding="utf-8")

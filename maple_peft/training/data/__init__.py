@@ -2,7 +2,7 @@
 
 Typical few-shot base-to-novel setup::
 
-    from maple_peft.data import CLIPTransforms, ImageClassificationDataset, collate_fn, load_coop_split
+    from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, collate_fn, load_coop_split
 
     train = load_coop_split("eurosat", data_root, "train").few_shot(16, seed=1).class_subset("base")
     test = load_coop_split("eurosat", data_root, "test").class_subset("base")

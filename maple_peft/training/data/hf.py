@@ -91,10 +91,10 @@ def records_from_hf_dataset(
     name: str | None = None,
     key_root: str | os.PathLike | None = None,
 ) -> ImageRecords:
-    """Turn one split (a ``datasets.Dataset``) into lazy :class:`~maple_peft.data.records.ImageRecords`.
+    """Turn one split (a ``datasets.Dataset``) into lazy :class:`~maple_peft.training.data.records.ImageRecords`.
 
     Rows whose image is a local file (``imagefolder``) become plain path records; others (images stored as bytes,
-    e.g. Hub parquet datasets) reference their row through :class:`~maple_peft.data.records.HFImageRef`.
+    e.g. Hub parquet datasets) reference their row through :class:`~maple_peft.training.data.records.HFImageRef`.
 
     Args:
         dataset: The split.

@@ -1,4 +1,4 @@
-"""A ``torch.utils.data.Dataset`` over :class:`~maple_peft.data.records.ImageRecord` s, and its collate function."""
+"""A ``torch.utils.data.Dataset`` over :class:`~maple_peft.training.data.records.ImageRecord` s, and its collate function."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     cache copy-on-write when forked). Random augmentations still run every epoch on the cached images.
 
     Args:
-        records: The images (an :class:`~maple_peft.data.records.ImageRecords` or a list of records).
+        records: The images (an :class:`~maple_peft.training.data.records.ImageRecords` or a list of records).
         transform: Maps an RGB PIL image to a tensor (e.g. ``CLIPTransforms.train()`` / ``.test()``).
         cache_decoded: Decode all images once at construction and keep them in memory.
         validate: How to check images at construction: ``"open"`` (default; PIL opens and verifies each file's

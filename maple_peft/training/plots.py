@@ -25,7 +25,7 @@ def _new_figure(width: float, height: float, constrained: bool = True) -> Any:
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "maple_peft.plots needs matplotlib, which is not installed; install it with `pip install maple-peft[plots]`."
+            "maple_peft.training.plots needs matplotlib, which is not installed; install it with `pip install maple-peft[plots]`."
         ) from error
     figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     FigureCanvasAgg(figure)
@@ -147,7 +147,7 @@ def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path
     if not splits:
         raise ValueError(
             "metrics_results has no split with a non-empty 'per_class_accuracy'; pass metrics['results'] built with "
-            "maple_peft.metrics.classification_metrics."
+            "maple_peft.training.metrics.classification_metrics."
         )
     # Placed by hand in inches (no layout engine: with ~100 tick labels it doubles the drawing time).
     bar_in, title_in, xlabel_in, plot_width_in = 0.2, 0.4, 0.6, 5.5

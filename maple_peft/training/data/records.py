@@ -6,7 +6,7 @@ of a 🤗 ``datasets.Dataset``), its integer label and its class name. Nothing i
 ``DataLoader`` workers.
 
 :class:`ImageRecords` is a list of records plus the ``class_names`` of the whole label space (ordered by label), and
-knows how to apply the few-shot / base-to-novel protocol to itself (see :mod:`maple_peft.data.sampling`).
+knows how to apply the few-shot / base-to-novel protocol to itself (see :mod:`maple_peft.training.data.sampling`).
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ class ImageRecord:
         return Image.open(self.path)
 
     def load(self) -> Image.Image:
-        """Decode the image and convert it to 8-bit RGB (see :func:`maple_peft.data.transforms.to_rgb`)."""
+        """Decode the image and convert it to 8-bit RGB (see :func:`maple_peft.training.data.transforms.to_rgb`)."""
         image = self.open()
         owned = image is not self.image  # we opened the file, so we close it
         try:
@@ -216,7 +216,7 @@ class ImageRecords(Sequence[ImageRecord]):
         return ImageRecords([self.records[i] for i in indices], self.class_names, self.name)
 
     def few_shot(self, num_shots: int | None, seed: int) -> ImageRecords:
-        """Draw ``num_shots`` items per class (see :func:`maple_peft.data.sampling.sample_few_shot`).
+        """Draw ``num_shots`` items per class (see :func:`maple_peft.training.data.sampling.sample_few_shot`).
 
         Args:
             num_shots: Items per class; ``-1`` or ``None`` keeps everything.
@@ -230,7 +230,7 @@ class ImageRecords(Sequence[ImageRecord]):
     def class_subset(self, subset: Literal["all", "base", "novel"]) -> ImageRecords:
         """Keep the ``base`` or ``novel`` half of the classes and relabel from 0.
 
-        See :func:`maple_peft.data.sampling.subsample_classes`. In the CoOp/MaPLe protocol shots are drawn first
+        See :func:`maple_peft.training.data.sampling.subsample_classes`. In the CoOp/MaPLe protocol shots are drawn first
         (:meth:`few_shot`), then the class subset is taken.
 
         Args:
