@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
@@ -11,7 +10,6 @@ from peft.utils import PeftType
 from .version import __version__
 
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision")
-Variant = Literal["maple", "maple_shared", "ivlp", "language", "vision"]
 
 #: Variants whose vision prompts are computed from the text prompts by a coupling function.
 COUPLED_VARIANTS = ("maple", "maple_shared")
@@ -133,13 +131,13 @@ class MaPLeConfig(PeftConfig):
             )
 
     @property
-    def vision_n_ctx(self) -> int:
+    def num_vision_tokens(self) -> int:
         """Number of vision prompt tokens (0 for the language-only variant)."""
         if self.variant not in VISION_VARIANTS:
             return 0
         return self.n_ctx_vision if self.n_ctx_vision is not None else self.n_ctx
 
     @property
-    def text_n_ctx(self) -> int:
+    def num_text_tokens(self) -> int:
         """Number of learnable text tokens (0 for the vision-only variant)."""
         return self.n_ctx if self.variant in TEXT_VARIANTS else 0

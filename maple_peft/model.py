@@ -36,11 +36,11 @@ def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
     n_text = len(text_model.encoder.layers)
     n_vision = len(vision_model.encoder.layers)
     names: list[str] = []
-    if config.text_n_ctx:
+    if config.num_text_tokens:
         if config.depth > n_text:
             raise ValueError(f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}.")
         names += [TEXT_EMBEDDING] + [TEXT_LAYER.format(i) for i in range(1, config.depth)]
-    if config.vision_n_ctx:
+    if config.num_vision_tokens:
         if config.depth > n_vision:
             raise ValueError(
                 f"depth={config.depth} but the vision encoder has {n_vision} layers; use depth <= {n_vision}."
@@ -59,7 +59,7 @@ def _depth_of(key: str) -> int:
 
 def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list[int] | None:
     """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens."""
-    if config.prompt_init is None or not config.text_n_ctx:
+    if config.prompt_init is None or not config.num_text_tokens:
         return None
     if config.prompt_init_token_ids is not None:
         return list(config.prompt_init_token_ids)
@@ -183,7 +183,7 @@ class MaPLeModel(BaseTuner):
         else:
             d_text = text_model.config.hidden_size
             d_vision = vision_model.config.hidden_size
-            n_ctx = peft_config.vision_n_ctx
+            n_ctx = peft_config.num_vision_tokens
             coupling = self._coupling(peft_config, adapter_name, depth, d_text, d_vision)
             init = None
             if peft_config.variant not in COUPLED_VARIANTS:

@@ -28,7 +28,7 @@ def prompt_template(config: MaPLeConfig | None) -> str:
         return "a photo of a {}."
     if config.prompt_init is not None:
         prefix = config.prompt_init.replace("_", " ")
-    elif config.text_n_ctx:
+    elif config.num_text_tokens:
         prefix = " ".join(["X"] * config.n_ctx)
     else:
         prefix = ""
