@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import numbers
+import warnings
 from dataclasses import dataclass, field
 
 from peft.config import PeftConfig
@@ -17,6 +20,41 @@ COUPLED_VARIANTS = ("maple", "maple_shared")
 TEXT_VARIANTS = ("maple", "maple_shared", "ivlp", "language")
 #: Variants with vision prompts (coupled or free).
 VISION_VARIANTS = ("maple", "maple_shared", "ivlp", "vision")
+
+#: CLIP's text context length.
+MAX_TEXT_LENGTH = 77
+#: Tokens of a class prompt besides its context: start token, at least one class-name token, "." and end token.
+PROMPT_EXTRA_TOKENS = 4
+
+
+def _check_positive_int(name: str, value: object, *, or_none: bool = False) -> None:
+    hint = " (or None)" if or_none else ""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an integer >= 1{hint}.")
+    if value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1{hint}.")
+
+
+def _warn_if_newer(saved_version: object) -> None:
+    """Warn when an adapter was written by a newer maple_peft than the installed one (it may use unknown options)."""
+    from packaging.version import InvalidVersion, Version
+
+    try:
+        newer = Version(str(saved_version)) > Version(__version__)
+    except InvalidVersion:
+        warnings.warn(
+            f"maple_peft_version={saved_version!r} of this adapter is not a version number; the installed maple_peft "
+            f"is {__version__}.",
+            stacklevel=3,
+        )
+        return
+    if newer:
+        warnings.warn(
+            f"This adapter was written by maple_peft {saved_version}, newer than the installed maple_peft "
+            f"{__version__}; it may use options this version does not know. Upgrade with "
+            "`pip install -U maple-peft`.",
+            stacklevel=3,
+        )
 
 
 @dataclass
@@ -99,6 +137,8 @@ class MaPLeConfig(PeftConfig):
         self.peft_type = PeftType.MAPLE
         if self.maple_peft_version is None:
             self.maple_peft_version = __version__
+        else:
+            _warn_if_newer(self.maple_peft_version)
         if self.task_type is not None:
             raise ValueError(
                 f"task_type={self.task_type!r} is not supported by MaPLe: leave it as None. PEFT's task classes pass "
@@ -107,28 +147,59 @@ class MaPLeConfig(PeftConfig):
         if self.variant not in VARIANTS:
             raise ValueError(f"variant={self.variant!r} is not known; use one of {VARIANTS}.")
         for name in ("n_ctx", "depth"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+            _check_positive_int(name, getattr(self, name))
         if self.n_ctx_vision is not None:
-            if isinstance(self.n_ctx_vision, bool) or not isinstance(self.n_ctx_vision, int) or self.n_ctx_vision < 1:
-                raise ValueError(f"n_ctx_vision={self.n_ctx_vision!r} must be an integer >= 1 (or None).")
+            _check_positive_int("n_ctx_vision", self.n_ctx_vision, or_none=True)
+            if self.variant not in VISION_VARIANTS:
+                raise ValueError(
+                    f"n_ctx_vision={self.n_ctx_vision} was given, but variant={self.variant!r} has no vision prompts; "
+                    "leave n_ctx_vision unset, or use variant='ivlp' or 'vision'."
+                )
             if self.variant in COUPLED_VARIANTS and self.n_ctx_vision != self.n_ctx:
                 raise ValueError(
                     f"n_ctx_vision={self.n_ctx_vision} differs from n_ctx={self.n_ctx}, but variant={self.variant!r} "
                     "couples each text token to one vision token; leave n_ctx_vision unset, or use variant='ivlp'."
                 )
-        if self.prompt_init is not None and not self.prompt_init.strip():
+        if self.variant in TEXT_VARIANTS and self.n_ctx + PROMPT_EXTRA_TOKENS > MAX_TEXT_LENGTH:
             raise ValueError(
-                f"prompt_init={self.prompt_init!r} is empty; pass a text such as 'a photo of a', or None."
+                f"n_ctx={self.n_ctx} does not fit in CLIP's {MAX_TEXT_LENGTH}-token text context: a class prompt "
+                f"holds the start token, the n_ctx context tokens, at least one class-name token, '.' and the end "
+                f"token; use n_ctx <= {MAX_TEXT_LENGTH - PROMPT_EXTRA_TOKENS}."
             )
-        if self.prompt_init_std <= 0:
-            raise ValueError(f"prompt_init_std={self.prompt_init_std!r} must be > 0.")
-        if self.prompt_init_token_ids is not None and len(self.prompt_init_token_ids) != self.n_ctx:
-            raise ValueError(
-                f"prompt_init_token_ids={self.prompt_init_token_ids} has {len(self.prompt_init_token_ids)} ids but "
-                f"n_ctx={self.n_ctx}; leave it unset so that it is computed from prompt_init."
-            )
+        if self.prompt_init is not None:
+            if not isinstance(self.prompt_init, str):
+                raise TypeError(
+                    f"prompt_init={self.prompt_init!r} is a {type(self.prompt_init).__name__}; pass a text such as "
+                    "'a photo of a', or None."
+                )
+            if not self.prompt_init.strip():
+                raise ValueError(
+                    f"prompt_init={self.prompt_init!r} is empty; pass a text such as 'a photo of a', or None."
+                )
+        if isinstance(self.prompt_init_std, bool) or not isinstance(self.prompt_init_std, numbers.Real):
+            raise TypeError(f"prompt_init_std={self.prompt_init_std!r} must be a number, such as 0.02.")
+        if not math.isfinite(self.prompt_init_std) or self.prompt_init_std <= 0:
+            raise ValueError(f"prompt_init_std={self.prompt_init_std!r} must be a finite number > 0, such as 0.02.")
+        if self.prompt_init_token_ids is not None:
+            ids = self.prompt_init_token_ids
+            if not isinstance(ids, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids
+            ):
+                raise TypeError(
+                    f"prompt_init_token_ids={ids!r} must be a list of integer token ids; leave it unset so that it "
+                    "is computed from prompt_init."
+                )
+            if any(i < 0 for i in ids):
+                raise ValueError(
+                    f"prompt_init_token_ids={list(ids)} holds negative token ids; leave it unset so that it is "
+                    "computed from prompt_init."
+                )
+            if len(ids) != self.n_ctx:
+                raise ValueError(
+                    f"prompt_init_token_ids={list(ids)} has {len(ids)} ids but n_ctx={self.n_ctx}; leave it unset so "
+                    "that it is computed from prompt_init."
+                )
+            self.prompt_init_token_ids = list(ids)
 
     @property
     def num_vision_tokens(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import re
 from typing import Any
 
@@ -10,7 +11,7 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
-from .config import COUPLED_VARIANTS, MaPLeConfig
+from .config import COUPLED_VARIANTS, PROMPT_EXTRA_TOKENS, MaPLeConfig
 from .layer import MERGE_ERROR, MaPLeLayer, MaPLeTextPromptLayer, MaPLeVisionPromptLayer
 
 TEXT_EMBEDDING = "text_model.embeddings.token_embedding"
@@ -20,18 +21,44 @@ VISION_LAYER = "vision_model.encoder.layers.{}"
 
 
 def _clip_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    text_model = getattr(model, "text_model", None)
-    vision_model = getattr(model, "vision_model", None)
-    if text_model is None or vision_model is None:
+    """The text and vision towers of `model`, after checking that it is a transformers `CLIPModel`.
+
+    A subclass of `CLIPModel` is accepted when its towers are built from transformers' CLIP modules
+    (`CLIPTextEmbeddings` and `CLIPVisionEmbeddings` followed by an encoder with `layers`): the prompt positions, the
+    end-of-text pooling and the shared-prefix encoding are those of CLIP. Other dual encoders (SigLIP, AltCLIP, ...)
+    are refused, even where their module names match, because they embed, pool or normalize differently.
+    """
+    from transformers.models.clip.modeling_clip import CLIPModel, CLIPTextEmbeddings, CLIPVisionEmbeddings
+
+    if not isinstance(model, CLIPModel):
         raise ValueError(
-            f"MaPLe adapts a transformers CLIPModel (with `text_model` and `vision_model`), got "
+            f"MaPLe adapts a transformers CLIPModel (with CLIP's `text_model` and `vision_model`), got "
             f"{type(model).__name__}; load the base model with CLIPModel.from_pretrained(...)."
         )
+    text_model, vision_model = model.text_model, model.vision_model
+    for tower, expected in ((text_model, CLIPTextEmbeddings), (vision_model, CLIPVisionEmbeddings)):
+        embeddings = _base_layer(getattr(tower, "embeddings", None))
+        layers = getattr(getattr(tower, "encoder", None), "layers", None)
+        if not isinstance(embeddings, expected) or not isinstance(layers, nn.ModuleList):
+            raise ValueError(
+                f"MaPLe adapts a transformers CLIPModel, but the {type(tower).__name__} of this "
+                f"{type(model).__name__} is not built like CLIP's (`embeddings` of type {expected.__name__}, then "
+                "`encoder.layers`); load the base model with CLIPModel.from_pretrained(...)."
+            )
     return text_model, vision_model
 
 
+def _base_layer(module: nn.Module | None) -> nn.Module | None:
+    return module.get_base_layer() if isinstance(module, MaPLeLayer) else module
+
+
 def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
-    """The names of the modules that `config` wraps in `model`, after validating `depth` against both towers."""
+    """The names of the modules that `config` wraps in `model`, after validating `depth` against both towers.
+
+    Args:
+        model (`transformers.CLIPModel`): the base model.
+        config (`MaPLeConfig`): the adapter configuration.
+    """
     text_model, vision_model = _clip_parts(model)
     n_text = len(text_model.encoder.layers)
     n_vision = len(vision_model.encoder.layers)
@@ -58,7 +85,13 @@ def _depth_of(key: str) -> int:
 
 
 def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list[int] | None:
-    """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens."""
+    """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens.
+
+    Args:
+        config (`MaPLeConfig`): the adapter configuration; its `prompt_init_token_ids` are returned when set.
+        model (`transformers.CLIPModel`): the base model, whose `name_or_path` locates the tokenizer when
+            `config.tokenizer_name_or_path` is unset.
+    """
     if config.prompt_init is None or not config.num_text_tokens:
         return None
     if config.prompt_init_token_ids is not None:
@@ -86,7 +119,116 @@ def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list
             f"prompt_init={config.prompt_init!r} has {len(body)} tokens but n_ctx={config.n_ctx}; use a longer "
             f"prompt_init, n_ctx <= {len(body)}, or prompt_init=None."
         )
+    max_length = model.text_model.config.max_position_embeddings
+    if len(body) + PROMPT_EXTRA_TOKENS > max_length:
+        raise ValueError(
+            f"prompt_init={config.prompt_init!r} has {len(body)} tokens, too many for the text encoder's "
+            f"{max_length}-token context: a class prompt also needs the start token, at least one class-name token, "
+            f"'.' and the end token; use a prompt_init of at most {max_length - PROMPT_EXTRA_TOKENS} tokens."
+        )
     return body[: config.n_ctx]
+
+
+def _check_text_fits(config: MaPLeConfig, text_model: nn.Module) -> None:
+    """Refuse `n_ctx` and `prompt_init_token_ids` that the base model's text encoder cannot take."""
+    if not config.num_text_tokens:
+        return
+    max_length = text_model.config.max_position_embeddings
+    if config.n_ctx + PROMPT_EXTRA_TOKENS > max_length:
+        raise ValueError(
+            f"n_ctx={config.n_ctx} does not fit in the text encoder's {max_length}-token context: a class prompt also "
+            f"needs the start token, at least one class-name token, '.' and the end token; use n_ctx <= "
+            f"{max_length - PROMPT_EXTRA_TOKENS}."
+        )
+    vocab_size = _base_layer(text_model.embeddings.token_embedding).num_embeddings
+    ids = config.prompt_init_token_ids or []
+    if any(i >= vocab_size for i in ids):
+        raise ValueError(
+            f"prompt_init_token_ids={ids} holds ids outside the base model's text vocabulary of {vocab_size} tokens; "
+            "leave it unset so that it is computed from prompt_init with the base model's tokenizer."
+        )
+
+
+def _absolute_if_local(name_or_path: str | None) -> str | None:
+    """`name_or_path` as an absolute path when it is an existing local folder; Hub ids and `None` unchanged."""
+    if name_or_path and os.path.isdir(name_or_path):
+        return os.path.abspath(name_or_path)
+    return name_or_path
+
+
+def _format_keys(keys: list[str], adapter_name: str, limit: int = 10) -> str:
+    names = [
+        BaseTuner._remove_adapter_name_from_key(key, adapter_name).removeprefix("base_model.model.")
+        for key in sorted(keys)
+    ]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _adapter_keys(model: nn.Module, adapter_name: str) -> set[str]:
+    """The state-dict keys of the tensors of `adapter_name` in `model`, as `load_state_dict` expects them."""
+    keys: set[str] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, MaPLeLayer):
+            continue
+        for attribute in module.adapter_layer_names:
+            container = getattr(module, attribute)
+            if adapter_name not in container:
+                continue
+            prefix = f"{module_name}.{attribute}.{adapter_name}"
+            entry = container[adapter_name]
+            if isinstance(entry, nn.Parameter):
+                keys.add(prefix)
+            else:
+                keys.update(f"{prefix}.{name}" for name, _ in entry.named_parameters())
+    return keys
+
+
+def check_adapter_state_dict(
+    model: nn.Module, config: MaPLeConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+) -> None:
+    """Refuse adapter weights that are not finite or do not fit the adapter's config, before they are loaded.
+
+    Args:
+        model (`nn.Module`): the model (usually a `PeftModel`) whose adapter `adapter_name` receives the weights.
+        config (`MaPLeConfig`): the adapter's configuration.
+        adapter_name (`str`): the adapter being loaded.
+        state_dict (`dict[str, torch.Tensor]`): the weights, keyed like the model's state dict (adapter name
+            included), as `set_peft_model_state_dict` passes them to `load_state_dict`.
+
+    Raises:
+        `ValueError`: when a tensor holds NaN or inf, or when tensors the config needs are missing or tensors it does
+        not use are present (another variant, depth or adapter).
+    """
+    non_finite = [
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not torch.isfinite(value).all()
+    ]
+    if non_finite:
+        raise ValueError(
+            f"The weights of adapter {adapter_name!r} hold NaN or inf values in "
+            f"{_format_keys(non_finite, adapter_name)}; the run that wrote them diverged. Load the weights of an "
+            "earlier checkpoint, or train again with a lower learning rate."
+        )
+    expected = _adapter_keys(model, adapter_name)
+    given = {key for key in state_dict if ".maple_" in key}
+    missing = sorted(expected - given)
+    unexpected = sorted(given - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_format_keys(missing, adapter_name)}")
+        if unexpected:
+            parts.append(f"unexpected {_format_keys(unexpected, adapter_name)}")
+        raise ValueError(
+            f"The weights of adapter {adapter_name!r} do not match its config (variant={config.variant!r}, "
+            f"depth={config.depth}, n_ctx={config.n_ctx}): {'; '.join(parts)}. Load the weights together with the "
+            "adapter_config.json they were saved with."
+        )
 
 
 class MaPLeModel(BaseTuner):
@@ -129,8 +271,23 @@ class MaPLeModel(BaseTuner):
                 f"variant (here {names}); leave target_modules unset."
             )
         peft_config.target_modules = regex
+        text_model, _ = _clip_parts(self.model)
+        _check_text_fits(peft_config, text_model)
         peft_config.prompt_init_token_ids = resolve_prompt_init_token_ids(peft_config, self.model)
+        _check_text_fits(peft_config, text_model)
+        # an adapter names its base model; a relative local path would point elsewhere when loaded from another folder
+        peft_config.base_model_name_or_path = _absolute_if_local(peft_config.base_model_name_or_path)
         return peft_config
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(
+        cls, model: nn.Module, config: MaPLeConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        # every load of saved weights passes here (PeftModel.from_pretrained / load_adapter and
+        # set_peft_model_state_dict, hence from_official_checkpoint and training checkpoints): check them first
+        remapped = super()._remap_adapter_state_dict_for_load(model, config, adapter_name, state_dict)
+        check_adapter_state_dict(model, config, adapter_name, remapped)
+        return remapped
 
     def _check_new_adapter_config(self, config: MaPLeConfig) -> None:
         super()._check_new_adapter_config(config)
