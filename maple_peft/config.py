@@ -169,8 +169,8 @@ class MaPLeConfig(PeftConfig):
         if self.prompt_init is not None:
             if not isinstance(self.prompt_init, str):
                 raise TypeError(
-                    f"prompt_init={self.prompt_init!r} is a {type(self.prompt_init).__name__}; pass a text such as "
-                    "'a photo of a', or None."
+                    f"prompt_init={self.prompt_init!r} must be a string (got {type(self.prompt_init).__name__}); pass "
+                    "a text such as 'a photo of a', or None."
                 )
             if not self.prompt_init.strip():
                 raise ValueError(
