@@ -129,8 +129,8 @@ def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list
     return body[: config.n_ctx]
 
 
-def _check_text_fits(config: MaPLeConfig, text_model: nn.Module) -> None:
-    """Refuse `n_ctx` and `prompt_init_token_ids` that the base model's text encoder cannot take."""
+def _check_text_fits(config: MaPLeConfig, text_model: nn.Module, *, token_ids: list[int] | None = None) -> None:
+    """Refuse an `n_ctx` and prompt token ids (`token_ids`, else the config's) that the text encoder cannot take."""
     if not config.num_text_tokens:
         return
     max_length = text_model.config.max_position_embeddings
@@ -141,11 +141,12 @@ def _check_text_fits(config: MaPLeConfig, text_model: nn.Module) -> None:
             f"{max_length - PROMPT_EXTRA_TOKENS}."
         )
     vocab_size = _base_layer(text_model.embeddings.token_embedding).num_embeddings
-    ids = config.prompt_init_token_ids or []
+    ids = token_ids if token_ids is not None else config.prompt_init_token_ids or []
     if any(i >= vocab_size for i in ids):
         raise ValueError(
             f"prompt_init_token_ids={ids} holds ids outside the base model's text vocabulary of {vocab_size} tokens; "
-            "leave it unset so that it is computed from prompt_init with the base model's tokenizer."
+            "leave it unset so that it is computed from prompt_init, with the base model's own tokenizer "
+            "(tokenizer_name_or_path)."
         )
 
 
@@ -270,13 +271,17 @@ class MaPLeModel(BaseTuner):
                 f"target_modules={peft_config.target_modules!r} was set, but MaPLe chooses its modules from depth and "
                 f"variant (here {names}); leave target_modules unset."
             )
-        peft_config.target_modules = regex
         text_model, _ = _clip_parts(self.model)
         _check_text_fits(peft_config, text_model)
-        peft_config.prompt_init_token_ids = resolve_prompt_init_token_ids(peft_config, self.model)
-        _check_text_fits(peft_config, text_model)
-        # an adapter names its base model; a relative local path would point elsewhere when loaded from another folder
-        peft_config.base_model_name_or_path = _absolute_if_local(peft_config.base_model_name_or_path)
+        token_ids = resolve_prompt_init_token_ids(peft_config, self.model)
+        _check_text_fits(peft_config, text_model, token_ids=token_ids)
+        # every check passed: only now is the user's config filled in
+        peft_config.target_modules = regex
+        peft_config.prompt_init_token_ids = token_ids
+        # the adapter names its base model (as PEFT's get_peft_model / save_pretrained would); a relative local path
+        # would point elsewhere when the adapter is loaded from another folder, so local folders are made absolute
+        base_name = peft_config.base_model_name_or_path or self.model.__dict__.get("name_or_path") or None
+        peft_config.base_model_name_or_path = _absolute_if_local(base_name)
         return peft_config
 
     @classmethod

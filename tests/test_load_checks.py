@@ -131,6 +131,8 @@ def test_local_base_model_is_recorded_by_absolute_path_and_loads_from_another_fo
     model.save_pretrained(tmp_path / "adapter")
     recorded = json.loads((tmp_path / "adapter" / CONFIG).read_text())["base_model_name_or_path"]
     assert recorded == str(base.resolve())
+    model.add_adapter("coop", MaPLeConfig(depth=1, variant="language"))
+    assert model.peft_config["coop"].base_model_name_or_path == str(base.resolve())
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     script = textwrap.dedent(
