@@ -13,7 +13,11 @@ from peft.utils import PeftType
 
 
 def add_peft_type(name: str) -> None:
-    """Add `name` to PEFT's `PeftType` (a `str` Enum), which `register_peft_method` requires; idempotent."""
+    """Add `name` to PEFT's `PeftType` (a `str` Enum), which `register_peft_method` requires; idempotent.
+
+    Args:
+        name (`str`): the member's name and value, e.g. `"MAPLE"`.
+    """
     if name in PeftType.__members__:
         return
     member = str.__new__(PeftType, name)

@@ -25,10 +25,24 @@ MERGE_ERROR = (
 
 
 def replace_text_prompt(hidden_states: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """`hidden_states` `(batch, seq, d)` with positions `1 .. n_ctx` (right after the start token) set to `prompt`."""
+    """`hidden_states` with positions `1 .. n_ctx` (right after the start token) set to `prompt`.
+
+    Args:
+        hidden_states (`torch.Tensor`): `(batch, seq, d)` text token embeddings or hidden states.
+        prompt (`torch.Tensor`): `(n_ctx, d)` the prompt of one depth; cast to the dtype of `hidden_states`.
+    """
     n_ctx = prompt.shape[0]
     prompt = prompt.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
     return torch.cat([hidden_states[:, :1], prompt, hidden_states[:, 1 + n_ctx :]], dim=1)
+
+
+def unwrap(module: nn.Module | None) -> nn.Module | None:
+    """The CLIP module under a MaPLe wrapper, or `module` itself when it is not wrapped.
+
+    Args:
+        module (`nn.Module`, *optional*): a CLIP module, wrapped by a `MaPLeLayer` or not.
+    """
+    return module.get_base_layer() if isinstance(module, MaPLeLayer) else module
 
 
 class MaPLeLayer(nn.Module, BaseTunerLayer):
@@ -36,6 +50,7 @@ class MaPLeLayer(nn.Module, BaseTunerLayer):
 
     Args:
         base_layer (`nn.Module`): the wrapped CLIP module.
+        adapter_name (`str`): the first adapter.
         depth (`int`): the prompt depth of the wrapped module (0 for the embeddings).
     """
 
@@ -96,12 +111,19 @@ class MaPLeTextPromptLayer(MaPLeLayer):
         self.update_layer(adapter_name, init)
 
     def update_layer(self, adapter_name: str, init: torch.Tensor) -> None:
+        """Add (or replace) the prompt of `adapter_name`.
+
+        Args:
+            adapter_name (`str`): the adapter.
+            init (`torch.Tensor`): `(n_ctx, d_text)` its initial value, stored on the base layer's device and dtype.
+        """
         device, dtype = self._base_device_dtype()
         self.maple_ctx[adapter_name] = nn.Parameter(init.detach().clone().to(device=device, dtype=dtype))
         self.maple_n_ctx[adapter_name] = init.shape[0]
         self.set_adapter(self.active_adapters)
 
     def prompt(self, adapter_name: str) -> torch.Tensor:
+        """The `(n_ctx, d_text)` prompt of `adapter_name` at this depth."""
         return self.maple_ctx[adapter_name]
 
     @staticmethod
@@ -172,6 +194,14 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
         init: torch.Tensor | None = None,
         coupling: nn.Linear | None = None,
     ) -> None:
+        """Add (or replace) the vision prompt of `adapter_name`: free (`init`) or coupled (`coupling`, then `link`).
+
+        Args:
+            adapter_name (`str`): the adapter.
+            n_ctx (`int`): its number of vision prompt tokens.
+            init (`torch.Tensor`, *optional*): `(n_ctx, d_vision)` the initial value of a free prompt.
+            coupling (`nn.Linear`, *optional*): the coupling this layer owns for the adapter.
+        """
         device, dtype = self._base_device_dtype()
         if init is not None:
             self.maple_vision_ctx[adapter_name] = nn.Parameter(init.detach().clone().to(device=device, dtype=dtype))
@@ -185,10 +215,18 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
     def link(
         self, adapter_name: str, text_layer: MaPLeTextPromptLayer, coupling_owner: MaPLeVisionPromptLayer
     ) -> None:
-        """Compute this layer's prompt for `adapter_name` as `coupling_owner`'s coupling of `text_layer`'s prompt."""
+        """Compute this layer's prompt for `adapter_name` as `coupling_owner`'s coupling of `text_layer`'s prompt.
+
+        Args:
+            adapter_name (`str`): the adapter.
+            text_layer (`MaPLeTextPromptLayer`): the text layer of the same depth.
+            coupling_owner (`MaPLeVisionPromptLayer`): the vision layer that holds the coupling (this layer, or the
+                depth-0 vision layer when the coupling is shared).
+        """
         self.maple_source[adapter_name] = (text_layer, coupling_owner)
 
     def prompt(self, adapter_name: str) -> torch.Tensor:
+        """The `(n_ctx, d_vision)` prompt of `adapter_name` at this depth (free, or coupled from the text prompt)."""
         if adapter_name in self.maple_vision_ctx:
             return self.maple_vision_ctx[adapter_name]
         if adapter_name not in self.maple_source:

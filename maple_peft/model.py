@@ -12,7 +12,7 @@ from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
 from .config import COUPLED_VARIANTS, PROMPT_EXTRA_TOKENS, MaPLeConfig
-from .layer import MERGE_ERROR, MaPLeLayer, MaPLeTextPromptLayer, MaPLeVisionPromptLayer
+from .layer import MERGE_ERROR, MaPLeLayer, MaPLeTextPromptLayer, MaPLeVisionPromptLayer, unwrap
 
 TEXT_EMBEDDING = "text_model.embeddings.token_embedding"
 TEXT_LAYER = "text_model.encoder.layers.{}"
@@ -37,7 +37,7 @@ def _clip_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
         )
     text_model, vision_model = model.text_model, model.vision_model
     for tower, expected in ((text_model, CLIPTextEmbeddings), (vision_model, CLIPVisionEmbeddings)):
-        embeddings = _base_layer(getattr(tower, "embeddings", None))
+        embeddings = unwrap(getattr(tower, "embeddings", None))
         layers = getattr(getattr(tower, "encoder", None), "layers", None)
         if not isinstance(embeddings, expected) or not isinstance(layers, nn.ModuleList):
             raise ValueError(
@@ -46,10 +46,6 @@ def _clip_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
                 "`encoder.layers`); load the base model with CLIPModel.from_pretrained(...)."
             )
     return text_model, vision_model
-
-
-def _base_layer(module: nn.Module | None) -> nn.Module | None:
-    return module.get_base_layer() if isinstance(module, MaPLeLayer) else module
 
 
 def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
@@ -140,7 +136,7 @@ def _check_text_fits(config: MaPLeConfig, text_model: nn.Module, *, token_ids: l
             f"needs the start token, at least one class-name token, '.' and the end token; use n_ctx <= "
             f"{max_length - PROMPT_EXTRA_TOKENS}."
         )
-    vocab_size = _base_layer(text_model.embeddings.token_embedding).num_embeddings
+    vocab_size = unwrap(text_model.embeddings.token_embedding).num_embeddings
     ids = token_ids if token_ids is not None else config.prompt_init_token_ids or []
     if any(i >= vocab_size for i in ids):
         raise ValueError(
@@ -302,8 +298,7 @@ class MaPLeModel(BaseTuner):
     # ---- creation -------------------------------------------------------------------------------------------------
 
     def _text_init(self, config: MaPLeConfig, depth: int, text_model: nn.Module) -> torch.Tensor:
-        embedding = text_model.embeddings.token_embedding
-        embedding = embedding.get_base_layer() if isinstance(embedding, MaPLeLayer) else embedding
+        embedding = unwrap(text_model.embeddings.token_embedding)
         width = embedding.weight.shape[1]
         if depth == 0 and config.prompt_init_token_ids is not None:
             ids = torch.tensor(config.prompt_init_token_ids, device=embedding.weight.device)
@@ -335,7 +330,7 @@ class MaPLeModel(BaseTuner):
     ) -> None:
         depth = _depth_of(current_key)
         text_model, vision_model = _clip_parts(self.model)
-        base = target.get_base_layer() if isinstance(target, MaPLeLayer) else target
+        base = unwrap(target)
         if current_key.startswith("text_model."):
             init = self._text_init(peft_config, depth, text_model)
             if isinstance(target, MaPLeTextPromptLayer):

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layer import MaPLeTextPromptLayer, replace_text_prompt
+from .layer import MaPLeTextPromptLayer, replace_text_prompt, unwrap
 
 #: (encoder layer without the MaPLe wrapper, prefix keys, prefix values), one per layer; keys/values `(1, heads, P, d)`
 PrefixCache = list[tuple[nn.Module, torch.Tensor, torch.Tensor]]
@@ -36,7 +36,7 @@ def common_prefix_length(input_ids: torch.Tensor, lengths: torch.Tensor | list[i
 
     Args:
         input_ids (`torch.LongTensor`): `(n_prompts, longest)` token ids.
-        lengths: the length of each prompt up to and including its end-of-text token.
+        lengths (`torch.Tensor` or `list[int]`): the length of each prompt up to and including its end-of-text token.
     """
     same = (input_ids == input_ids[:1]).all(dim=0)
     shared = int(same.int().cumprod(0).sum())
@@ -50,7 +50,11 @@ def _text_prompt_layers(clip: nn.Module) -> tuple[MaPLeTextPromptLayer | None, l
 
 
 def active_text_n_ctx(clip: nn.Module) -> int:
-    """The number of text prompt tokens the active adapter inserts (0 without text prompts or with adapters off)."""
+    """The number of text prompt tokens the active adapter inserts (0 without text prompts or with adapters off).
+
+    Args:
+        clip (`CLIPModel`): the model (with MaPLe layers injected, or plain).
+    """
     first, layers = _text_prompt_layers(clip)
     return max((prompt.shape[0] for module in [first, *layers] if (prompt := _prompt(module)) is not None), default=0)
 
@@ -80,7 +84,7 @@ def shared_prefix_unsupported(clip: nn.Module, prefix_length: int, n_ctx: int) -
             f"the text embeddings are a {type(text_model.embeddings).__name__}, not transformers' CLIPTextEmbeddings"
         )
     for index, module in enumerate(text_model.encoder.layers):
-        layer = _base(module)
+        layer = unwrap(module)
         if not isinstance(layer, CLIPEncoderLayer):
             return f"text encoder layer {index} is a {type(layer).__name__}, not transformers' CLIPEncoderLayer"
         if _has_hooks(module) or _has_hooks(layer) or _has_hooks(layer.self_attn):
@@ -109,10 +113,6 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], -1)
 
 
-def _base(module: nn.Module) -> nn.Module:
-    return module.get_base_layer() if isinstance(module, MaPLeTextPromptLayer) else module
-
-
 def _prompt(module: Any) -> torch.Tensor | None:
     if isinstance(module, MaPLeTextPromptLayer):
         name = module.prompt_adapter()
@@ -122,11 +122,19 @@ def _prompt(module: Any) -> torch.Tensor | None:
 
 
 def encode_prefix(clip: nn.Module, prefix_ids: torch.Tensor) -> PrefixCache:
-    """Run the shared prefix `(1, P)` through the text tower, with the active adapter's prompts; keep keys/values."""
+    """Run the shared prefix through the text tower, with the active adapter's prompts; keep its keys and values.
+
+    Args:
+        clip (`CLIPModel`): the model whose text tower encodes the prefix.
+        prefix_ids (`torch.LongTensor`): `(1, P)` the tokens that all prompts share, start token included.
+
+    Returns:
+        `PrefixCache`: per layer, the (unwrapped) encoder layer and the prefix's keys and values `(1, heads, P, d)`.
+    """
     text_model = clip.text_model
     embeddings = text_model.embeddings
     first, layers = _text_prompt_layers(clip)
-    hidden = _base(embeddings.token_embedding)(prefix_ids)
+    hidden = unwrap(embeddings.token_embedding)(prefix_ids)
     if (prompt := _prompt(first)) is not None:
         hidden = replace_text_prompt(hidden, prompt)
     hidden = hidden + embeddings.position_embedding(embeddings.position_ids[:, : prefix_ids.shape[1]])
@@ -134,7 +142,7 @@ def encode_prefix(clip: nn.Module, prefix_ids: torch.Tensor) -> PrefixCache:
     for module in layers:
         if (prompt := _prompt(module)) is not None:
             hidden = replace_text_prompt(hidden, prompt)
-        layer = _base(module)
+        layer = unwrap(module)
         attention = layer.self_attn
         normed = layer.layer_norm1(hidden)
         q, k, v = (_heads(proj(normed), attention) for proj in (attention.q_proj, attention.k_proj, attention.v_proj))
@@ -159,7 +167,7 @@ def encode_suffixes(clip: nn.Module, cache: PrefixCache, suffix_ids: torch.Tenso
     prefix_length = cache[0][1].shape[2]
     n, length = suffix_ids.shape
     positions = embeddings.position_ids[:, prefix_length : prefix_length + length]
-    hidden = _base(embeddings.token_embedding)(suffix_ids) + embeddings.position_embedding(positions)
+    hidden = unwrap(embeddings.token_embedding)(suffix_ids) + embeddings.position_embedding(positions)
     # suffix token i (absolute position P + i) sees the whole prefix and suffix tokens 0..i
     mask = torch.ones(length, prefix_length + length, dtype=torch.bool, device=suffix_ids.device)
     mask = mask.tril(diagonal=prefix_length)
