@@ -93,6 +93,22 @@ class MaPLeConfig(PeftConfig):
             created, so that loading a saved adapter never needs the tokenizer.
         target_modules (`list[str]`, *optional*):
             Filled automatically from `depth` and `variant`; do not set it.
+        maple_peft_version (`str`, *optional*):
+            The version of maple_peft that created the adapter; filled automatically. Loading an adapter written by a
+            newer version warns, naming both versions.
+
+    Every value is validated when the config is created (a `TypeError` or `ValueError` naming the value); the checks
+    that need the base model (depth against the towers, `prompt_init` tokens against CLIP's 77-token context and
+    `prompt_init_token_ids` against its vocabulary) run when the adapter is created.
+
+    Example:
+
+        ```py
+        >>> from maple_peft import MaPLeConfig
+
+        >>> config = MaPLeConfig(n_ctx=2, depth=9, prompt_init="a photo of a")  # the paper's MaPLe
+        >>> coop = MaPLeConfig(variant="language", n_ctx=4, depth=1)  # CoOp
+        ```
     """
 
     n_ctx: int = field(default=2, metadata={"help": "Number of learnable context tokens of the text branch."})

@@ -208,8 +208,8 @@ def check_adapter_state_dict(
     if non_finite:
         raise ValueError(
             f"The weights of adapter {adapter_name!r} hold NaN or inf values in "
-            f"{_format_keys(non_finite, adapter_name)}; the run that wrote them diverged. Load the weights of an "
-            "earlier checkpoint, or train again with a lower learning rate."
+            f"{_format_keys(non_finite, adapter_name)}; the run that wrote them probably diverged. Use the weights "
+            "of an earlier checkpoint, or train again (e.g. with a lower learning rate)."
         )
     expected = _adapter_keys(model, adapter_name)
     given = {key for key in state_dict if ".maple_" in key}
@@ -234,6 +234,11 @@ class MaPLeModel(BaseTuner):
     Wraps a transformers `CLIPModel` so that the first `depth` layers of both towers receive learnable prompts; the
     vision prompts are linear couplings of the text prompts. CLIP itself stays frozen. Created by `get_peft_model`
     once `maple_peft` is imported.
+
+    Models other than transformers' `CLIPModel` (and its subclasses with CLIP's towers) are refused before anything is
+    injected. Saved weights are checked whenever they are loaded (`PeftModel.from_pretrained`, `load_adapter`,
+    `set_peft_model_state_dict`): NaN/inf values, and tensors that the config's variant and depth do not expect or
+    that it misses, raise a `ValueError` naming them.
 
     Args:
         model (`transformers.CLIPModel`): the model to adapt.

@@ -157,3 +157,16 @@ def test_hub_id_of_the_base_model_is_recorded_unchanged(tmp_path, monkeypatch):
     clip.name_or_path = "openai/clip-vit-base-patch16"
     model = get_peft_model(clip, MaPLeConfig(depth=2, tokenizer_name_or_path=TOKENIZER_DIR))
     assert model.peft_config["default"].base_model_name_or_path == "openai/clip-vit-base-patch16"
+
+
+@pytest.mark.parametrize(
+    "variant,extra",
+    [("maple", {}), ("maple_shared", {}), ("ivlp", {"n_ctx_vision": 3}), ("language", {}), ("vision", {})],
+)
+def test_every_variant_saves_and_loads_back_to_the_same_logits(tmp_path, tokenizer, pixel_values, variant, extra):
+    model, _ = make_adapted(variant=variant, depth=3, **extra)
+    model.save_pretrained(tmp_path / "adapter")
+    loaded = PeftModel.from_pretrained(tiny_clip(), tmp_path / "adapter", adapter_name="other")
+    with torch.no_grad():
+        expected = PromptClassifier(model, tokenizer, CLASSES)(pixel_values)
+        assert torch.equal(PromptClassifier(loaded, tokenizer, CLASSES)(pixel_values), expected)
