@@ -170,3 +170,14 @@ def test_every_variant_saves_and_loads_back_to_the_same_logits(tmp_path, tokeniz
     with torch.no_grad():
         expected = PromptClassifier(model, tokenizer, CLASSES)(pixel_values)
         assert torch.equal(PromptClassifier(loaded, tokenizer, CLASSES)(pixel_values), expected)
+
+
+def test_config_from_a_newer_or_unknown_version_warns_and_the_current_one_does_not():
+    with pytest.warns(UserWarning, match=r"maple_peft 1\.0\.0, newer than the installed"):
+        MaPLeConfig(maple_peft_version="1.0.0")
+    with pytest.warns(UserWarning, match=r"maple_peft_version='dev-build' of this adapter is not a version number"):
+        MaPLeConfig(maple_peft_version="dev-build")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert MaPLeConfig(maple_peft_version="0.0.1").maple_peft_version == "0.0.1"  # older: no warning
+        assert MaPLeConfig().maple_peft_version == maple_peft.__version__
