@@ -270,7 +270,8 @@ class MaPLeModel(BaseTuner):
         if peft_config.target_modules is not None and peft_config.target_modules != regex:
             raise ValueError(
                 f"target_modules={peft_config.target_modules!r} was set, but MaPLe chooses its modules from depth and "
-                f"variant (here {names}); leave target_modules unset."
+                f"variant (here depth={peft_config.depth}, variant={peft_config.variant!r} give {names}); leave "
+                "target_modules unset (a saved adapter_config.json must keep the values it was saved with)."
             )
         text_model, _ = _clip_parts(self.model)
         _check_text_fits(peft_config, text_model)
