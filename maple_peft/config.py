@@ -55,6 +55,10 @@ class MaPLeConfig(PeftConfig):
             created, so that loading a saved adapter never needs the tokenizer.
         target_modules (`list[str]`, *optional*):
             Filled automatically from `depth` and `variant`; do not set it.
+        class_names (`list[str]`, *optional*):
+            The class names the adapter was trained on (or that its classifier was saved with), so that
+            `PromptClassifier.from_pretrained(adapter)` classifies without being told the classes. Saved in
+            `adapter_config.json`; any other names can still be used at prediction time.
     """
 
     n_ctx: int = field(default=2, metadata={"help": "Number of learnable context tokens of the text branch."})
@@ -89,6 +93,13 @@ class MaPLeConfig(PeftConfig):
     )
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Filled automatically from depth and variant; do not set."}
+    )
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The class names the adapter classifies by default (those it was trained on); saved with it and "
+            "used by PromptClassifier.from_pretrained when no class names are given."
+        },
     )
     maple_peft_version: str | None = field(
         default=None, metadata={"help": "Version of maple_peft that created this config; filled automatically."}
@@ -129,6 +140,14 @@ class MaPLeConfig(PeftConfig):
                 f"prompt_init_token_ids={self.prompt_init_token_ids} has {len(self.prompt_init_token_ids)} ids but "
                 f"n_ctx={self.n_ctx}; leave it unset so that it is computed from prompt_init."
             )
+
+        if self.class_names is not None:
+            if isinstance(self.class_names, str) or not isinstance(self.class_names, (list, tuple)):
+                raise ValueError(f"class_names={self.class_names!r} must be a list of class names (strings), or None.")
+            for name in self.class_names:
+                if not isinstance(name, str) or not name.strip():
+                    raise ValueError(f"class_names contains {name!r}; every class name must be a non-empty string.")
+            self.class_names = list(self.class_names)
 
     @property
     def num_vision_tokens(self) -> int:
