@@ -288,7 +288,7 @@ def test_predict_reads_paths_and_names_an_unreadable_one(tokenizer, tmp_path):
     images = _images(2)
     paths = []
     for index, image in enumerate(images):
-        images[index].save(tmp_path / f"{index}.png")
+        image.save(tmp_path / f"{index}.png")
         paths.append(tmp_path / f"{index}.png")
     assert clf.predict([str(paths[0]), paths[1]]) == clf.predict(images)
     (tmp_path / "broken.png").write_bytes(b"not an image")

@@ -145,7 +145,9 @@ def test_missing_adapter_is_named(tmp_path):
 def test_base_model_of_other_widths_is_refused_naming_both(adapter, tmp_path):
     other = tmp_path / "wide-clip"
     tiny_clip("wide_text").save_pretrained(other)
-    with pytest.raises(ValueError, match="text width 32 and vision width 48.*wide-clip.*text width 64 and vision width 40"):
+    with pytest.raises(
+        ValueError, match="text width 32 and vision width 48.*wide-clip.*text width 64 and vision width 40"
+    ):
         PromptClassifier.from_pretrained(adapter, base_model_name_or_path=other)
 
 
