@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -159,3 +160,38 @@ def test_base_without_image_processor_falls_back_to_clip_defaults_with_a_warning
         clf = PromptClassifier.from_pretrained(adapter, base_model_name_or_path=base)
     assert clf.image_processor.crop_size == {"height": 32, "width": 32}
     assert clf.predict(images(2)) == PromptClassifier.from_pretrained(adapter).predict(images(2))
+
+
+def _python_block(text):
+    start = text.index("```python\n") + len("```python\n")
+    return text[start : text.index("```", start)]
+
+
+def test_saved_adapter_card_shows_a_one_liner_that_runs(adapter, tmp_path):
+    card = (Path(adapter) / "README.md").read_text(encoding="utf-8")
+    code = _python_block(card[card.index("## How to use") :])
+    assert 'PromptClassifier.from_pretrained("path/or/hub-id/of/this/adapter")' in code
+    image = tmp_path / "image.jpg"
+    images(1)[0].save(image)
+    code = code.replace("path/or/hub-id/of/this/adapter", adapter).replace("image.jpg", str(image))
+    exec(compile(code, "card", "exec"), {})
+    assert "maple-peft predict --adapter" in card
+
+
+def test_card_of_an_adapter_without_class_names_passes_some(saved_base, tmp_path):
+    path = save_adapter(saved_base, tmp_path / "no-classes", class_names=None)
+    code = _python_block((Path(path) / "README.md").read_text(encoding="utf-8"))
+    assert 'from_pretrained("path/or/hub-id/of/this/adapter", ["cat", "dog"])' in code
+
+
+def test_card_template_how_to_use_is_the_one_liner_then_predict():
+    from jinja2 import Template
+
+    template = (Path(__file__).parents[1] / "model_cards" / "adapter_card.md").read_text(encoding="utf-8")
+    section = template[template.index("## How to use") : template.index("## Training recipe")]
+    text = Template(section).render(adapter_id="me/maple-eurosat", base_model_id="b", class_names_line="")
+    code = _python_block(text)
+    assert code.splitlines()[0].startswith("import maple_peft")
+    assert 'clf = maple_peft.PromptClassifier.from_pretrained("me/maple-eurosat")' in code
+    assert code.index("from_pretrained") < code.index("clf.predict(") < code.index("clf.predict_proba(")
+    assert "maple-peft predict --adapter me/maple-eurosat image.jpg" in text

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_oneliner import CLASSES, images, save_adapter
+from test_oneliner import images, save_adapter
 
 from maple_peft import PromptClassifier
 from maple_peft.cli import main
