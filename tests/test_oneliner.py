@@ -195,3 +195,39 @@ def test_card_template_how_to_use_is_the_one_liner_then_predict():
     assert 'clf = maple_peft.PromptClassifier.from_pretrained("me/maple-eurosat")' in code
     assert code.index("from_pretrained") < code.index("clf.predict(") < code.index("clf.predict_proba(")
     assert "maple-peft predict --adapter me/maple-eurosat image.jpg" in text
+
+
+def _cache_repo(cache, repo_id, files_from, revision="0" * 40):
+    """Lay out a model repository in a Hugging Face cache as the Hub client leaves it after a download."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    shutil.copytree(files_from, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def test_one_liner_from_hub_ids_in_offline_mode(adapter, saved_base, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    _cache_repo(cache, "user/tiny-clip", saved_base)
+    _cache_repo(cache, "user/maple-tiny", adapter, revision="1" * 40)
+    edit_config(
+        cache / "models--user--maple-tiny" / "snapshots" / ("1" * 40), base_model_name_or_path="user/tiny-clip"
+    )
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+
+    clf = PromptClassifier.from_pretrained("user/maple-tiny")
+    assert clf.class_names == CLASSES
+    local = PromptClassifier.from_pretrained(adapter)
+    batch = images(2)
+    with torch.no_grad():
+        pixel_values = local.image_processor(images=batch, return_tensors="pt")["pixel_values"]
+        torch.testing.assert_close(clf(pixel_values), local(pixel_values), atol=1e-6, rtol=1e-6)
+    assert clf.predict(batch) == local.predict(batch)
+    # the same through an explicit cache_dir, used for every download
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty"))
+    assert PromptClassifier.from_pretrained("user/maple-tiny", cache_dir=str(cache)).predict(batch) == clf.predict(
+        batch
+    )
