@@ -231,3 +231,24 @@ def test_one_liner_from_hub_ids_in_offline_mode(adapter, saved_base, tmp_path, m
     assert PromptClassifier.from_pretrained("user/maple-tiny", cache_dir=str(cache)).predict(batch) == clf.predict(
         batch
     )
+
+
+def test_revision_selects_the_adapter_and_the_config_revision_the_base(adapter, saved_base, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    cache = tmp_path / "hub"
+    base_revision, first, second = "a" * 40, "b" * 40, "c" * 40
+    # the base exists only at the revision the adapter's config records (no refs/main for it)
+    shutil.copytree(saved_base, cache / "models--user--tiny-clip" / "snapshots" / base_revision)
+    _cache_repo(cache, "user/maple-tiny", adapter, revision=first)
+    shutil.copytree(adapter, cache / "models--user--maple-tiny" / "snapshots" / second)
+    for revision, names in ((first, CLASSES), (second, ["zebra", "okapi"])):
+        snapshot = cache / "models--user--maple-tiny" / "snapshots" / revision
+        edit_config(snapshot, base_model_name_or_path="user/tiny-clip", revision=base_revision, class_names=names)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+    assert PromptClassifier.from_pretrained("user/maple-tiny", cache_dir=str(cache)).class_names == CLASSES
+    clf = PromptClassifier.from_pretrained("user/maple-tiny", revision=second, cache_dir=str(cache))
+    assert clf.class_names == ["zebra", "okapi"]
+    with pytest.raises(OSError, match="Cannot load the base model 'user/tiny-clip'"):
+        PromptClassifier.from_pretrained("user/maple-tiny", base_model_revision="d" * 40, cache_dir=str(cache))
