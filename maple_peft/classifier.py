@@ -116,10 +116,16 @@ def _is_single_image(images: Any) -> bool:
 
 
 def load_image(image: Any) -> Any:
-    """An image given as a PIL image, a local path or an `http(s)://` URL, as an RGB PIL image.
+    """Read an image given as a local path or an `http(s)://` URL into an RGB PIL image, naming it on failure.
 
-    Paths and URLs are read with transformers' `load_image`; other objects (numpy arrays, tensors) are returned as they
-    are, for the image processor.
+    Paths and URLs are read with transformers' `load_image` (EXIF orientation applied); PIL images and other objects
+    (numpy arrays, tensors) are returned as they are, for the image processor.
+
+    Args:
+        image (`PIL.Image.Image`, `str`, `os.PathLike` or array): the image or where to read it.
+
+    Returns:
+        The PIL image (or `image` itself when it is not a path or URL).
 
     Raises:
         `FileNotFoundError`: a path that does not exist.
