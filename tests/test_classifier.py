@@ -323,3 +323,26 @@ def test_boolean_options_are_keyword_only(tokenizer):
     model, _ = make_adapted(depth=2)
     with pytest.raises(TypeError):
         PromptClassifier(model, tokenizer, CLASSES, None, 256, True)
+
+
+def test_predict_reads_urls_through_transformers_load_image(tokenizer, monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    import transformers.image_utils
+
+    model, _ = make_adapted(depth=2)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clf = PromptClassifier(model, tokenizer, CLASSES, image_processor=processor)
+    image = _images(1)[0]
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    requested = []
+
+    def fake_get(url, **kwargs):
+        requested.append(url)
+        return SimpleNamespace(content=png.getvalue())
+
+    monkeypatch.setattr(transformers.image_utils, "httpx", SimpleNamespace(get=fake_get))
+    assert clf.predict(["https://example.com/cat.png"]) == clf.predict([image])
+    assert requested == ["https://example.com/cat.png"]
