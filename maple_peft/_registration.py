@@ -1,4 +1,4 @@
-"""Registration of MaPLe with PEFT: the `PeftType` member, the tuner mapping and the "How to load" card section.
+"""Registration of MaPLe with PEFT: the `PeftType` member, the tuner mapping and the "How to use" card section.
 
 `register()` is called once by `import maple_peft`; it is idempotent (a re-import points PEFT at the current classes).
 """
@@ -30,15 +30,20 @@ def add_peft_type(name: str) -> None:
     PeftType._member_names_.append(name)
 
 
-def add_loading_section(readme: str | os.PathLike, base_model: str | None) -> None:
-    """Add a "How to load" section (with `import maple_peft`) to a card PEFT wrote, unless it has one already.
+def add_loading_section(
+    readme: str | os.PathLike, base_model: str | None, class_names: list[str] | None = None
+) -> None:
+    """Add a "How to use" section (the one-line loading with `import maple_peft`) to a card PEFT wrote, unless the
+    card mentions `import maple_peft` already.
 
     `import maple_peft` patches `PeftModel.create_or_update_model_card` to call this, so that even the generic card
-    of a plain `model.save_pretrained(...)` tells readers to import the package before loading.
+    of a plain `model.save_pretrained(...)` shows how to load and use the adapter.
 
     Args:
         readme (`str` or `os.PathLike`): the card (`README.md`) that PEFT wrote.
-        base_model (`str`, *optional*): the base model's name or path, shown in the example.
+        base_model (`str`, *optional*): the base model's name or path, shown in the step-by-step example.
+        class_names (`list[str]`, *optional*): the class names saved with the adapter; without them the example passes
+            placeholder class names.
     """
     path = Path(readme)
     if not path.is_file():
@@ -47,19 +52,29 @@ def add_loading_section(readme: str | os.PathLike, base_model: str | None) -> No
     if "import maple_peft" in text:
         return
     base = base_model or "openai/clip-vit-base-patch16"
+    adapter = "path/or/hub-id/of/this/adapter"
+    if class_names:
+        load = (
+            f'clf = maple_peft.PromptClassifier.from_pretrained("{adapter}")  # with its {len(class_names)} classes\n'
+        )
+    else:
+        load = (
+            f'clf = maple_peft.PromptClassifier.from_pretrained("{adapter}", ["cat", "dog"])  # the classes to '
+            "recognize\n"
+        )
     section = (
-        "\n## How to load\n\n"
+        "\n## How to use\n\n"
         "This is a MaPLe (multi-modal prompt learning) adapter for CLIP. Import `maple_peft` before loading it: the "
         "import registers the method with PEFT.\n\n"
         "```python\n"
-        "import maple_peft  # registers MaPLe with PEFT: import it before loading\n"
-        "from peft import PeftModel\n"
-        "from transformers import CLIPModel, CLIPTokenizer\n\n"
-        f'base = CLIPModel.from_pretrained("{base}")\n'
-        'model = PeftModel.from_pretrained(base, "path/or/hub-id/of/this/adapter").eval()\n'
-        f'clf = maple_peft.PromptClassifier(model, CLIPTokenizer.from_pretrained("{base}"), ["cat", "dog"])\n'
-        "logits = clf(pixel_values)\n"
-        "```\n"
+        "import maple_peft  # registers MaPLe with PEFT: import it before loading\n\n"
+        f"{load}"
+        'print(clf.predict(["image.jpg"]))  # class names; PIL images, paths and URLs work\n'
+        'print(clf.predict_proba("image.jpg", top_k=3))  # [{"label": ..., "score": ...}, ...], best first\n'
+        "```\n\n"
+        f"From the command line: `maple-peft predict --adapter {adapter} image.jpg`. Step by step: "
+        f'`model = PeftModel.from_pretrained(CLIPModel.from_pretrained("{base}"), "{adapter}")`, then '
+        "`maple_peft.PromptClassifier(model, tokenizer, class_names)`.\n"
     )
     match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
     cut = match.end() if match else 0
@@ -76,9 +91,14 @@ def _patch_peft_model_card() -> None:
 
     def create_or_update_model_card(self, output_dir: str) -> None:
         original(self, output_dir)
-        if any(getattr(c, "peft_type", None) == PeftType.MAPLE for c in self.peft_config.values()):
+        configs = [c for c in self.peft_config.values() if getattr(c, "peft_type", None) == PeftType.MAPLE]
+        if configs:
             base = getattr(self.get_base_model(), "name_or_path", None)
-            add_loading_section(os.path.join(output_dir, "README.md"), base_model=base if base else None)
+            active = self.peft_config.get(self.active_adapter)
+            class_names = active.class_names if getattr(active, "peft_type", None) == PeftType.MAPLE else None
+            add_loading_section(
+                os.path.join(output_dir, "README.md"), base_model=base if base else None, class_names=class_names
+            )
 
     create_or_update_model_card._maple_peft = True
     PeftModel.create_or_update_model_card = create_or_update_model_card

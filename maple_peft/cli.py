@@ -28,6 +28,101 @@ def _convert_official(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Classify images with a saved adapter: one output line per image, one error line per unreadable image.
+
+    Exit code 0 when every image was classified, 1 when some could not be read (the others are still classified),
+    2 when nothing could be classified (the adapter, base model or class names are missing or invalid).
+    """
+    from transformers.utils import logging as transformers_logging
+
+    progress_bars = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # stderr holds one line per error, nothing else
+    try:
+        return _classify_images(args)
+    finally:
+        if progress_bars:
+            transformers_logging.enable_progress_bar()
+
+
+def _classify_images(args: argparse.Namespace) -> int:
+    import json
+
+    from .classifier import PromptClassifier, load_image
+
+    class_names = args.classes
+    if args.classes_file is not None:
+        try:
+            with open(args.classes_file, encoding="utf-8") as handle:
+                class_names = [line.strip() for line in handle if line.strip()]
+        except OSError as err:
+            print(f"error: cannot read --classes-file {args.classes_file}: {_one_line(err)}", file=sys.stderr)
+            return 2
+        if not class_names:
+            print(f"error: --classes-file {args.classes_file} holds no class names (one per line).", file=sys.stderr)
+            return 2
+    try:
+        if class_names is None:
+            from peft import PeftConfig
+
+            config = PeftConfig.from_pretrained(args.adapter)
+            if getattr(config, "class_names", None) is None:
+                print(
+                    f"error: the adapter {args.adapter} has no class names saved with it; pass --classes a b c or "
+                    "--classes-file FILE.",
+                    file=sys.stderr,
+                )
+                return 2
+        classifier = PromptClassifier.from_pretrained(
+            args.adapter, class_names, base_model_name_or_path=args.base_model
+        )
+        if args.device is not None:
+            classifier.to(args.device)
+    except (OSError, ValueError, TypeError, RuntimeError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 2
+
+    failed = 0
+    pending: list[tuple[str, object]] = []
+
+    def flush() -> None:
+        if not pending:
+            return
+        results = classifier.predict_proba([image for _, image in pending], top_k=args.top_k)
+        for (path, _), predictions in zip(pending, results):
+            if args.json:
+                print(json.dumps({"image": path, "predictions": predictions}, ensure_ascii=False))
+            else:
+                print("\t".join([path, *(f"{p['label']}\t{p['score']:.4f}" for p in predictions)]))
+        pending.clear()
+
+    for path in args.images:
+        try:
+            pending.append((path, load_image(path)))
+        except (OSError, ValueError) as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            failed += 1
+            continue
+        if len(pending) == args.batch_size:
+            flush()
+    flush()
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import maple_peft  # noqa: F401 - registers the method with PEFT
 
@@ -42,7 +137,30 @@ def main(argv: list[str] | None = None) -> int:
     convert.add_argument("--prompt-init", default="a photo of a", help="the ctx_init it was trained with")
     convert.add_argument("--tokenizer", default=None, help="tokenizer for --prompt-init (defaults to --base-model)")
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
+    predict = commands.add_parser(
+        "predict",
+        help="Classify images with a saved adapter (Hub id or folder).",
+        description="Prints one line per image: the path, then the top-k labels and scores, tab-separated (or JSON "
+        "lines with --json). An unreadable image gives one error line on stderr and the others are still classified; "
+        "the exit code is 1 if any image failed, 2 if nothing could be classified, 0 otherwise.",
+    )
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files or http(s) URLs")
+    predict.add_argument("--adapter", required=True, help="the adapter (Hub id or directory)")
+    classes = predict.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes",
+        nargs="+",
+        help="class names (default: those saved with the adapter); end the list with -- when IMAGE follows",
+    )
+    classes.add_argument("--classes-file", help="a text file with one class name per line")
+    predict.add_argument("--top-k", type=_positive_int, default=1, help="number of labels per image (default 1)")
+    predict.add_argument("--json", action="store_true", help="print JSON lines: {'image', 'predictions'}")
+    predict.add_argument("--base-model", default=None, help="the base CLIP (default: the one the adapter names)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    predict.add_argument("--device", default=None, help="e.g. cuda; default: CPU")
     args = parser.parse_args(argv)
+    if args.command == "predict":
+        return _predict(args)
     return _convert_official(args)
 
 

@@ -93,6 +93,10 @@ class MaPLeConfig(PeftConfig):
             created, so that loading a saved adapter never needs the tokenizer.
         target_modules (`list[str]`, *optional*):
             Filled automatically from `depth` and `variant`; do not set it.
+        class_names (`list[str]`, *optional*):
+            The class names the adapter was trained on (or that its classifier was saved with), so that
+            `PromptClassifier.from_pretrained(adapter)` classifies without being told the classes. Saved in
+            `adapter_config.json`; any other names can still be used at prediction time.
         maple_peft_version (`str`, *optional*):
             The version of maple_peft that created the adapter; filled automatically. Loading an adapter written by a
             newer version warns, naming both versions.
@@ -143,6 +147,13 @@ class MaPLeConfig(PeftConfig):
     )
     target_modules: list[str] | str | None = field(
         default=None, metadata={"help": "Filled automatically from depth and variant; do not set."}
+    )
+    class_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "The class names the adapter classifies by default (those it was trained on); saved with it and "
+            "used by PromptClassifier.from_pretrained when no class names are given."
+        },
     )
     maple_peft_version: str | None = field(
         default=None, metadata={"help": "Version of maple_peft that created this config; filled automatically."}
@@ -216,6 +227,14 @@ class MaPLeConfig(PeftConfig):
                     "that it is computed from prompt_init."
                 )
             self.prompt_init_token_ids = list(ids)
+
+        if self.class_names is not None:
+            if isinstance(self.class_names, str) or not isinstance(self.class_names, (list, tuple)):
+                raise ValueError(f"class_names={self.class_names!r} must be a list of class names (strings), or None.")
+            for name in self.class_names:
+                if not isinstance(name, str) or not name.strip():
+                    raise ValueError(f"class_names contains {name!r}; every class name must be a non-empty string.")
+            self.class_names = list(self.class_names)
 
     @property
     def num_vision_tokens(self) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
 
 TOKENIZER_DIR = str(Path(__file__).parent / "fixtures" / "clip-tokenizer")
 
@@ -61,8 +61,10 @@ def pixel_values() -> torch.Tensor:
 
 @pytest.fixture(scope="session")
 def saved_base(tmp_path_factory) -> str:
-    """A tiny CLIP saved to disk (with the tokenizer beside it), as a user's local base model."""
+    """A tiny CLIP saved to disk (with the tokenizer and a 32-px image processor beside it), as a user's local base
+    model."""
     path = tmp_path_factory.mktemp("tiny-clip")
     tiny_clip().save_pretrained(path)
     CLIPTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)

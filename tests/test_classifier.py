@@ -160,3 +160,189 @@ def test_prompts_are_encoded_in_length_groups_without_padding(tokenizer, pixel_v
     # every encoded prompt ends with its end-of-text token: no padding is encoded
     assert all((ids == tokenizer.eos_token_id).int().argmax(-1).eq(ids.shape[1] - 1).all() for ids in groups)
     torch.testing.assert_close(grouped, one_batch, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("names", [["sea_lake", "sea lake"], ["Forest", "forest"]])
+def test_classes_with_the_same_prompt_are_refused_naming_both(tokenizer, names):
+    model, _ = make_adapted(depth=2)
+    with pytest.raises(ValueError, match=f"Classes '{names[0]}' and '{names[1]}' give the same prompt"):
+        PromptClassifier(model, tokenizer, ["cat", *names])
+
+
+def test_class_names_that_are_not_strings_are_refused(tokenizer):
+    model, _ = make_adapted(depth=2)
+    with pytest.raises(TypeError, match=r"class_names\[1\]=3 is not a string"):
+        PromptClassifier(model, tokenizer, ["cat", 3])
+
+
+@pytest.mark.parametrize("token", ["<|endoftext|>", "<|startoftext|>"])
+def test_class_names_with_clip_special_tokens_are_refused(tokenizer, token):
+    model, _ = make_adapted(depth=2)
+    with pytest.raises(ValueError, match="special token"):
+        PromptClassifier(model, tokenizer, ["cat", f"dog{token}bird"])
+
+
+@pytest.mark.parametrize(
+    "bad, error",
+    [
+        (["cat", " ".join(["supercalifragilistic"] * 30)], "more than CLIP's 77"),
+        (["zebra", "zebra"], "same prompt"),
+        (["zebra", None], "not a string"),
+        ([], "non-empty"),
+    ],
+)
+def test_set_class_names_refuses_bad_names_and_keeps_the_previous_ones(tokenizer, pixel_values, bad, error):
+    model, _ = make_adapted(depth=2)
+    model.eval()
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    with torch.no_grad():
+        before = clf(pixel_values)
+    with pytest.raises((ValueError, TypeError), match=error):
+        clf.set_class_names(bad)
+    assert clf.class_names == CLASSES
+    with torch.no_grad():
+        torch.testing.assert_close(clf(pixel_values), before)
+
+
+def test_integer_pixel_values_are_refused_with_a_hint_to_the_image_processor(tokenizer):
+    model, _ = make_adapted(depth=2)
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(TypeError, match="torch.uint8.*image processor"):
+        clf(images)
+
+
+def test_an_empty_batch_is_refused_clearly(tokenizer):
+    model, _ = make_adapted(depth=2)
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    with pytest.raises(ValueError, match="empty batch"):
+        clf(torch.zeros(0, 3, 32, 32))
+
+
+def _text_ctx(model):
+    return model.get_base_model().text_model.encoder.layers[1].maple_ctx["default"]
+
+
+def _shift(ctx):
+    # not a constant shift: a token's LayerNorm removes that, leaving the text features unchanged
+    return torch.linspace(-1.0, 1.0, ctx.numel()).view_as(ctx)
+
+
+def _add_in_place_through_data(ctx):
+    ctx.data.add_(_shift(ctx))  # in place on .data: the parameter's version counter does not see it
+
+
+def _assign_data(ctx):
+    ctx.data = ctx.data + _shift(ctx)
+
+
+@pytest.mark.parametrize("replace", [_add_in_place_through_data, _assign_data])
+def test_cache_is_refreshed_when_a_prompt_is_replaced_through_data(tokenizer, pixel_values, replace):
+    model, _ = make_adapted(depth=3)
+    model.eval()
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    with torch.no_grad():
+        before = clf.text_features().clone()
+        replace(_text_ctx(model))
+        after = clf.text_features()
+        fresh = PromptClassifier(model, tokenizer, CLASSES).text_features()
+    assert not torch.allclose(before, fresh, atol=1e-3)
+    torch.testing.assert_close(after, fresh, atol=1e-5, rtol=0)
+
+
+def test_cache_is_refreshed_after_vector_to_parameters(tokenizer, pixel_values):
+    model, _ = make_adapted(depth=3)
+    model.eval()
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    params = [p for p in model.parameters() if p.requires_grad]
+    with torch.no_grad():
+        before = clf.text_features().clone()
+        vector = torch.nn.utils.parameters_to_vector(params)
+        torch.nn.utils.vector_to_parameters(vector.flip(0), params)
+        after = clf.text_features()
+        fresh = PromptClassifier(model, tokenizer, CLASSES).text_features()
+    assert not torch.allclose(before, fresh, atol=1e-3)
+    torch.testing.assert_close(after, fresh, atol=1e-5, rtol=0)
+
+
+def test_predict_runs_in_eval_mode_and_restores_train_mode(tokenizer):
+    model, _ = make_adapted(depth=2)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clf = PromptClassifier(model, tokenizer, CLASSES, image_processor=processor)
+    clf.train()
+    calls = count_text_encodings(clf)
+    clf.predict(_images(4), batch_size=2)
+    assert calls["n"] == 1  # one encoding for both batches: the eval-mode cache was used
+    assert clf.training and model.training and all(m.training for m in model.modules())
+
+
+def test_predict_proba_is_sorted_like_the_pipeline_and_top_k_keeps_the_best(tokenizer):
+    model, _ = make_adapted(depth=2)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clf = PromptClassifier(model, tokenizer, CLASSES, image_processor=processor)
+    images = _images(2)
+    full = clf.predict_proba(images)
+    with torch.no_grad():
+        expected = clf(processor(images=images, return_tensors="pt")["pixel_values"]).softmax(-1)
+    for row, probs in zip(full, expected):
+        assert [r["score"] for r in row] == sorted((r["score"] for r in row), reverse=True)
+        assert {r["label"]: r["score"] for r in row} == pytest.approx(dict(zip(CLASSES, probs.tolist())), abs=1e-6)
+    top2 = clf.predict_proba(images, top_k=2)
+    assert top2 == [row[:2] for row in full]
+    assert [row[0]["label"] for row in full] == clf.predict(images)
+    assert clf.predict_proba(images[0], top_k=1) == full[0][:1]  # a single image gives a single list
+    with pytest.raises(ValueError, match="top_k=0"):
+        clf.predict_proba(images, top_k=0)
+
+
+def test_predict_reads_paths_and_names_an_unreadable_one(tokenizer, tmp_path):
+    model, _ = make_adapted(depth=2)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clf = PromptClassifier(model, tokenizer, CLASSES, image_processor=processor)
+    images = _images(2)
+    paths = []
+    for index, image in enumerate(images):
+        image.save(tmp_path / f"{index}.png")
+        paths.append(tmp_path / f"{index}.png")
+    assert clf.predict([str(paths[0]), paths[1]]) == clf.predict(images)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Cannot read image .*broken.png"):
+        clf.predict([paths[0], tmp_path / "broken.png"])
+    with pytest.raises(FileNotFoundError, match="missing.png.*no such file"):
+        clf.predict([tmp_path / "missing.png"])
+
+
+def test_predict_without_any_image_processor_says_what_to_pass(tokenizer):
+    model, _ = make_adapted(depth=2)
+    clf = PromptClassifier(model, tokenizer, CLASSES)
+    with pytest.raises(ValueError, match="pass processor="):
+        clf.predict(_images(1))
+
+
+def test_boolean_options_are_keyword_only(tokenizer):
+    model, _ = make_adapted(depth=2)
+    with pytest.raises(TypeError):
+        PromptClassifier(model, tokenizer, CLASSES, None, 256, True)
+
+
+def test_predict_reads_urls_through_transformers_load_image(tokenizer, monkeypatch):
+    import io
+    from types import SimpleNamespace
+
+    import transformers.image_utils
+
+    model, _ = make_adapted(depth=2)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clf = PromptClassifier(model, tokenizer, CLASSES, image_processor=processor)
+    image = _images(1)[0]
+    png = io.BytesIO()
+    image.save(png, format="PNG")
+    requested = []
+
+    def fake_get(url, **kwargs):
+        requested.append(url)
+        return SimpleNamespace(content=png.getvalue())
+
+    monkeypatch.setattr(transformers.image_utils, "httpx", SimpleNamespace(get=fake_get))
+    assert clf.predict(["https://example.com/cat.png"]) == clf.predict([image])
+    assert requested == ["https://example.com/cat.png"]
