@@ -1,4 +1,4 @@
-"""The torch Dataset over records, its decode cache, corrupt-file handling and collate_fn (maple_peft.training.data.dataset)."""
+"""The torch Dataset over records, its decode cache, corrupt-file handling and batching (maple_peft.training.data.dataset)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords, collate_fn
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords
 
 TFM = CLIPTransforms(crop_size=(8, 8), resize=8)
 
@@ -44,23 +44,21 @@ class _OpenCounter:
         monkeypatch.setattr(Image, "open", counting_open)
 
 
-def test_items_and_collate(tmp_path):
+def test_items_batch_with_the_default_collate(tmp_path):
     ds = ImageClassificationDataset(_records(tmp_path), TFM.test())
     assert len(ds) == 6 and ds.num_skipped == 0 and ds.class_names == ["c0", "c1"]
     item = ds[4]
     assert set(item) == {"pixel_values", "labels"}
     assert item["pixel_values"].shape == (3, 8, 8) and item["pixel_values"].dtype == torch.float32
     assert item["labels"] == 1 and isinstance(item["labels"], int)
-    batch = collate_fn([ds[i] for i in range(len(ds))])
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     assert batch["pixel_values"].shape == (6, 3, 8, 8)
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0, 0, 0, 1, 1, 1]
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_fn)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
     assert [b["pixel_values"].shape[0] for b in loader] == [4, 2]
     assert torch.equal(ds[-1]["pixel_values"], ds[5]["pixel_values"])
     with pytest.raises(IndexError, match="index 6 is out of range"):
         ds[6]
-    with pytest.raises(ValueError, match="empty batch"):
-        collate_fn([])
 
 
 def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
@@ -166,7 +164,7 @@ def test_dataloader_workers_are_reproducible(tmp_path):
 
     def epoch() -> torch.Tensor:
         torch.manual_seed(123)  # the trainer's seed: DataLoader derives the workers' seeds from it
-        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_fn)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
         return torch.cat([batch["pixel_values"] for batch in loader])
 
     first, second = epoch(), epoch()

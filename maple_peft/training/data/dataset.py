@@ -1,4 +1,7 @@
-"""A ``torch.utils.data.Dataset`` over :class:`~maple_peft.training.data.records.ImageRecord` s, and its collate function."""
+"""A ``torch.utils.data.Dataset`` over :class:`~maple_peft.training.data.records.ImageRecord` s.
+
+Its items batch with ``torch.utils.data.default_collate`` (the ``DataLoader`` default).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from PIL import Image
 
 from .records import ImageRecord, ImageRecords
 
-__all__ = ["ImageClassificationDataset", "collate_fn"]
+__all__ = ["ImageClassificationDataset"]
 
 _PARALLEL_MIN = 64  # below this many records, validate / decode in the calling thread
 
@@ -179,17 +182,3 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             f"{type(self).__name__}(num_items={len(self)}, num_skipped={self.num_skipped}, "
             f"cache_decoded={self.cache_decoded}, transform={self.transform!r})"
         )
-
-
-def collate_fn(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack dataset items into ``{"pixel_values": (B, 3, H, W) float, "labels": (B,) long}``.
-
-    Args:
-        batch: Items returned by :class:`ImageClassificationDataset`.
-    """
-    if not batch:
-        raise ValueError("cannot collate an empty batch")
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
-        "labels": torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long),
-    }

@@ -7,15 +7,22 @@ Works for Hub datasets (``load_image_classification("user/ds")``) and local fold
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from .records import HFImageRef, ImageRecord, ImageRecords
 
-__all__ = ["ImageClassificationData", "load_class_name_map", "load_image_classification", "records_from_hf_dataset"]
+__all__ = [
+    "ImageClassificationData",
+    "dataset_identity",
+    "load_class_name_map",
+    "load_image_classification",
+    "records_from_hf_dataset",
+]
 
 
 class ImageClassificationData(NamedTuple):
@@ -35,29 +42,38 @@ class ImageClassificationData(NamedTuple):
 
 
 def load_class_name_map(mapping: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
-    """Read a class-name cleaning map: a dict, a JSON file holding a dict, or a text file of ``"old new"`` lines.
+    """Read a class-name cleaning map: a dict, an inline JSON object, a JSON file, or a text file of ``"old new"`` lines.
 
     In the text format the first whitespace-separated token is the old name and the rest of the line the new one
     (``"n01440764 tench"``, ``"sea_lake sea or lake"``); blank lines and lines starting with ``#`` are ignored.
 
     Args:
-        mapping: The map or the path of the file.
+        mapping (`str | os.PathLike | Mapping[str, str]`): The map; a string starting with ``{`` that is not an
+            existing file is read as an inline JSON object (``'{"sea_lake": "sea or lake"}'``); any other string or
+            path is the file to read.
+
+    Returns:
+        `dict[str, str]`: ``{old name: new name}``.
+
+    Example:
+        ```python
+        >>> load_class_name_map('{"sea_lake": "sea or lake"}')
+        {'sea_lake': 'sea or lake'}
+        ```
     """
     if isinstance(mapping, Mapping):
         return {str(k): str(v) for k, v in mapping.items()}
+    if isinstance(mapping, str) and mapping.lstrip().startswith("{") and not Path(mapping).is_file():
+        return _json_map(mapping, "the inline class_name_map")
     path = Path(mapping)
     if not path.is_file():
-        raise FileNotFoundError(f"class-name map {path} not found; pass a JSON dict file or a file of 'old new' lines")
+        raise FileNotFoundError(
+            f"class_name_map={str(mapping)!r} is not a file; pass a JSON object (inline or in a file) or a file of "
+            "'old new' lines."
+        )
     text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"class-name map {path} looks like JSON but does not parse: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"class-name map {path} must hold a JSON object {{old: new}}")
-        return {str(k): str(v) for k, v in data.items()}
+    if text.lstrip().startswith("{"):
+        return _json_map(text, f"class-name map {path}")
     out: dict[str, str] = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         line = line.strip()
@@ -65,9 +81,81 @@ def load_class_name_map(mapping: str | os.PathLike | Mapping[str, str]) -> dict[
             continue
         parts = line.split(maxsplit=1)
         if len(parts) != 2:
-            raise ValueError(f"{path}:{lineno}: expected '<old name> <new name>', got {line!r}")
+            raise ValueError(f"{path}:{lineno}: expected '<old name> <new name>', got {line!r}.")
         out[parts[0]] = parts[1].strip()
     return out
+
+
+def _json_map(text: str, where: str) -> dict[str, str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} looks like JSON but does not parse: {err}.") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{where} must hold a JSON object {{old: new}}, got a {type(data).__name__}.")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def dataset_identity(dataset_name: str, data_dir: str | os.PathLike | None, class_names: Sequence[str]) -> str:
+    """A stable name for a dataset, to record in `metrics.json` and group runs by.
+
+    A Hub dataset without `data_dir` is its id. A local folder (every ``imagefolder`` is named ``"imagefolder"``)
+    gets its folder name and a short hash of its sorted class names, so that two different local datasets never
+    share a row in `examples/aggregate.py` and the same folder gives the same identity wherever it lives.
+
+    Args:
+        dataset_name (`str`): The builder or Hub id given to `load_image_classification`.
+        data_dir (`str | os.PathLike | None`): The local folder, if any.
+        class_names (`Sequence[str]`): The dataset's class names.
+
+    Returns:
+        `str`: E.g. ``"user/ds"`` or ``"imagefolder:flowers-3f2a9c1d"``.
+
+    Example:
+        ```python
+        >>> dataset_identity("imagefolder", "/data/flowers", ["rose", "tulip"])
+        'imagefolder:flowers-...'
+        ```
+    """
+    if data_dir is None:
+        return dataset_name
+    digest = hashlib.sha256("\n".join(sorted(map(str, class_names))).encode("utf-8")).hexdigest()[:8]
+    folder = Path(os.path.abspath(data_dir)).name or "data"
+    return f"{dataset_name}:{folder}-{digest}"
+
+
+def _check_distinct_prompt_names(raw_names: list[str], class_names: list[str], where: str) -> None:
+    """Two classes whose (cleaned) names give the same prompt cannot be told apart: refuse them, naming both."""
+    from maple_peft.prompts import clean_class_name
+
+    seen: dict[str, int] = {}
+    clashes = []
+    for label, name in enumerate(class_names):
+        prompt_name = clean_class_name(name)
+        if prompt_name in seen:
+            first = seen[prompt_name]
+            describe = [
+                repr(raw_names[i]) if raw_names[i] == class_names[i] else f"{raw_names[i]!r} -> {class_names[i]!r}"
+                for i in (first, label)
+            ]
+            clashes.append(f"{describe[0]} and {describe[1]} (both {prompt_name!r})")
+        else:
+            seen[prompt_name] = label
+    if clashes:
+        raise ValueError(
+            f"Classes of {where} give the same prompt name, so the classifier could not tell them apart: "
+            f"{'; '.join(clashes[:10])}. Rename one of each pair (folder or class_name_map entry)."
+        )
+
+
+def _classless_folders(data_dir: str | os.PathLike, splits: Sequence[str], class_names: Sequence[str]) -> list[str]:
+    """Class folders of an imagefolder layout that hold no image in any split (``datasets`` drops them)."""
+    found: set[str] = set()
+    for split in splits:
+        folder = Path(data_dir) / split
+        if folder.is_dir():
+            found.update(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(found - set(class_names))
 
 
 def _image_paths(dataset: Any, column: str) -> list[str | None]:
@@ -224,6 +312,14 @@ def load_image_classification(
             "classification needs at least two (check --label_column and the folder layout: <split>/<class>/*)"
         )
 
+    if data_dir is not None and dataset_name.lower() == "imagefolder":
+        dropped = _classless_folders(data_dir, (train_split, test_split), raw_names)
+        if dropped:
+            raise ValueError(
+                f"Class folder(s) {dropped[:20]} of {str(data_dir)!r} hold no image in {train_split!r} or "
+                f"{test_split!r}, so they would be dropped and every later class (and the base/novel split) would "
+                "shift; add images to them or remove the empty folder(s)."
+            )
     class_names = raw_names
     if class_name_map is not None:
         mapping = load_class_name_map(class_name_map)
@@ -239,6 +335,7 @@ def load_image_classification(
             )
         class_names = [mapping.get(n, n) for n in raw_names]
 
+    _check_distinct_prompt_names(raw_names, class_names, repr(dataset_name))
     root = os.path.abspath(data_dir) if data_dir is not None else None
     train = records_from_hf_dataset(
         train_ds, image_column, label_column, class_names, f"{dataset_name}/{train_split}", key_root=root
