@@ -163,11 +163,11 @@ def test_aggregate_keeps_different_local_datasets_in_different_rows(aggregate, t
 def test_aggregate_tells_apart_older_runs_that_recorded_a_bare_imagefolder(aggregate, tmp_path):
     for seed in (1, 2):
         for folder, accuracy in (("flowers", 90.0), ("cars", 50.0)):
-            results = {"test": {"accuracy": accuracy + seed, "per_class_accuracy": {f"{folder}-a": 1.0}}}
-            _write_run(
-                tmp_path, f"{folder}{seed}", "imagefolder", "all", seed, {"test": 0.0},
-                results=results, train_config={"data_dir": f"/data/{folder}"},
-            )  # fmt: skip
+            _write_run(tmp_path, f"{folder}{seed}", "imagefolder", "all", seed, {"test": accuracy + seed})
+            path = tmp_path / f"{folder}{seed}" / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["results"]["test"]["per_class_accuracy"] = {f"{folder}-a": 1.0}
+            path.write_text(json.dumps({**metrics, "train_config": {"data_dir": f"/data/{folder}"}}))
     json_path = tmp_path / "summary.json"
     assert aggregate.main([str(tmp_path), "--json", str(json_path)]) == 0
     datasets = sorted(s["dataset"] for s in json.loads(json_path.read_text())["summaries"])
