@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from maple_peft import format_prompts
 from maple_peft.training.data import BENCHMARKS, get_benchmark, list_benchmarks, load_coop_split, read_classnames
 
 
@@ -74,9 +75,10 @@ def test_registry_has_the_15_datasets_with_coop_layouts():
         "imagenet_a",
         "imagenet_r",
     ]
-    assert get_benchmark("eurosat").format_prompt("Herbaceous_Vegetation") == (
+    template = get_benchmark("eurosat").template  # the zero-shot prompt, formatted by the core
+    assert format_prompts(None, ["Herbaceous_Vegetation"], template=template) == [
         "a centered satellite photo of Herbaceous Vegetation."
-    )
+    ]
 
 
 @pytest.mark.parametrize(

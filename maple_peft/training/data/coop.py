@@ -76,14 +76,6 @@ class BenchmarkSpec:
         """Whether the dataset is evaluation-only (the ImageNet variants)."""
         return self.splits == ("test",)
 
-    def format_prompt(self, class_name: str) -> str:
-        """The hand-crafted prompt for a class (``_`` in the name becomes a space, as in CoOp).
-
-        Args:
-            class_name: The raw class name.
-        """
-        return self.template.format(class_name.replace("_", " "))
-
 
 def _spec(name: str, dataset_dir: str, image_dir: str, split_name: str | None, template: str, **kw) -> BenchmarkSpec:
     split_file = f"split_zhou_{split_name}.json" if split_name else None
