@@ -63,7 +63,7 @@ def find_metrics_files(paths: Sequence[str | Path]) -> list[Path]:
     """Every `metrics.json` at or below the given paths (files are taken as is), each once, sorted.
 
     Args:
-        paths: Run directories, directories of runs, or `metrics.json` files.
+        paths (`Sequence[str | Path]`): Run directories, directories of runs, or `metrics.json` files.
 
     Returns:
         The resolved paths of the found files.
@@ -215,7 +215,7 @@ def render_markdown(summaries: Sequence[dict[str, Any]]) -> tuple[str, list[dict
     """Renders the tables of all settings and base models.
 
     Args:
-        summaries: The output of `summarize_groups`.
+        summaries (`Sequence[dict[str, Any]]`): The output of `summarize_groups`.
 
     Returns:
         The markdown text and, per table, its average row (`{"setting", "base_model", "part", "average"}`).
@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code.
 
     Args:
-        argv: The command-line arguments (without the program name); `None` reads `sys.argv`.
+        argv (`Sequence[str] | None`): The command-line arguments (without the program name); `None` reads `sys.argv`.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="run directories (searched recursively for metrics.json)")

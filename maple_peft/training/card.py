@@ -188,13 +188,15 @@ def build_model_card(
     """Builds the `huggingface_hub.ModelCard` of a trained MaPLe adapter.
 
     Args:
-        metrics: The run's `metrics.json` dict (see `maple_peft.training.metrics`).
-        peft_config: The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to `metrics["peft_config"]`.
-        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
-        repo_id: The Hub repository the adapter is pushed to (`"user/name"`), used in the loading example and as the
-            model-index name. `None` shows a local-path placeholder.
-        license: The card's license identifier (a Hub license id such as `"apache-2.0"` or `"mit"`).
-        images: Paths, relative to the card, of plots to embed (e.g. `["per_class_accuracy.png"]`).
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict (see `maple_peft.training.metrics`).
+        peft_config (`Mapping[str, Any] | None`): The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to
+            `metrics["peft_config"]`.
+        train_config (`Mapping[str, Any] | None`): The training hyper-parameters; defaults to
+            `metrics["train_config"]`.
+        repo_id (`str | None`): The Hub repository the adapter is pushed to (`"user/name"`), used in the loading
+            example and as the model-index name. `None` shows a local-path placeholder.
+        license (`str`): The card's license identifier (a Hub license id such as `"apache-2.0"` or `"mit"`).
+        images (`Sequence[str]`): Paths, relative to the card, of plots to embed (e.g. `["per_class_accuracy.png"]`).
 
     Returns:
         The model card; `str(card)` is the README.md text.
@@ -317,12 +319,13 @@ def render_model_card(
     """Renders the README.md text of a trained MaPLe adapter (see `build_model_card` for the arguments).
 
     Args:
-        metrics: The run's `metrics.json` dict.
-        peft_config: The adapter configuration; defaults to `metrics["peft_config"]`.
-        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
-        repo_id: The Hub repository id used in the loading example, or `None`.
-        license: The card's license identifier.
-        images: Paths, relative to the card, of plots to embed.
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict.
+        peft_config (`Mapping[str, Any] | None`): The adapter configuration; defaults to `metrics["peft_config"]`.
+        train_config (`Mapping[str, Any] | None`): The training hyper-parameters; defaults to
+            `metrics["train_config"]`.
+        repo_id (`str | None`): The Hub repository id used in the loading example, or `None`.
+        license (`str`): The card's license identifier.
+        images (`Sequence[str]`): Paths, relative to the card, of plots to embed.
 
     Returns:
         The model card as markdown with a YAML metadata header.

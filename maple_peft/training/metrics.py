@@ -89,10 +89,10 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     still count as false positives of the predicted class and as errors of the true one.
 
     Args:
-        predictions: Predicted class indices, shape `(N,)`, as a list, numpy array or torch tensor. Logits of shape
-            `(N, num_classes)` are also accepted and reduced with `argmax`.
-        labels: True class indices, shape `(N,)`, in `[0, len(class_names))`.
-        class_names: The name of each class index; keys of `per_class_accuracy`. Must be unique.
+        predictions (`Any`): Predicted class indices, shape `(N,)`, as a list, numpy array or torch tensor. Logits of
+            shape `(N, num_classes)` are also accepted and reduced with `argmax`.
+        labels (`Any`): True class indices, shape `(N,)`, in `[0, len(class_names))`.
+        class_names (`Sequence[str]`): The name of each class index; keys of `per_class_accuracy`. Must be unique.
 
     Returns:
         A dict with `accuracy` (%), `macro_f1` (%), `per_class_accuracy` (% keyed by class name, classes with test

@@ -34,7 +34,8 @@ def _new_figure(width: float, height: float, *, constrained: bool = True) -> Any
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "maple_peft.training.plots needs matplotlib, which is not installed; install it with `pip install maple-peft[plots]`."
+            "maple_peft.training.plots needs matplotlib, which is not installed; install it with "
+            "`pip install maple-peft[plots]`."
         ) from error
     figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     FigureCanvasAgg(figure)

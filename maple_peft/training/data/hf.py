@@ -1,8 +1,8 @@
-"""Image-classification data from any 🤗 ``datasets`` dataset with an image column and a ``ClassLabel`` column.
+"""Image-classification data from any 🤗 `datasets` dataset with an image column and a `ClassLabel` column.
 
-Works for Hub datasets (``load_image_classification("user/ds")``) and local folders
-(``load_image_classification("imagefolder", data_dir="path/to/folder")``, with ``train/<class>/*`` and
-``test/<class>/*`` inside). Records are lazy: nothing is decoded until the training dataset reads an image.
+Works for Hub datasets (`load_image_classification("user/ds")`) and local folders
+(`load_image_classification("imagefolder", data_dir="path/to/folder")`, with `train/<class>/*` and
+`test/<class>/*` inside). Records are lazy: nothing is decoded until the training dataset reads an image.
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ __all__ = [
 class ImageClassificationData(NamedTuple):
     """The train and test records of an image-classification dataset, and its class names.
 
-    A ``NamedTuple``: unpack it as ``train, test, class_names = load_image_classification(...)``.
+    A `NamedTuple`: unpack it as `train, test, class_names = load_image_classification(...)`.
 
     Args:
-        train: Training records.
-        test: Test records.
-        class_names: Class names ordered by label (shared by both splits).
+        train (`ImageRecords`): Training records.
+        test (`ImageRecords`): Test records.
+        class_names (`list[str]`): Class names ordered by label (shared by both splits).
     """
 
     train: ImageRecords
@@ -42,18 +42,18 @@ class ImageClassificationData(NamedTuple):
 
 
 def load_class_name_map(mapping: str | os.PathLike | Mapping[str, str]) -> dict[str, str]:
-    """Read a class-name cleaning map: a dict, an inline JSON object, a JSON file, or a text file of ``"old new"`` lines.
+    """Read a class-name cleaning map: a dict, an inline JSON object, a JSON file, or a text file of `"old new"` lines.
 
     In the text format the first whitespace-separated token is the old name and the rest of the line the new one
-    (``"n01440764 tench"``, ``"sea_lake sea or lake"``); blank lines and lines starting with ``#`` are ignored.
+    (`"n01440764 tench"`, `"sea_lake sea or lake"`); blank lines and lines starting with `#` are ignored.
 
     Args:
-        mapping (`str | os.PathLike | Mapping[str, str]`): The map; a string starting with ``{`` that is not an
-            existing file is read as an inline JSON object (``'{"sea_lake": "sea or lake"}'``); any other string or
+        mapping (`str | os.PathLike | Mapping[str, str]`): The map; a string starting with `{` that is not an
+            existing file is read as an inline JSON object (`'{"sea_lake": "sea or lake"}'`); any other string or
             path is the file to read.
 
     Returns:
-        `dict[str, str]`: ``{old name: new name}``.
+        `dict[str, str]`: `{old name: new name}`.
 
     Example:
         ```python
@@ -99,7 +99,7 @@ def _json_map(text: str, where: str) -> dict[str, str]:
 def dataset_identity(dataset_name: str, data_dir: str | os.PathLike | None, class_names: Sequence[str]) -> str:
     """A stable name for a dataset, to record in `metrics.json` and group runs by.
 
-    A Hub dataset without `data_dir` is its id. A local folder (every ``imagefolder`` is named ``"imagefolder"``)
+    A Hub dataset without `data_dir` is its id. A local folder (every `imagefolder` is named `"imagefolder"`)
     gets its folder name and a short hash of its sorted class names, so that two different local datasets never
     share a row in `examples/aggregate.py` and the same folder gives the same identity wherever it lives.
 
@@ -109,7 +109,7 @@ def dataset_identity(dataset_name: str, data_dir: str | os.PathLike | None, clas
         class_names (`Sequence[str]`): The dataset's class names.
 
     Returns:
-        `str`: E.g. ``"user/ds"`` or ``"imagefolder:flowers-3f2a9c1d"``.
+        `str`: E.g. `"user/ds"` or `"imagefolder:flowers-3f2a9c1d"`.
 
     Example:
         ```python
@@ -149,7 +149,7 @@ def _check_distinct_prompt_names(raw_names: list[str], class_names: list[str], w
 
 
 def _classless_folders(data_dir: str | os.PathLike, splits: Sequence[str], class_names: Sequence[str]) -> list[str]:
-    """Class folders of an imagefolder layout that hold no image in any split (``datasets`` drops them)."""
+    """Class folders of an imagefolder layout that hold no image in any split (`datasets` drops them)."""
     found: set[str] = set()
     for split in splits:
         folder = Path(data_dir) / split
@@ -159,7 +159,7 @@ def _classless_folders(data_dir: str | os.PathLike, splits: Sequence[str], class
 
 
 def _image_paths(dataset: Any, column: str) -> list[str | None]:
-    """The ``path`` field of every row of an ``Image`` column, read from Arrow without decoding any image."""
+    """The `path` field of every row of an `Image` column, read from Arrow without decoding any image."""
     view = dataset.select_columns([column]).with_format("arrow")
     paths: list[str | None] = []
     for batch in view.iter(batch_size=4096):
@@ -179,19 +179,20 @@ def records_from_hf_dataset(
     name: str | None = None,
     key_root: str | os.PathLike | None = None,
 ) -> ImageRecords:
-    """Turn one split (a ``datasets.Dataset``) into lazy :class:`~maple_peft.training.data.records.ImageRecords`.
+    """Turn one split (a `datasets.Dataset`) into lazy `ImageRecords`.
 
-    Rows whose image is a local file (``imagefolder``) become plain path records; others (images stored as bytes,
-    e.g. Hub parquet datasets) reference their row through :class:`~maple_peft.training.data.records.HFImageRef`.
+    Rows whose image is a local file (`imagefolder`) become plain path records; others (images stored as bytes,
+    e.g. Hub parquet datasets) reference their row through `HFImageRef`.
 
     Args:
-        dataset: The split.
-        image_column: Name of the ``datasets.Image`` column.
-        label_column: Name of the ``datasets.ClassLabel`` column.
-        class_names: Class names by label (defaults to the ``ClassLabel`` names).
-        name: Name used in messages.
-        key_root: For file-backed rows, sampling keys are paths relative to this folder (e.g. the ``data_dir`` given
-            to ``imagefolder``) so that few-shot draws do not depend on where the data lives; absolute otherwise.
+        dataset (`Any`): The split.
+        image_column (`str`): Name of the `datasets.Image` column.
+        label_column (`str`): Name of the `datasets.ClassLabel` column.
+        class_names (`list[str] | None`): Class names by label (defaults to the `ClassLabel` names).
+        name (`str | None`): Name used in messages.
+        key_root (`str | os.PathLike | None`): For file-backed rows, sampling keys are paths relative to this folder
+            (e.g. the `data_dir` given to `imagefolder`) so that few-shot draws do not depend on where the data lives;
+            absolute otherwise.
     """
     import datasets
 
@@ -255,24 +256,25 @@ def load_image_classification(
     cache_dir: str | os.PathLike | None = None,
     **load_dataset_kwargs: Any,
 ) -> ImageClassificationData:
-    """Load an image-classification dataset with 🤗 ``datasets`` and return lazy train/test records.
+    """Load an image-classification dataset with 🤗 `datasets` and return lazy train/test records.
 
-    Class names come from the label column's ``ClassLabel`` feature, optionally cleaned by ``class_name_map``
-    (names not in the map are kept). Both splits must share the same ``ClassLabel``.
+    Class names come from the label column's `ClassLabel` feature, optionally cleaned by `class_name_map`
+    (names not in the map are kept). Both splits must share the same `ClassLabel`.
 
     Args:
-        dataset_name: A Hub id (``"user/ds"``) or a packaged builder (``"imagefolder"``).
-        data_dir: Local folder for builders such as ``imagefolder``.
-        image_column: Name of the ``datasets.Image`` column.
-        label_column: Name of the ``datasets.ClassLabel`` column.
-        train_split: Name of the training split.
-        test_split: Name of the test split.
-        class_name_map: ``{old: new}`` dict, or a path to a JSON dict or an ``"old new"``-lines file.
-        cache_dir: ``datasets`` cache folder.
-        **load_dataset_kwargs: Passed to ``datasets.load_dataset`` (e.g. ``revision``).
+        dataset_name (`str`): A Hub id (`"user/ds"`) or a packaged builder (`"imagefolder"`).
+        data_dir (`str | os.PathLike | None`): Local folder for builders such as `imagefolder`.
+        image_column (`str`): Name of the `datasets.Image` column.
+        label_column (`str`): Name of the `datasets.ClassLabel` column.
+        train_split (`str`): Name of the training split.
+        test_split (`str`): Name of the test split.
+        class_name_map (`str | os.PathLike | Mapping[str, str] | None`): `{old: new}` dict, or a path to a JSON dict or
+            an `"old new"`-lines file.
+        cache_dir (`str | os.PathLike | None`): `datasets` cache folder.
+        **load_dataset_kwargs (`Any`): Passed to `datasets.load_dataset` (e.g. `revision`).
 
     Raises:
-        ValueError: a split or column is missing, the label column is not a ``ClassLabel``, there are fewer than two
+        ValueError: a split or column is missing, the label column is not a `ClassLabel`, there are fewer than two
             classes, or a class has no training image.
     """
     import datasets

@@ -1,4 +1,4 @@
-"""A tiny, learnable, offline image-classification dataset written as an ``imagefolder`` layout."""
+"""A tiny, learnable, offline image-classification dataset written as an `imagefolder` layout."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MARKER = ".maple_peft_synthetic.json"
 
 
 def _class_image(k: int, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One ``size x size`` RGB image of class ``k`` of ``n``: a class colour, a class pattern, and noise."""
+    """One `size x size` RGB image of class `k` of `n`: a class colour, a class pattern, and noise."""
     hue = k / max(n, 1)
     base = np.array(colorsys.hsv_to_rgb(hue, 0.75, 0.85), dtype=np.float64)
     other = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35), dtype=np.float64)
@@ -47,32 +47,32 @@ def make_synthetic_imagefolder(
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` with class-dependent images.
+    """Write `root/train/<class>/*.png` and `root/test/<class>/*.png` with class-dependent images.
 
     Each class has its own colour (evenly spaced hues), stripe period and stripe orientation; every image gets a
     random pattern phase, brightness jitter and Gaussian noise, so the classes are easy but not trivial to separate.
-    Deterministic for a given ``seed``. Load it with
-    ``load_image_classification("imagefolder", data_dir=root)``; note that ``imagefolder`` orders the classes
+    Deterministic for a given `seed`. Load it with
+    `load_image_classification("imagefolder", data_dir=root)`; note that `imagefolder` orders the classes
     alphabetically by folder name.
 
-    The images written are listed in ``root/.maple_peft_synthetic.json`` (a hidden file, which ``imagefolder``
-    ignores); ``overwrite=True`` deletes only those files, and refuses a folder that holds anything else.
+    The images written are listed in `root/.maple_peft_synthetic.json` (a hidden file, which `imagefolder`
+    ignores); `overwrite=True` deletes only those files, and refuses a folder that holds anything else.
 
     Args:
-        root (`str | os.PathLike`): Output folder (created if needed). Must not already hold ``train/`` or ``test/``
-            unless ``overwrite``.
+        root (`str | os.PathLike`): Output folder (created if needed). Must not already hold `train/` or `test/`
+            unless `overwrite`.
         class_names (`Sequence[str]`): Class (folder) names, at least two, unique, without path separators.
         train_per_class (`int`): Training images per class (>= 1).
         test_per_class (`int`): Test images per class (>= 0; 0 writes no test split).
         image_size (`int`): Side of the square images in pixels.
-        seed (`int`): Seed of the ``numpy`` generator.
-        overwrite (`bool`): Replace the images an earlier call wrote into ``root`` (and only them).
+        seed (`int`): Seed of the `numpy` generator.
+        overwrite (`bool`): Replace the images an earlier call wrote into `root` (and only them).
 
     Returns:
-        `Path`: ``root``.
+        `Path`: `root`.
 
     Raises:
-        FileExistsError: ``root`` holds ``train/`` or ``test/`` and ``overwrite`` is false, or they hold files this
+        FileExistsError: `root` holds `train/` or `test/` and `overwrite` is false, or they hold files this
             function did not write (a user's files are never deleted).
     """
     names = list(class_names)
