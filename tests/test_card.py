@@ -155,7 +155,7 @@ def test_write_model_card_embeds_only_the_listed_plots_not_stale_pngs(tmp_path):
 
 def test_write_model_card_refuses_an_image_that_is_not_in_the_run_folder(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
-    with pytest.raises(ValueError, match="images contains 'missing.png', which is not a file inside"):
+    with pytest.raises(ValueError, match=r"images=\['missing.png'\] lists 'missing.png', which is not a file inside"):
         write_model_card(tmp_path, images=["missing.png"])
     with pytest.raises(ValueError, match="must be a list of file names"):
         write_model_card(tmp_path, images="plot.png")
@@ -193,7 +193,7 @@ def test_template_ships_in_the_package():
 
 
 def test_card_rejects_metrics_without_results(tmp_path):
-    with pytest.raises(ValueError, match=r"lacks the required field\(s\) \[.*'results'\]"):
+    with pytest.raises(ValueError, match=r"lack the required field\(s\) \[.*'results'\]"):
         render_model_card({"base_model": BASE_MODEL, "dataset": "eurosat", "setting": "all"})
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         write_model_card(tmp_path)

@@ -107,7 +107,7 @@ def test_aliases(alias, name):
 
 
 def test_unknown_benchmark():
-    with pytest.raises(ValueError, match=r"unknown benchmark 'mnist'; choose one of \['caltech101'"):
+    with pytest.raises(ValueError, match=r"Unknown benchmark 'mnist'; choose one of \['caltech101'"):
         get_benchmark("mnist")
 
 
@@ -149,7 +149,7 @@ def test_class_names_cover_all_splits(tmp_path):
 
 
 def test_json_split_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data root .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="Data root .* does not exist"):
         load_coop_split("eurosat", tmp_path / "nope", "train")
     with pytest.raises(FileNotFoundError, match=r"dataset folder not found: expected .*eurosat.*DATASETS\.md"):
         load_coop_split("eurosat", tmp_path, "train")

@@ -57,7 +57,7 @@ def test_items_batch_with_the_default_collate(tmp_path):
     loader = torch.utils.data.DataLoader(ds, batch_size=4)
     assert [b["pixel_values"].shape[0] for b in loader] == [4, 2]
     assert torch.equal(ds[-1]["pixel_values"], ds[5]["pixel_values"])
-    with pytest.raises(IndexError, match="index 6 is out of range"):
+    with pytest.raises(IndexError, match="Index 6 is out of range"):
         ds[6]
 
 
@@ -70,7 +70,7 @@ def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
     records.insert(2, ImageRecord(path=str(garbage), label=0, class_name="c0"))
     records.append(ImageRecord(path=str(empty), label=1, class_name="c1"))
     records.append(ImageRecord(path=str(tmp_path / "gone.png"), label=1, class_name="c1"))
-    with pytest.warns(UserWarning, match=r"skipped 3 unreadable image\(s\) of 9: .*broken\.jpg") as caught:
+    with pytest.warns(UserWarning, match=r"Skipped 3 unreadable image\(s\) of 9: .*broken\.jpg") as caught:
         ds = ImageClassificationDataset(ImageRecords(records, ["c0", "c1"]), TFM.test())
     message = str(caught[0].message)
     assert "empty.png" in message and "gone.png" in message
@@ -82,7 +82,7 @@ def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
 def test_all_unreadable_is_an_error(tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of the 1 images could be read"):
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="None of the 1 images could be read"):
         ImageClassificationDataset([ImageRecord(path=str(bad), label=0, class_name="a")], TFM.test())
 
 
@@ -133,11 +133,11 @@ def test_truncated_image_passing_the_open_check_is_replaced_at_load(tmp_path):
         warnings.simplefilter("error")  # the header is fine: no warning at construction
         ds = ImageClassificationDataset(records, TFM.test())
     assert len(ds) == 7
-    with pytest.warns(UserWarning, match=r"cannot decode .*truncated\.jpg.*using the next image"):
+    with pytest.warns(UserWarning, match=r"Cannot decode .*truncated\.jpg.*using the next image"):
         item = ds[0]
     assert item["labels"] == 0 and ds.num_failed_loads == 1
     # a full decode check drops it up front
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*truncated\.jpg"):
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable.*truncated\.jpg"):
         strict = ImageClassificationDataset(records, TFM.test(), validate="decode")
     assert len(strict) == 6 and strict.num_skipped == 1
 

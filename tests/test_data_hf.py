@@ -76,12 +76,14 @@ def test_class_name_map_dict_json_and_lines(data_imagefolder, tmp_path):
 
 def test_missing_column_and_split(data_imagefolder, tmp_path):
     with pytest.raises(
-        ValueError, match=r"column 'img' not found in .* columns \['image', 'label'\]; pass --image_column"
+        ValueError, match=r"Column 'img' not found in .* columns \['image', 'label'\]; pass image_column="
     ):
         _load(data_imagefolder, tmp_path, image_column="img")
-    with pytest.raises(ValueError, match=r"column 'y' not found .*; pass --label_column"):
+    with pytest.raises(ValueError, match=r"Column 'y' not found .*; pass label_column="):
         _load(data_imagefolder, tmp_path, label_column="y")
-    with pytest.raises(ValueError, match=r"split 'validation' not found in 'imagefolder' splits \['train', 'test'\]"):
+    with pytest.raises(
+        ValueError, match=r"test_split='validation' is not a split of 'imagefolder' \(splits: \['train', 'test'\]\)"
+    ):
         _load(data_imagefolder, tmp_path, test_split="validation")
 
 
@@ -93,7 +95,7 @@ def test_non_classlabel_label_column(tmp_path):
         (root / split / "metadata.csv").write_text(
             "file_name,score\n" + "".join(f"{f},{i}\n" for i, f in enumerate(files))
         )
-    with pytest.raises(ValueError, match=r"column 'score' .* is a Value .*not a datasets.ClassLabel"):
+    with pytest.raises(ValueError, match=r"Column 'score' .* is a Value .*not a datasets.ClassLabel"):
         _load(root, tmp_path, label_column="score")
 
 
@@ -155,7 +157,7 @@ def test_corrupt_row_of_a_bytes_dataset_is_skipped():
     rows = {"image": [{"bytes": buf.getvalue(), "path": None}, {"bytes": b"garbage", "path": None}], "label": [0, 1]}
     ds = datasets.Dataset.from_dict(rows, features=features)
     recs = records_from_hf_dataset(ds, name="mem/train")
-    with pytest.warns(UserWarning, match=r"skipped 1 .*mem/train\[1\]\['image'\]"):
+    with pytest.warns(UserWarning, match=r"Skipped 1 .*mem/train\[1\]\['image'\]"):
         dataset = ImageClassificationDataset(recs, lambda im: np.asarray(im))
     assert len(dataset) == 1 and dataset.num_skipped == 1
     assert dataset[0]["pixel_values"][0, 0].tolist() == [1, 2, 3]

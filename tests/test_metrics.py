@@ -168,7 +168,7 @@ def test_summarize_runs_summarizes_zero_shot_when_every_run_has_it():
         ([], "empty"),
         ([_run(1, 90, 60), _run(2, 90, 60, dataset="dtd")], "mix"),
         ([_run(1, 90, 60), _run(1, 91, 61)], r"seed\(s\) \[1\]"),
-        ([{"dataset": "x", "setting": "all"}], r"runs\[0\]: metrics lacks the required field\(s\).*'results'"),
+        ([{"dataset": "x", "setting": "all"}], r"runs\[0\]: The metrics lack the required field\(s\).*'results'"),
         ([_run(1, 90, 60), {**_run(2, 90, 60), "base_model": "other"}], "mix base models"),
     ],
 )

@@ -163,7 +163,7 @@ def test_plots_reject_bad_inputs(tmp_path):
         plot_training_curves([{"loss": 1.0}], tmp_path / "a.png")
     with pytest.raises(ValueError, match="per_class_accuracy"):
         plot_per_class_accuracy({"base": {"accuracy": 50.0}}, tmp_path / "a.png")
-    with pytest.raises(ValueError, match="lacks the required field"):
+    with pytest.raises(ValueError, match="lack the required field"):
         plot_base_novel_hm({}, tmp_path / "a.png")
     with pytest.raises(ValueError, match=r"must end in \.png"):
         plot_base_novel_hm(_metrics(), tmp_path / "a.jpg")

@@ -378,7 +378,7 @@ def write_model_card(
     for image in images:
         if Path(image).is_absolute() or ".." in Path(image).parts or not (output_dir / image).is_file():
             raise ValueError(
-                f"images contains {image!r}, which is not a file inside {str(output_dir)!r}; list the plots this run "
+                f"images={images!r} lists {image!r}, which is not a file inside {str(output_dir)!r}; list the plots this run "
                 "wrote, by their names relative to output_dir."
             )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))

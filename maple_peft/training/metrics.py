@@ -118,7 +118,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     if preds.ndim == 2:
         if preds.shape[1] != num_classes:
             raise ValueError(
-                f"predictions look like logits of shape {tuple(preds.shape)} but there are {num_classes} class names; "
+                f"Predictions look like logits of shape {tuple(preds.shape)} but there are {num_classes} class names; "
                 "pass logits of shape (N, len(class_names)) or predicted class indices of shape (N,)."
             )
         preds = preds.argmax(axis=1)
@@ -126,7 +126,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     targets = targets.reshape(-1) if targets.ndim == 0 else targets
     if preds.ndim != 1 or targets.ndim != 1:
         raise ValueError(
-            f"predictions and labels must be 1-D, got shapes {tuple(preds.shape)} and {tuple(targets.shape)}."
+            f"Predictions and labels must be 1-D, got shapes {tuple(preds.shape)} and {tuple(targets.shape)}."
         )
     if preds.shape[0] != targets.shape[0]:
         raise ValueError(
@@ -134,7 +134,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
             "(with accelerate, gather both with `gather_for_metrics`)."
         )
     if preds.shape[0] == 0:
-        raise ValueError("predictions and labels are empty; evaluate at least one image.")
+        raise ValueError("Predictions and labels are empty; evaluate at least one image.")
     preds = _as_class_indices(preds, "predictions", num_classes)
     targets = _as_class_indices(targets, "labels", num_classes)
 
@@ -338,10 +338,10 @@ class RunMetrics:
                 the results.
         """
         if not isinstance(metrics, Mapping):
-            raise ValueError(f"metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
+            raise ValueError(f"The metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
         missing = [key for key in ("base_model", "dataset", "setting", "seed", "results") if key not in metrics]
         if missing:
-            raise ValueError(f"metrics lacks the required field(s) {missing}; build it with build_run_metrics().")
+            raise ValueError(f"The metrics lack the required field(s) {missing}; build it with build_run_metrics().")
         zero_shot = metrics.get("zero_shot")
         if zero_shot is not None and (not isinstance(zero_shot, Mapping) or "results" not in zero_shot):
             raise ValueError("metrics['zero_shot'] must be a dict with a 'results' entry.")
@@ -361,7 +361,7 @@ class RunMetrics:
                 versions=metrics.get("versions") or {},
             )
         except ValueError as error:
-            raise ValueError(f"metrics: {error}") from error
+            raise ValueError(f"Invalid metrics: {error}") from error
         for where, stored, expected in (
             ("metrics['harmonic_mean']", metrics.get("harmonic_mean"), run.harmonic_mean),
             (
@@ -481,7 +481,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, 
     """
     runs = list(runs)
     if not runs:
-        raise ValueError("runs is empty; pass at least one loaded metrics.json.")
+        raise ValueError("The list of runs is empty; pass at least one loaded metrics.json.")
     parsed = []
     for index, run in enumerate(runs):
         try:
@@ -492,7 +492,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, 
     groups = {(run.dataset, run.setting) for run in runs}
     if len(groups) > 1:
         raise ValueError(
-            f"runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
+            f"Runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
             "(examples/aggregate.py groups them for you)."
         )
     seeds = [run.seed for run in runs]
@@ -504,7 +504,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, 
         )
     base_models = sorted({run.base_model for run in runs})
     if len(base_models) > 1:
-        raise ValueError(f"runs mix base models {base_models}; summarize each base model separately.")
+        raise ValueError(f"Runs mix base models {base_models}; summarize each base model separately.")
 
     summary: dict[str, Any] = {
         "dataset": runs[0].dataset,

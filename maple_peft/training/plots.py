@@ -64,14 +64,14 @@ def _moving_average(values: Sequence[float], window: int) -> list[float]:
 def _draw_training_curves(history: Sequence[Mapping[str, Any]]) -> Any:
     history = list(history)
     if not history:
-        raise ValueError("history is empty; log at least one step (a dict with step, epoch, loss and lr).")
+        raise ValueError("The history is empty; log at least one step (a dict with step, epoch, loss and lr).")
     for index, entry in enumerate(history):
         if not isinstance(entry, Mapping) or "step" not in entry:
             raise ValueError(f"history[{index}]={entry!r} has no 'step'; log dicts with step, epoch, loss and lr.")
     losses = [(entry["step"], float(entry["loss"])) for entry in history if entry.get("loss") is not None]
     lrs = [(entry["step"], float(entry["lr"])) for entry in history if entry.get("lr") is not None]
     if not losses and not lrs:
-        raise ValueError("history has neither 'loss' nor 'lr' values; nothing to plot.")
+        raise ValueError("The history has neither 'loss' nor 'lr' values; nothing to plot.")
 
     figure = _new_figure(8.0, 6.0)
     loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, height_ratios=[2, 1])

@@ -209,7 +209,7 @@ def get_benchmark(name: str) -> BenchmarkSpec:
     """
     key = _ALIASES.get(_norm(name))
     if key is None:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {list_benchmarks()}")
+        raise ValueError(f"Unknown benchmark {name!r}; choose one of {list_benchmarks()}")
     return BENCHMARKS[key]
 
 
@@ -268,7 +268,7 @@ def _canonical_split(spec: BenchmarkSpec, split: str) -> str:
         raise ValueError(f"split={split!r} is invalid; use 'train', 'val' or 'test'")
     if s not in spec.splits:
         raise ValueError(
-            f"dataset {spec.name!r} has only a {'/'.join(spec.splits)} split (it is evaluation-only); "
+            f"Dataset {spec.name!r} has only a {'/'.join(spec.splits)} split (it is evaluation-only); "
             f"asked for split={split!r}"
         )
     return s
@@ -415,7 +415,7 @@ def load_coop_split(name: str, data_root: str | os.PathLike, split: str) -> Imag
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data root {root} does not exist; pass the folder that holds the dataset folders (CoOp's $DATA, "
+            f"Data root {root} does not exist; pass the folder that holds the dataset folders (CoOp's $DATA, "
             f"see {DATASETS_MD})"
         )
     dataset_dir = root / spec.dataset_dir

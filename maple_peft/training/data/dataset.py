@@ -98,13 +98,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             listed = "; ".join(self.skipped[:max_warnings])
             more = f"; and {len(self.skipped) - max_warnings} more" if len(self.skipped) > max_warnings else ""
             warnings.warn(
-                f"skipped {len(self.skipped)} unreadable image(s) of {len(results)}: {listed}{more}",
+                f"Skipped {len(self.skipped)} unreadable image(s) of {len(results)}: {listed}{more}",
                 UserWarning,
                 stacklevel=2,
             )
         if results and not kept:
             raise ValueError(
-                f"none of the {len(results)} images could be read (first: {self.skipped[0]}); check the data path "
+                f"None of the {len(results)} images could be read (first: {self.skipped[0]}); check the data path "
                 "and layout"
             )
 
@@ -157,7 +157,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.records)
         if not -n <= index < n:
-            raise IndexError(f"index {index} is out of range for a dataset of {n} items")
+            raise IndexError(f"Index {index} is out of range for a dataset of {n} items")
         index %= n
         for attempt in range(n):
             i = (index + attempt) % n
@@ -166,14 +166,14 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             except Exception as err:
                 self.num_failed_loads += 1
                 warnings.warn(
-                    f"cannot decode {self.records[i].describe()} ({type(err).__name__}: {err}); using the next "
+                    f"Cannot decode {self.records[i].describe()} ({type(err).__name__}: {err}); using the next "
                     "image instead (build the dataset with validate='decode' to drop such files up front)",
                     UserWarning,
                     stacklevel=2,
                 )
                 continue
             return {"pixel_values": self.transform(image), "labels": self.records[i].label}
-        raise RuntimeError(f"no image of the {n} in the dataset could be decoded")
+        raise RuntimeError(f"No image of the {n} in the dataset could be decoded")
 
     def __repr__(self) -> str:
         return (

@@ -206,7 +206,7 @@ def records_from_hf_dataset(
     for i, (label, path) in enumerate(zip(labels, paths, strict=True)):
         if label is None or label < 0:
             raise ValueError(
-                f"row {i} of {name or 'the dataset'} has no label ({label!r} in column {label_column!r}); "
+                f"Row {i} of {name or 'the dataset'} has no label ({label!r} in column {label_column!r}); "
                 "filter out unlabeled rows first"
             )
         if path is not None and os.path.isabs(path) and os.path.isfile(path):
@@ -227,21 +227,23 @@ def _check_columns(dataset: Any, image_column: str, label_column: str, where: st
     import datasets
 
     columns = list(dataset.column_names)
-    for column, flag in ((image_column, "--image_column"), (label_column, "--label_column")):
+    for column, parameter in ((image_column, "image_column"), (label_column, "label_column")):
         if column not in columns:
-            raise ValueError(f"column {column!r} not found in {where} columns {columns}; pass {flag}")
+            raise ValueError(
+                f"Column {column!r} not found in {where} columns {columns}; pass {parameter}= one of these columns."
+            )
     image_feature = dataset.features[image_column]
     if not isinstance(image_feature, datasets.Image):
         raise ValueError(
-            f"column {image_column!r} of {where} is a {type(image_feature).__name__}, not a datasets.Image; pass the "
-            "image column with --image_column or cast it with dataset.cast_column(col, datasets.Image())"
+            f"Column {image_column!r} of {where} is a {type(image_feature).__name__}, not a datasets.Image; pass the "
+            "image column as image_column= or cast it with dataset.cast_column(col, datasets.Image())."
         )
     label_feature = dataset.features[label_column]
     if not isinstance(label_feature, datasets.ClassLabel):
         raise ValueError(
-            f"column {label_column!r} of {where} is a {type(label_feature).__name__} ({label_feature}), not a "
-            "datasets.ClassLabel, so it has no class names; pass the right --label_column or convert it with "
-            f"dataset.class_encode_column({label_column!r})"
+            f"Column {label_column!r} of {where} is a {type(label_feature).__name__} ({label_feature}), not a "
+            "datasets.ClassLabel, so it has no class names; pass the right label_column= or convert it with "
+            f"dataset.class_encode_column({label_column!r})."
         )
 
 
@@ -286,17 +288,21 @@ def load_image_classification(
         kwargs["cache_dir"] = str(cache_dir)
     dsd = datasets.load_dataset(dataset_name, **kwargs)
     if not isinstance(dsd, datasets.DatasetDict):
-        raise ValueError(f"load_dataset({dataset_name!r}) returned a {type(dsd).__name__}; expected splits")
-    for split, flag in ((train_split, "--train_split"), (test_split, "--test_split")):
+        raise ValueError(
+            f"load_dataset({dataset_name!r}) returned a {type(dsd).__name__}; expected a DatasetDict of splits."
+        )
+    for split, parameter in ((train_split, "train_split"), (test_split, "test_split")):
         if split not in dsd:
-            raise ValueError(f"split {split!r} not found in {dataset_name!r} splits {list(dsd)}; pass {flag}")
+            raise ValueError(
+                f"{parameter}={split!r} is not a split of {dataset_name!r} (splits: {list(dsd)}); pass one of them."
+            )
     train_ds, test_ds = dsd[train_split], dsd[test_split]
     no_labels = label_column not in train_ds.column_names and "label" not in train_ds.column_names
     if no_labels and dataset_name.lower() == "imagefolder":
         raise ValueError(
-            f"column {label_column!r} not found in imagefolder columns {train_ds.column_names}: imagefolder infers a "
+            f"Column {label_column!r} not found in imagefolder columns {train_ds.column_names}: imagefolder infers a "
             f"'label' column only from <split>/<class>/ folders with at least two classes; check the layout of "
-            f"{data_dir} (or pass --label_column)"
+            f"{data_dir} (or pass label_column=)."
         )
     _check_columns(train_ds, image_column, label_column, f"{dataset_name!r} split {train_split!r}")
     _check_columns(test_ds, image_column, label_column, f"{dataset_name!r} split {test_split!r}")
@@ -305,13 +311,13 @@ def load_image_classification(
     test_names = list(test_ds.features[label_column].names)
     if test_names != raw_names:
         raise ValueError(
-            f"splits {train_split!r} and {test_split!r} of {dataset_name!r} have different classes "
+            f"Splits {train_split!r} and {test_split!r} of {dataset_name!r} have different classes "
             f"({raw_names[:10]} vs {test_names[:10]}); their ClassLabel features must match"
         )
     if len(raw_names) < 2:
         raise ValueError(
             f"{dataset_name!r} has {len(raw_names)} class(es) {raw_names} in column {label_column!r}; "
-            "classification needs at least two (check --label_column and the folder layout: <split>/<class>/*)"
+            "classification needs at least two (check label_column= and the folder layout: <split>/<class>/*)."
         )
 
     if data_dir is not None and dataset_name.lower() == "imagefolder":
@@ -330,7 +336,7 @@ def load_image_classification(
             import warnings
 
             warnings.warn(
-                f"class-name map entries {unknown[:10]} match no class of {dataset_name!r} ({raw_names[:10]}...); "
+                f"Class-name map entries {unknown[:10]} match no class of {dataset_name!r} ({raw_names[:10]}...); "
                 "they are ignored",
                 UserWarning,
                 stacklevel=2,

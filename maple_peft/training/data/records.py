@@ -53,14 +53,14 @@ class HFImageRef:
             return raw
         if not isinstance(raw, dict):
             raise TypeError(
-                f"row {self.index} of column {self.column!r} holds a {type(raw).__name__}, expected an image struct "
+                f"Row {self.index} of column {self.column!r} holds a {type(raw).__name__}, expected an image struct "
                 "{'bytes', 'path'}; cast the column to datasets.Image(decode=False)"
             )
         if raw.get("bytes"):
             return Image.open(io.BytesIO(raw["bytes"]))
         if raw.get("path"):
             return Image.open(raw["path"])
-        raise ValueError(f"row {self.index} of column {self.column!r} has neither image bytes nor a path")
+        raise ValueError(f"Row {self.index} of column {self.column!r} has neither image bytes nor a path")
 
     def describe(self) -> str:
         """A human-readable name for warnings, e.g. `"user/ds/train[12]['image']"`."""
@@ -127,7 +127,7 @@ class ImageRecord:
         if isinstance(self.image, HFImageRef):
             return self.image.open()
         if self.path is None:
-            raise ValueError(f"record {self!r} has neither a path nor an image; build it with path=... or image=...")
+            raise ValueError(f"Record {self!r} has neither a path nor an image; build it with path=... or image=...")
         return Image.open(self.path)
 
     def load(self) -> Image.Image:
@@ -171,7 +171,7 @@ class ImageRecords(Sequence[ImageRecord]):
         for record in self.records:
             if not 0 <= record.label < n:
                 raise ValueError(
-                    f"record {record.describe()!r} has label {record.label}, outside the label space 0..{n - 1} "
+                    f"Record {record.describe()!r} has label {record.label}, outside the label space 0..{n - 1} "
                     f"of {n} class names; fix the labels or pass the full class_names list"
                 )
 

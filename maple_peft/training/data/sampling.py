@@ -75,7 +75,7 @@ def sample_few_shot(
     """
     labels = _check_labels(labels)
     if keys is not None and len(keys) != len(labels):
-        raise ValueError(f"got {len(keys)} keys for {len(labels)} labels; pass one key per item (or keys=None)")
+        raise ValueError(f"Got {len(keys)} keys for {len(labels)} labels; pass one key per item (or keys=None)")
     if num_shots is not None and (isinstance(num_shots, bool) or not isinstance(num_shots, int)):
         raise TypeError(f"num_shots={num_shots!r} must be a positive int, or -1 / None for all items")
     take_all = num_shots is None or num_shots == -1

@@ -83,7 +83,7 @@ def make_synthetic_imagefolder(
     for name in names:
         if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(
-                f"class name {name!r} cannot be a folder name; use a non-empty name without '/' or '\\\\'"
+                f"Class name {name!r} cannot be a folder name; use a non-empty name without '/' or '\\\\'"
             )
     if train_per_class < 1 or test_per_class < 0:
         raise ValueError(

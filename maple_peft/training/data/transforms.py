@@ -87,7 +87,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
         An `RGB` image.
     """
     if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; open files with PIL.Image.open")
+        raise TypeError(f"Expected a PIL.Image.Image, got {type(image).__name__}; open files with PIL.Image.open")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -101,7 +101,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     try:
         return image.convert("RGB")
     except ValueError as err:
-        raise ValueError(f"cannot convert a {mode!r} image to RGB ({err}); convert it to RGB before loading") from err
+        raise ValueError(f"Cannot convert a {mode!r} image to RGB ({err}); convert it to RGB before loading") from err
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -225,7 +225,7 @@ def random_resized_crop_params(
 
 def _pil_image(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
-        raise TypeError(f"the transform expects a PIL.Image.Image, got {type(image).__name__}")
+        raise TypeError(f"The transform expects a PIL.Image.Image, got {type(image).__name__}")
     return image
 
 
@@ -436,7 +436,7 @@ class CLIPTransforms:
                 }
             if not config:
                 raise TypeError(
-                    f"cannot read crop_size/size/image_mean/image_std from a {type(processor).__name__}; pass a "
+                    f"Cannot read crop_size/size/image_mean/image_std from a {type(processor).__name__}; pass a "
                     "transformers CLIPImageProcessor, CLIPProcessor or its config dict"
                 )
 
