@@ -144,6 +144,10 @@ def _shown_classes(per_class_accuracy: Mapping[str, Any]) -> tuple[list[tuple[st
     return items[:half] + items[-half:], len(items) - 2 * half
 
 
+def _gap_label(hidden: int) -> str:
+    return f"… {hidden} classes not shown …"
+
+
 def _draw_per_class_accuracy(metrics_results: Mapping[str, Any]) -> Any:
     if isinstance(metrics_results, Mapping) and isinstance(metrics_results.get("results"), Mapping):
         metrics_results = metrics_results["results"]
@@ -164,7 +168,9 @@ def _draw_per_class_accuracy(metrics_results: Mapping[str, Any]) -> Any:
     # than MAX_CLASSES_SHOWN classes keeps a bounded height: its best and worst classes, with one gap row between.
     bar_in, title_in, xlabel_in, plot_width_in = 0.2, 0.4, 0.6, 5.5
     fontsize = 8
-    labels_in = 0.25 + max(len(_label(name)) for items, _ in shown.values() for name, _ in items) * 0.062
+    longest = max(len(_label(name)) for items, _ in shown.values() for name, _ in items)
+    longest = max([longest] + [len(_gap_label(hidden)) for _, hidden in shown.values() if hidden])
+    labels_in = 0.25 + longest * 0.062
     rows = [len(items) + (1 if hidden else 0) for items, hidden in shown.values()]
     heights_in = [max(count, 2) * bar_in for count in rows]
     width, height = labels_in + plot_width_in + 0.4, sum(h + title_in + xlabel_in for h in heights_in) + 0.1
@@ -183,7 +189,7 @@ def _draw_per_class_accuracy(metrics_results: Mapping[str, Any]) -> Any:
         ticks, labels = list(positions), list(names)
         if hidden:
             ticks.insert(half, half)
-            labels.insert(half, f"… {hidden} classes not shown …")
+            labels.insert(half, _gap_label(hidden))
         axes.set_yticks(ticks, labels=labels, fontsize=fontsize)
         axes.set_ylim(-0.6, len(ticks) - 0.4)
         axes.set_xlim(0, 100)
