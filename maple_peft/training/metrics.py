@@ -21,7 +21,12 @@ Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
 
 `results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
 per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
-zero-shot CLIP evaluated on the same splits.
+zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
+`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`).
+
+`RunMetrics` is this schema as a dataclass: `RunMetrics.from_dict` reads and validates a loaded file (the card, the
+plots and `examples/aggregate.py` read runs through it), `to_dict` writes one, and every harmonic mean of the project
+(a run's, zero-shot CLIP's, a seed average's, a table's average row) comes from `base_novel_harmonic_mean`.
 """
 
 from __future__ import annotations
