@@ -212,8 +212,20 @@ def autocast(s: dict[str, Any], enabled: bool = True):
     return bf16_autocast(s["device"]) if s["dtype"] == "bf16" and enabled else contextlib.nullcontext()
 
 
+BF16_ENV = "MAPLE_PEFT_BENCH_BF16"
+
+
 def bf16_native_cpu() -> bool:
-    """Whether the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX)."""
+    """Whether the CPU has native bf16 matrix instructions (AVX512-BF16 or AMX).
+
+    The environment variable `MAPLE_PEFT_BENCH_BF16` (`1` or `0`) overrides the detection, so that the bf16 training
+    rows of the options section can be measured (or skipped) on any CPU.
+    """
+    forced = os.environ.get(BF16_ENV)
+    if forced is not None:
+        if forced not in ("0", "1"):
+            raise SystemExit(f"{BF16_ENV}={forced!r} is not a valid value; use 1 (measure bf16) or 0 (skip it)")
+        return forced == "1"
     try:
         with open("/proc/cpuinfo") as info:
             flags = info.read()
@@ -611,7 +623,15 @@ def options_section(s, model, plain, tokenizer, names, pixel_values, labels) -> 
                 }
             )
             log(f"  {name}: {rows[-1]['seconds']:.3f}s ({rows[-1]['relative_to_default']:.2f}x)")
-        results["train"].append({"classes": n_classes, "rows": rows, "compile": compile_note})
+        results["train"].append(
+            {
+                "classes": n_classes,
+                "rows": rows,
+                "compile": compile_note,
+                # the scale to compare the logits differences to (logits are logit_scale x cosine)
+                "default_logits_max_abs": variants[reference].logits.abs().max().item(),
+            }
+        )
 
     if s["options_text_classes"]:
         results["text_features"] = text_features_options(s, model, tokenizer)
@@ -964,6 +984,7 @@ def main(argv=None) -> None:
     if args.memory_worker:
         print(json.dumps(memory_worker(json.loads(args.memory_worker))), flush=True)
         return
+    bf16_native_cpu()  # a bad MAPLE_PEFT_BENCH_BF16 stops here, before any work
     s = settings(args)
     started = time.perf_counter()
     command = "python benchmarks/bench.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -4,8 +4,10 @@ Usage:
 
     python examples/aggregate.py outputs/ --output results.md --json results.json
 
-Every `metrics.json` below the given directories is loaded and grouped by (base model, setting, dataset); each group
-is summarized with `maple_peft.training.metrics.summarize_runs`. The base-to-novel table has one row per dataset with
+Every `metrics.json` below the given directories is read with `maple_peft.training.metrics.RunMetrics` and grouped by
+(base model, setting, dataset identity); each group is summarized with `maple_peft.training.metrics.summarize_runs`.
+A local dataset is identified by its folder name and a hash of its class names (`dataset_identity`), so two different
+imagefolders never share a row. The base-to-novel table has one row per dataset with
 `Base | Novel | HM | Seeds` and an "Average" row, following the MaPLe paper: base and novel accuracies are averaged
 over seeds (then over datasets) and the harmonic mean is computed from those averages. Other settings get one column
 per evaluated split or target dataset (and, for cross-dataset transfer, the average over the target datasets).
@@ -14,6 +16,7 @@ per evaluated split or target dataset (and, for cross-dataset transfer, the aver
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -21,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from maple_peft.training.metrics import harmonic_mean, summarize_runs
+from maple_peft.training.data import dataset_identity
+from maple_peft.training.metrics import RunMetrics, base_novel_harmonic_mean, summarize_runs
 
 SETTING_TITLES = {
     "base2novel": "Base-to-novel generalization",
@@ -59,7 +63,7 @@ def find_metrics_files(paths: Sequence[str | Path]) -> list[Path]:
     """Every `metrics.json` at or below the given paths (files are taken as is), each once, sorted.
 
     Args:
-        paths: Run directories, directories of runs, or `metrics.json` files.
+        paths (`Sequence[str | Path]`): Run directories, directories of runs, or `metrics.json` files.
 
     Returns:
         The resolved paths of the found files.
@@ -75,49 +79,67 @@ def find_metrics_files(paths: Sequence[str | Path]) -> list[Path]:
     return sorted(found)
 
 
-def load_runs(files: Sequence[Path]) -> list[dict[str, Any]]:
-    """Loads metrics.json files, checking the fields the aggregation needs.
+def load_runs(files: Sequence[Path]) -> list[tuple[Path, RunMetrics]]:
+    """Loads and validates metrics.json files.
 
     Args:
-        files: Paths of `metrics.json` files.
+        files (`Sequence[Path]`): Paths of `metrics.json` files.
 
     Returns:
-        The loaded dicts, each with its path under the `"_path"` key.
+        `list[tuple[Path, RunMetrics]]`: Each file with its metrics.
     """
     runs = []
     for file in files:
         try:
-            run = json.loads(Path(file).read_text(encoding="utf-8"))
+            data = json.loads(Path(file).read_text(encoding="utf-8"))
         except json.JSONDecodeError as error:
             raise ValueError(f"{file} is not valid JSON ({error}); fix or remove it.") from error
-        missing = [key for key in ("dataset", "setting", "results") if not isinstance(run, dict) or key not in run]
-        if missing:
-            raise ValueError(f"{file} lacks {missing}; is it a maple_peft metrics.json?")
-        run["_path"] = str(file)
-        runs.append(run)
+        try:
+            runs.append((Path(file), RunMetrics.from_dict(data)))
+        except ValueError as error:
+            raise ValueError(f"{file} is not a maple_peft metrics.json: {error}") from error
     return runs
 
 
-def summarize_groups(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Groups runs by (base model, setting, dataset) and summarizes each group over its seeds.
+def run_dataset_identity(run: RunMetrics) -> str:
+    """The dataset a run is grouped by: its recorded identity, or, for a run that recorded a bare `"imagefolder"`
+    (written before datasets had identities), one derived from its `data_dir` and the evaluated class names.
 
     Args:
-        runs: Loaded metrics.json dicts.
+        run (`RunMetrics`): The run.
 
     Returns:
-        One `summarize_runs` dict per group, sorted by setting, base model and dataset (paper order).
+        `str`: The dataset's identity.
     """
-    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    for run in runs:
-        key = (str(run.get("base_model")), str(run["setting"]), str(run["dataset"]))
-        groups.setdefault(key, []).append(run)
+    data_dir = run.train_config.get("data_dir")
+    if run.dataset != "imagefolder" or not data_dir:
+        return run.dataset
+    names = {name for result in run.results.values() for name in result.get("per_class_accuracy") or {}}
+    return dataset_identity(run.dataset, data_dir, sorted(names))
+
+
+def summarize_groups(runs: Sequence[tuple[Path, RunMetrics]]) -> list[dict[str, Any]]:
+    """Groups runs by (base model, setting, dataset identity) and summarizes each group over its seeds.
+
+    Args:
+        runs (`Sequence[tuple[Path, RunMetrics]]`): The output of `load_runs`.
+
+    Returns:
+        `list[dict]`: One `summarize_runs` dict per group, sorted by setting, base model and dataset (paper order).
+    """
+    groups: dict[tuple[str, str, str], list[tuple[Path, RunMetrics]]] = {}
+    for path, run in runs:
+        identity = run_dataset_identity(run)
+        if identity != run.dataset:
+            run = dataclasses.replace(run, dataset=identity)
+        groups.setdefault((run.base_model, run.setting, identity), []).append((path, run))
     summaries = []
     for (_, setting, dataset), group in groups.items():
         try:
-            summaries.append(summarize_runs(group))
+            summaries.append(summarize_runs([run for _, run in group]))
         except ValueError as error:
-            paths = ", ".join(run["_path"] for run in group)
-            raise ValueError(f"cannot summarize {dataset}/{setting} from {paths}: {error}") from error
+            paths = ", ".join(str(path) for path, _ in group)
+            raise ValueError(f"Cannot summarize {dataset}/{setting} from {paths}: {error}") from error
     return sorted(summaries, key=lambda s: (str(s["setting"]), str(s["base_model"]), _order_key(str(s["dataset"]))))
 
 
@@ -176,8 +198,9 @@ def _table(summaries: Sequence[dict[str, Any]], setting: str, part: str | None =
         lines.append("| " + " | ".join(cells) + " |")
 
     average = {column: sum(values) / len(values) for column, values in per_column.items() if values}
-    if has_hm and "base" in average and "novel" in average:
-        average["HM"] = harmonic_mean(average["base"], average["novel"])
+    hm = base_novel_harmonic_mean(average) if has_hm else None
+    if hm is not None:
+        average["HM"] = hm
     if target_means:
         average["Average (targets)"] = sum(target_means) / len(target_means)
     if len(rows) > 1:
@@ -192,7 +215,7 @@ def render_markdown(summaries: Sequence[dict[str, Any]]) -> tuple[str, list[dict
     """Renders the tables of all settings and base models.
 
     Args:
-        summaries: The output of `summarize_groups`.
+        summaries (`Sequence[dict[str, Any]]`): The output of `summarize_groups`.
 
     Returns:
         The markdown text and, per table, its average row (`{"setting", "base_model", "part", "average"}`).
@@ -224,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code.
 
     Args:
-        argv: The command-line arguments (without the program name); `None` reads `sys.argv`.
+        argv (`Sequence[str] | None`): The command-line arguments (without the program name); `None` reads `sys.argv`.
     """
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dirs", nargs="+", help="run directories (searched recursively for metrics.json)")
@@ -236,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = find_metrics_files(args.run_dirs)
         if not files:
             raise FileNotFoundError(
-                f"no metrics.json found below {args.run_dirs}; pass the output directories of training runs."
+                f"No metrics.json found below {args.run_dirs}; pass the output directories of training runs."
             )
         summaries = summarize_groups(load_runs(files))
     except (FileNotFoundError, ValueError) as error:

@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from maple_peft.training.data import dataset_identity
 from maple_peft.training.metrics import harmonic_mean
 
 AGGREGATE = Path(__file__).resolve().parents[1] / "examples" / "aggregate.py"
@@ -18,7 +19,9 @@ def aggregate():
     return module
 
 
-def _write_run(root: Path, name: str, dataset: str, setting: str, seed: int, results: dict, zero_shot=None) -> None:
+def _write_run(
+    root: Path, name: str, dataset: str, setting: str, seed: int, results: dict, zero_shot=None, **extra
+) -> None:
     run = {
         "maple_peft_version": "0.1.0",
         "base_model": "openai/clip-vit-base-patch16",
@@ -32,6 +35,7 @@ def _write_run(root: Path, name: str, dataset: str, setting: str, seed: int, res
         run["harmonic_mean"] = harmonic_mean(results["base"], results["novel"])
     if zero_shot:
         run["zero_shot"] = {"results": {split: {"accuracy": acc} for split, acc in zero_shot.items()}}
+    run.update(extra)
     (root / name).mkdir(parents=True)
     (root / name / "metrics.json").write_text(json.dumps(run))
 
@@ -135,9 +139,45 @@ def test_aggregate_counts_a_run_once_even_if_given_twice(aggregate, runs_root, t
 def test_aggregate_reports_missing_runs_and_duplicate_seeds(aggregate, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert aggregate.main([str(tmp_path / "empty")]) == 2
-    assert "no metrics.json found" in capsys.readouterr().err
+    assert "No metrics.json found" in capsys.readouterr().err
 
     _write_run(tmp_path / "dup", "a", "eurosat", "base2novel", 1, {"base": 90.0, "novel": 70.0})
     _write_run(tmp_path / "dup", "b", "eurosat", "base2novel", 1, {"base": 91.0, "novel": 71.0})
     assert aggregate.main([str(tmp_path / "dup")]) == 2
     assert "seed(s) [1]" in capsys.readouterr().err
+
+
+def test_aggregate_keeps_different_local_datasets_in_different_rows(aggregate, tmp_path):
+    flowers = dataset_identity("imagefolder", "/data/flowers", ["rose", "tulip"])
+    cars = dataset_identity("imagefolder", "/data/cars", ["sedan", "truck"])
+    for seed in (1, 2):
+        _write_run(tmp_path, f"flowers{seed}", flowers, "all", seed, {"test": 90.0 + seed})
+        _write_run(tmp_path, f"cars{seed}", cars, "all", seed, {"test": 50.0 + seed})
+    output = tmp_path / "table.md"
+    assert aggregate.main([str(tmp_path), "-o", str(output)]) == 0
+    markdown = output.read_text()
+    assert _row(markdown, flowers)[1] == "91.50 ± 0.50"
+    assert _row(markdown, cars)[1] == "51.50 ± 0.50"
+
+
+def test_aggregate_tells_apart_older_runs_that_recorded_a_bare_imagefolder(aggregate, tmp_path):
+    for seed in (1, 2):
+        for folder, accuracy in (("flowers", 90.0), ("cars", 50.0)):
+            _write_run(tmp_path, f"{folder}{seed}", "imagefolder", "all", seed, {"test": accuracy + seed})
+            path = tmp_path / f"{folder}{seed}" / "metrics.json"
+            metrics = json.loads(path.read_text())
+            metrics["results"]["test"]["per_class_accuracy"] = {f"{folder}-a": 1.0}
+            path.write_text(json.dumps({**metrics, "train_config": {"data_dir": f"/data/{folder}"}}))
+    json_path = tmp_path / "summary.json"
+    assert aggregate.main([str(tmp_path), "--json", str(json_path)]) == 0
+    datasets = sorted(s["dataset"] for s in json.loads(json_path.read_text())["summaries"])
+    assert datasets == sorted(
+        dataset_identity("imagefolder", f"/data/{folder}", [f"{folder}-a"]) for folder in ("flowers", "cars")
+    )
+
+
+def test_aggregate_refuses_a_metrics_file_whose_harmonic_mean_disagrees(aggregate, tmp_path, capsys):
+    _write_run(tmp_path, "a", "eurosat", "base2novel", 1, {"base": 90.0, "novel": 70.0}, harmonic_mean=12.0)
+    assert aggregate.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a maple_peft metrics.json" in err and "metrics['harmonic_mean']=12.0" in err

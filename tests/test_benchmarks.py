@@ -1,8 +1,13 @@
-"""benchmarks/bench.py end to end at tiny settings: every section runs, maple_peft and the baseline agree."""
+"""benchmarks/bench.py end to end at tiny settings: every section runs, maple_peft and the baseline agree.
+
+The options section adds bf16-autocast training rows only where bf16 is native (CUDA, or a CPU with AVX512-BF16 / AMX);
+`MAPLE_PEFT_BENCH_BF16=0|1` overrides the detection so that both paths run here on any machine.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,13 +31,44 @@ TINY = {
 }
 
 
-def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
+# logits are logit_scale x cosine: differences are compared to the largest |logit| of the default row
+FP32_RTOL = 2e-5  # ~170 float32 epsilons: other attention kernels, the baseline's padded prompts
+BF16_RTOL = 5e-2  # ~6 bfloat16 epsilons (2**-7): bf16 autocast against float32
+
+
+def run_bench(tmp_path: Path, *, bf16: str, sections: list[str] | None = None) -> subprocess.CompletedProcess:
     # a ViT-B/16-shaped CLIP cut to 9 layers per tower (the least MaPLe's depth 9 needs), 2-3 classes, 1 repetition;
     # each memory configuration is a fresh process, so only one per kind of worker code
     command = [sys.executable, str(BENCH), "--quick", "--layers", "9", "--train-classes", "2", "3"]
     command += ["--eval-classes", "3", "--reps", "1", "--eval-images", "4", "--eval-batch-size", "2"]
     command += ["--memory-classes", "3", "--out", str(tmp_path), "--tag", "smoke", "--override", json.dumps(TINY)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    if sections:
+        command += ["--sections", *sections]
+    env = {**os.environ, "MAPLE_PEFT_BENCH_BF16": bf16}
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+
+
+def assert_options_agree(options: dict, *, bf16_rows: bool) -> None:
+    (entry,) = options["train"]
+    rows = entry["rows"]
+    names = [r["variant"] for r in rows]
+    assert any("shared_prefix=False" in name for name in names) and any("eager" in name for name in names)
+    assert any("bf16-autocast" in name for name in names) == bf16_rows, names
+    assert options["bf16_train_measured"] == bf16_rows
+    scale = entry["default_logits_max_abs"]
+    assert scale > 0
+    for row in rows:
+        rtol = BF16_RTOL if "bf16" in row["variant"] else FP32_RTOL
+        assert row["logits_max_abs_diff_vs_default"] <= rtol * scale, (row["variant"], scale)
+    text = {r["variant"]: r for r in options["text_features"]["rows"]}
+    assert text["maple_peft shared_prefix=False"]["max_abs_diff_vs_maple_peft"] <= 1e-5
+    evaluation = {r["variant"]: r for r in options["eval"]["rows"]}
+    assert evaluation["maple_peft bf16-autocast sdpa"]["max_abs_diff_vs_fp32"] is not None
+
+
+def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
+    # the path of a CPU without native bf16: no bf16 training rows (the bf16 path is the next test)
+    done = run_bench(tmp_path, bf16="0")
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
 
@@ -46,12 +82,7 @@ def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
     assert row["logits_max_abs_diff_vs_baseline"] <= 1e-4
     assert len(row["maple_peft_vs_plain_per_repetition"]) == 1 and result["eval"]["end_to_end"]["runs"] >= 1
 
-    options = result["options"]["train"][0]["rows"]
-    names = [r["variant"] for r in options]
-    assert any("shared_prefix=False" in name for name in names) and any("eager" in name for name in names)
-    assert all(r["logits_max_abs_diff_vs_default"] <= 1e-4 for r in options)
-    text = {r["variant"]: r for r in result["options"]["text_features"]["rows"]}
-    assert text["maple_peft shared_prefix=False"]["max_abs_diff_vs_maple_peft"] <= 1e-5
+    assert_options_agree(result["options"], bf16_rows=False)
 
     memory = {(r["kind"], r["classes"]): r for r in result["memory"]["rows"]}
     for kind in ("train-baseline", "train-maple_peft-checkpointing", "train-maple_peft-no-shared-prefix"):
@@ -60,3 +91,21 @@ def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
 
     report = (tmp_path / "smoke.md").read_text()
     assert "## Targets" in report and "## Training step" in report and (tmp_path / "smoke.png").stat().st_size > 0
+
+
+def test_bench_options_with_bf16_autocast_agree_at_bf16_tolerance(tmp_path):
+    # the path of a CPU with native bf16 (forced): the options section alone adds bf16-autocast training rows,
+    # compared at a bf16 tolerance while the float32 rows keep a float32 one
+    done = run_bench(tmp_path, bf16="1", sections=["options"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    assert set(result["section_seconds"]) == {"options"}
+    assert_options_agree(result["options"], bf16_rows=True)
+
+
+def test_bench_refuses_an_invalid_bf16_override_before_any_work(tmp_path):
+    value = "yes"
+    done = run_bench(tmp_path, bf16=value, sections=["options"])
+    assert done.returncode != 0
+    assert f"MAPLE_PEFT_BENCH_BF16={value!r}" in done.stderr and "use 1" in done.stderr
+    assert not (tmp_path / "smoke.json").exists() and "building the models" not in done.stdout

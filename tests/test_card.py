@@ -132,12 +132,59 @@ def test_write_model_card_renders_the_run_directory_with_its_plots(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
     (tmp_path / "per_class_accuracy.png").write_bytes(b"")
 
-    path = write_model_card(tmp_path, repo_id="me/maple-eurosat")
+    path = write_model_card(tmp_path, repo_id="me/maple-eurosat", images=["per_class_accuracy.png"])
 
     assert path == tmp_path / "README.md"
     text = path.read_text()
     assert ModelCard(text).data.library_name == "peft"
     assert "![per_class_accuracy.png](per_class_accuracy.png)" in text
+
+
+def test_write_model_card_embeds_only_the_listed_plots_not_stale_pngs(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    for name in ("training_curves.png", "old_run_per_class_accuracy.png", "user_photo.png"):
+        (tmp_path / name).write_bytes(b"")
+
+    listed = write_model_card(tmp_path, images=["training_curves.png"]).read_text()
+    assert "![training_curves.png](training_curves.png)" in listed
+    assert "old_run_per_class_accuracy.png" not in listed and "user_photo.png" not in listed
+
+    unlisted = write_model_card(tmp_path).read_text()  # e.g. a run with --no_plots
+    assert ".png" not in unlisted
+
+
+def test_write_model_card_refuses_an_image_that_is_not_in_the_run_folder(tmp_path):
+    (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
+    with pytest.raises(ValueError, match=r"images=\['missing.png'\] lists 'missing.png', which is not a file inside"):
+        write_model_card(tmp_path, images=["missing.png"])
+    with pytest.raises(ValueError, match="must be a list of file names"):
+        write_model_card(tmp_path, images="plot.png")
+    assert not (tmp_path / "README.md").exists()
+
+
+def test_card_names_its_base_model_in_the_description_and_recipe(tmp_path):
+    local = tmp_path / "my-clip"
+    local.mkdir()
+    card = build_model_card(_metrics(base_model=str(local)))
+    description = card.text.split("## How to use")[0]
+    assert f"adapter for `{local}`" in description
+    assert f"| Base model | {local} |" in card.text
+    hub = build_model_card(_metrics()).text.split("## How to use")[0]
+    assert f"[`{BASE_MODEL}`](https://huggingface.co/{BASE_MODEL})" in hub
+
+
+def test_card_recipe_reads_the_names_the_project_writes_only():
+    # an old alias (num_ctx, max_epochs) is not a second name for a recipe row
+    card = render_model_card(_metrics(), {"num_ctx": 7, "depth": 9}, {"max_epochs": 50, "lr": 0.1})
+    assert "| Prompt depth | 9 |" in card and "| Learning rate | 0.1 |" in card
+    assert "Context tokens" not in card and "| Epochs |" not in card
+
+
+def test_card_of_a_local_dataset_keeps_its_identity_out_of_the_hub_datasets():
+    metrics = {**_metrics(), "dataset": "imagefolder:flowers-3f2a9c1d"}
+    card = build_model_card(metrics)
+    assert card.data.datasets in (None, [])
+    assert "| Dataset | imagefolder:flowers-3f2a9c1d |" in card.text
 
 
 def test_template_ships_in_the_package():
@@ -146,7 +193,7 @@ def test_template_ships_in_the_package():
 
 
 def test_card_rejects_metrics_without_results(tmp_path):
-    with pytest.raises(ValueError, match=r"lacks \['results'\]"):
+    with pytest.raises(ValueError, match=r"lack the required field\(s\) \[.*'results'\]"):
         render_model_card({"base_model": BASE_MODEL, "dataset": "eurosat", "setting": "all"})
     with pytest.raises(FileNotFoundError, match="metrics.json"):
         write_model_card(tmp_path)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from maple_peft import format_prompts
 from maple_peft.training.data import BENCHMARKS, get_benchmark, list_benchmarks, load_coop_split, read_classnames
 
 
@@ -74,9 +75,10 @@ def test_registry_has_the_15_datasets_with_coop_layouts():
         "imagenet_a",
         "imagenet_r",
     ]
-    assert get_benchmark("eurosat").format_prompt("Herbaceous_Vegetation") == (
+    template = get_benchmark("eurosat").template  # the zero-shot prompt, formatted by the core
+    assert format_prompts(None, ["Herbaceous_Vegetation"], template=template) == [
         "a centered satellite photo of Herbaceous Vegetation."
-    )
+    ]
 
 
 @pytest.mark.parametrize(
@@ -105,7 +107,7 @@ def test_aliases(alias, name):
 
 
 def test_unknown_benchmark():
-    with pytest.raises(ValueError, match=r"unknown benchmark 'mnist'; choose one of \['caltech101'"):
+    with pytest.raises(ValueError, match=r"Unknown benchmark 'mnist'; choose one of \['caltech101'"):
         get_benchmark("mnist")
 
 
@@ -147,7 +149,7 @@ def test_class_names_cover_all_splits(tmp_path):
 
 
 def test_json_split_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="data root .* does not exist"):
+    with pytest.raises(FileNotFoundError, match="Data root .* does not exist"):
         load_coop_split("eurosat", tmp_path / "nope", "train")
     with pytest.raises(FileNotFoundError, match=r"dataset folder not found: expected .*eurosat.*DATASETS\.md"):
         load_coop_split("eurosat", tmp_path, "train")

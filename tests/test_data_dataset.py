@@ -1,4 +1,4 @@
-"""The torch Dataset over records, its decode cache, corrupt-file handling and collate_fn (maple_peft.training.data.dataset)."""
+"""The torch Dataset over records, its decode cache, corrupt-file handling and batching (maple_peft.training.data.dataset)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords, collate_fn
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, ImageRecord, ImageRecords
 
 TFM = CLIPTransforms(crop_size=(8, 8), resize=8)
 
@@ -44,23 +44,21 @@ class _OpenCounter:
         monkeypatch.setattr(Image, "open", counting_open)
 
 
-def test_items_and_collate(tmp_path):
+def test_items_batch_with_the_default_collate(tmp_path):
     ds = ImageClassificationDataset(_records(tmp_path), TFM.test())
     assert len(ds) == 6 and ds.num_skipped == 0 and ds.class_names == ["c0", "c1"]
     item = ds[4]
     assert set(item) == {"pixel_values", "labels"}
     assert item["pixel_values"].shape == (3, 8, 8) and item["pixel_values"].dtype == torch.float32
     assert item["labels"] == 1 and isinstance(item["labels"], int)
-    batch = collate_fn([ds[i] for i in range(len(ds))])
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
     assert batch["pixel_values"].shape == (6, 3, 8, 8)
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0, 0, 0, 1, 1, 1]
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, collate_fn=collate_fn)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4)
     assert [b["pixel_values"].shape[0] for b in loader] == [4, 2]
     assert torch.equal(ds[-1]["pixel_values"], ds[5]["pixel_values"])
-    with pytest.raises(IndexError, match="index 6 is out of range"):
+    with pytest.raises(IndexError, match="Index 6 is out of range"):
         ds[6]
-    with pytest.raises(ValueError, match="empty batch"):
-        collate_fn([])
 
 
 def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
@@ -72,7 +70,7 @@ def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
     records.insert(2, ImageRecord(path=str(garbage), label=0, class_name="c0"))
     records.append(ImageRecord(path=str(empty), label=1, class_name="c1"))
     records.append(ImageRecord(path=str(tmp_path / "gone.png"), label=1, class_name="c1"))
-    with pytest.warns(UserWarning, match=r"skipped 3 unreadable image\(s\) of 9: .*broken\.jpg") as caught:
+    with pytest.warns(UserWarning, match=r"Skipped 3 unreadable image\(s\) of 9: .*broken\.jpg") as caught:
         ds = ImageClassificationDataset(ImageRecords(records, ["c0", "c1"]), TFM.test())
     message = str(caught[0].message)
     assert "empty.png" in message and "gone.png" in message
@@ -84,7 +82,7 @@ def test_corrupt_and_missing_files_are_skipped_and_counted(tmp_path):
 def test_all_unreadable_is_an_error(tmp_path):
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"garbage")
-    with pytest.warns(UserWarning), pytest.raises(ValueError, match="none of the 1 images could be read"):
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="None of the 1 images could be read"):
         ImageClassificationDataset([ImageRecord(path=str(bad), label=0, class_name="a")], TFM.test())
 
 
@@ -135,11 +133,11 @@ def test_truncated_image_passing_the_open_check_is_replaced_at_load(tmp_path):
         warnings.simplefilter("error")  # the header is fine: no warning at construction
         ds = ImageClassificationDataset(records, TFM.test())
     assert len(ds) == 7
-    with pytest.warns(UserWarning, match=r"cannot decode .*truncated\.jpg.*using the next image"):
+    with pytest.warns(UserWarning, match=r"Cannot decode .*truncated\.jpg.*using the next image"):
         item = ds[0]
     assert item["labels"] == 0 and ds.num_failed_loads == 1
     # a full decode check drops it up front
-    with pytest.warns(UserWarning, match=r"skipped 1 unreadable.*truncated\.jpg"):
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable.*truncated\.jpg"):
         strict = ImageClassificationDataset(records, TFM.test(), validate="decode")
     assert len(strict) == 6 and strict.num_skipped == 1
 
@@ -166,7 +164,7 @@ def test_dataloader_workers_are_reproducible(tmp_path):
 
     def epoch() -> torch.Tensor:
         torch.manual_seed(123)  # the trainer's seed: DataLoader derives the workers' seeds from it
-        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2, collate_fn=collate_fn)
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=2)
         return torch.cat([batch["pixel_values"] for batch in loader])
 
     first, second = epoch(), epoch()

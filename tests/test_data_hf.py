@@ -15,6 +15,7 @@ from maple_peft.training.data import (
     HFImageRef,
     ImageClassificationDataset,
     ImageRecords,
+    dataset_identity,
     load_class_name_map,
     load_image_classification,
     make_synthetic_imagefolder,
@@ -65,7 +66,7 @@ def test_class_name_map_dict_json_and_lines(data_imagefolder, tmp_path):
     assert _load(data_imagefolder, tmp_path, class_name_map=lines).class_names == ["desert", "woods", "sea or lake"]
     with pytest.warns(UserWarning, match=r"\['typo'\] match no class"):
         _load(data_imagefolder, tmp_path, class_name_map={"typo": "x"})
-    with pytest.raises(FileNotFoundError, match="class-name map"):
+    with pytest.raises(FileNotFoundError, match=r"class_name_map='.*missing\.txt' is not a file"):
         load_class_name_map(tmp_path / "missing.txt")
     bad = tmp_path / "bad.txt"
     bad.write_text("lonely\n")
@@ -75,12 +76,14 @@ def test_class_name_map_dict_json_and_lines(data_imagefolder, tmp_path):
 
 def test_missing_column_and_split(data_imagefolder, tmp_path):
     with pytest.raises(
-        ValueError, match=r"column 'img' not found in .* columns \['image', 'label'\]; pass --image_column"
+        ValueError, match=r"Column 'img' not found in .* columns \['image', 'label'\]; pass image_column="
     ):
         _load(data_imagefolder, tmp_path, image_column="img")
-    with pytest.raises(ValueError, match=r"column 'y' not found .*; pass --label_column"):
+    with pytest.raises(ValueError, match=r"Column 'y' not found .*; pass label_column="):
         _load(data_imagefolder, tmp_path, label_column="y")
-    with pytest.raises(ValueError, match=r"split 'validation' not found in 'imagefolder' splits \['train', 'test'\]"):
+    with pytest.raises(
+        ValueError, match=r"test_split='validation' is not a split of 'imagefolder' \(splits: \['train', 'test'\]\)"
+    ):
         _load(data_imagefolder, tmp_path, test_split="validation")
 
 
@@ -92,7 +95,7 @@ def test_non_classlabel_label_column(tmp_path):
         (root / split / "metadata.csv").write_text(
             "file_name,score\n" + "".join(f"{f},{i}\n" for i, f in enumerate(files))
         )
-    with pytest.raises(ValueError, match=r"column 'score' .* is a Value .*not a datasets.ClassLabel"):
+    with pytest.raises(ValueError, match=r"Column 'score' .* is a Value .*not a datasets.ClassLabel"):
         _load(root, tmp_path, label_column="score")
 
 
@@ -154,7 +157,46 @@ def test_corrupt_row_of_a_bytes_dataset_is_skipped():
     rows = {"image": [{"bytes": buf.getvalue(), "path": None}, {"bytes": b"garbage", "path": None}], "label": [0, 1]}
     ds = datasets.Dataset.from_dict(rows, features=features)
     recs = records_from_hf_dataset(ds, name="mem/train")
-    with pytest.warns(UserWarning, match=r"skipped 1 .*mem/train\[1\]\['image'\]"):
+    with pytest.warns(UserWarning, match=r"Skipped 1 .*mem/train\[1\]\['image'\]"):
         dataset = ImageClassificationDataset(recs, lambda im: np.asarray(im))
     assert len(dataset) == 1 and dataset.num_skipped == 1
     assert dataset[0]["pixel_values"][0, 0].tolist() == [1, 2, 3]
+
+
+def test_class_name_map_accepts_an_inline_json_object(data_imagefolder, tmp_path):
+    inline = '{"sea_lake": "sea or lake", "forest": "woods"}'
+    assert load_class_name_map(inline) == {"sea_lake": "sea or lake", "forest": "woods"}
+    assert _load(data_imagefolder, tmp_path, class_name_map=inline).class_names == ["desert", "woods", "sea or lake"]
+    with pytest.raises(ValueError, match="inline class_name_map looks like JSON but does not parse"):
+        load_class_name_map('{"sea_lake": ')
+
+
+def test_a_class_name_map_that_merges_two_classes_is_refused_naming_both(data_imagefolder, tmp_path):
+    with pytest.raises(ValueError, match=r"'forest' -> 'land' and 'sea_lake' -> 'land' \(both 'land'\)"):
+        _load(data_imagefolder, tmp_path, class_name_map={"forest": "land", "sea_lake": "land"})
+    with pytest.raises(ValueError, match=r"'desert' and 'forest' -> 'desert'"):
+        _load(data_imagefolder, tmp_path, class_name_map={"forest": "desert"})
+
+
+def test_two_folders_that_give_the_same_prompt_are_refused(tmp_path):
+    root = make_synthetic_imagefolder(tmp_path / "data", ["sea lake", "sea_lake", "forest"], 1, 1, image_size=8)
+    with pytest.raises(ValueError, match=r"same prompt name.*'sea lake' and 'sea_lake' \(both 'sea lake'\)"):
+        _load(root, tmp_path)
+
+
+def test_a_class_folder_empty_in_both_splits_is_an_error_naming_it(tmp_path):
+    root = make_synthetic_imagefolder(tmp_path / "data", ["alpha", "gamma", "omega"], 2, 1, image_size=8)
+    (root / "train" / "beta").mkdir()  # sorts between the others: dropping it would shift gamma and omega
+    (root / "test" / "beta").mkdir()
+    with pytest.raises(ValueError, match=r"Class folder\(s\) \['beta'\] .* hold no image .*remove the empty folder"):
+        _load(root, tmp_path)
+
+
+def test_dataset_identity_tells_local_folders_apart_and_is_stable(tmp_path):
+    flowers = dataset_identity("imagefolder", tmp_path / "a" / "flowers", ["rose", "tulip"])
+    assert flowers.startswith("imagefolder:flowers-") and len(flowers) == len("imagefolder:flowers-") + 8
+    # the same folder name and classes elsewhere (another machine), in another order: the same identity
+    assert dataset_identity("imagefolder", tmp_path / "b" / "flowers", ["tulip", "rose"]) == flowers
+    assert dataset_identity("imagefolder", tmp_path / "a" / "flowers", ["rose", "daisy"]) != flowers
+    assert dataset_identity("imagefolder", tmp_path / "cars", ["rose", "tulip"]) != flowers
+    assert dataset_identity("user/eurosat", None, ["a", "b"]) == "user/eurosat"

@@ -69,3 +69,29 @@ def test_errors(tmp_path):
         make_synthetic_imagefolder(tmp_path, ["a", "b"], 1, 1)
     make_synthetic_imagefolder(tmp_path, ["x", "y"], 1, 1, overwrite=True)
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["x", "y"]
+
+
+def test_overwrite_replaces_only_its_own_images_and_refuses_a_users_files(tmp_path):
+    root = make_synthetic_imagefolder(tmp_path / "data", ["a", "b", "c"], 2, 1, image_size=8)
+    make_synthetic_imagefolder(root, ["x", "y"], 1, 1, image_size=8, overwrite=True)
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*.png")) == [
+        "test/x/test_000_0000.png",
+        "test/y/test_001_0000.png",
+        "train/x/train_000_0000.png",
+        "train/y/train_001_0000.png",
+    ]
+
+    mine = root / "train" / "x" / "my_photo.jpg"
+    mine.write_bytes(b"a user's file")
+    with pytest.raises(FileExistsError, match=r"1 file\(s\) that make_synthetic_imagefolder did not write.*my_photo"):
+        make_synthetic_imagefolder(root, ["x", "y"], 1, 1, image_size=8, overwrite=True)
+    assert mine.read_bytes() == b"a user's file" and len(list(root.rglob("*.png"))) == 4
+
+
+def test_overwrite_refuses_a_folder_it_did_not_create(tmp_path):
+    users = tmp_path / "photos" / "train" / "cats"
+    users.mkdir(parents=True)
+    (users / "cat.jpg").write_bytes(b"meow")
+    with pytest.raises(FileExistsError, match="was not written by make_synthetic_imagefolder"):
+        make_synthetic_imagefolder(tmp_path / "photos", ["a", "b"], 1, 1, overwrite=True)
+    assert (users / "cat.jpg").read_bytes() == b"meow"

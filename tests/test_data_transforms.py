@@ -70,7 +70,7 @@ def test_from_legacy_dict_and_overrides():
 
 
 def test_from_processor_errors():
-    with pytest.raises(TypeError, match="cannot read crop_size"):
+    with pytest.raises(TypeError, match="Cannot read crop_size"):
         CLIPTransforms.from_processor(object())
     with pytest.raises(ValueError, match="image_mean"):
         CLIPTransforms.from_processor({"image_mean": [0.5, 0.5]})

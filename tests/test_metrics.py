@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from maple_peft.training.metrics import (
+    RunMetrics,
+    base_novel_harmonic_mean,
     build_run_metrics,
     classification_metrics,
     harmonic_mean,
     summarize_runs,
-    validate_run_metrics,
 )
 
 
@@ -139,7 +140,7 @@ def test_summarize_runs_takes_the_harmonic_mean_of_the_seed_averages():
 def test_summarize_runs_gives_mean_and_std_per_target_for_cross_dataset():
     def run(seed, accuracies):
         results = {name: {"accuracy": acc, "macro_f1": acc} for name, acc in accuracies.items()}
-        return {"dataset": "imagenet", "setting": "cross_dataset", "seed": seed, "results": results}
+        return {"dataset": "imagenet", "setting": "cross_dataset", "seed": seed, "base_model": "m", "results": results}
 
     runs = [run(1, {"imagenet": 70.0, "dtd": 40.0}), run(2, {"imagenet": 72.0, "dtd": 44.0}), run(3, {"dtd": 48.0})]
 
@@ -167,7 +168,8 @@ def test_summarize_runs_summarizes_zero_shot_when_every_run_has_it():
         ([], "empty"),
         ([_run(1, 90, 60), _run(2, 90, 60, dataset="dtd")], "mix"),
         ([_run(1, 90, 60), _run(1, 91, 61)], r"seed\(s\) \[1\]"),
-        ([{"dataset": "x", "setting": "all"}], "lacks 'results'"),
+        ([{"dataset": "x", "setting": "all"}], r"runs\[0\]: The metrics lack the required field\(s\).*'results'"),
+        ([_run(1, 90, 60), {**_run(2, 90, 60), "base_model": "other"}], "mix base models"),
     ],
 )
 def test_summarize_runs_rejects_runs_that_cannot_be_averaged(runs, message):
@@ -197,24 +199,43 @@ def test_build_run_metrics_fills_versions_and_harmonic_means():
     assert metrics["versions"]["torch"] == torch.__version__
     assert set(metrics["versions"]) == {"torch", "transformers", "peft", "accelerate"}
     assert metrics["maple_peft_version"]
-    validate_run_metrics(metrics)
+    assert RunMetrics.from_dict(metrics).harmonic_mean == metrics["harmonic_mean"]
 
 
-def test_validate_run_metrics_names_the_bad_field():
+def test_run_metrics_from_dict_names_the_bad_field():
     result = classification_metrics([0, 1], [0, 1], ["a", "b"])
     good = {"base_model": "m", "dataset": "d", "setting": "all", "seed": 1, "results": {"test": result}}
-    validate_run_metrics(good)
+    assert RunMetrics.from_dict(good).results == {"test": result}
 
-    with pytest.raises(ValueError, match="'setting'.*'base-to-novel'"):
-        validate_run_metrics({**good, "setting": "base-to-novel"})
+    with pytest.raises(ValueError, match="setting='base-to-novel' is not one of"):
+        RunMetrics.from_dict({**good, "setting": "base-to-novel"})
     with pytest.raises(ValueError, match="'seed'"):
-        validate_run_metrics({k: v for k, v in good.items() if k != "seed"})
-    with pytest.raises(ValueError, match="'accuracy'.*150"):
-        validate_run_metrics({**good, "results": {"test": {**result, "accuracy": 150}}})
+        RunMetrics.from_dict({k: v for k, v in good.items() if k != "seed"})
+    with pytest.raises(ValueError, match=r"results\['test'\]\['accuracy'\]=150"):
+        RunMetrics.from_dict({**good, "results": {"test": {**result, "accuracy": 150}}})
+    with pytest.raises(ValueError, match=r"results\['test'\] has no 'accuracy'"):
+        RunMetrics.from_dict({**good, "results": {"test": {"macro_f1": 50.0}}})
     with pytest.raises(ValueError, match="lack a 'base' or a 'novel'"):
-        validate_run_metrics({**good, "harmonic_mean": 50.0})
+        RunMetrics.from_dict({**good, "harmonic_mean": 50.0})
     two = {**good, "results": {"base": result, "novel": result}}
-    with pytest.raises(ValueError, match="no 'harmonic_mean'; add harmonic_mean=100.0"):
-        validate_run_metrics(two)
-    with pytest.raises(ValueError, match="harmonic_mean"):
-        validate_run_metrics({**two, "harmonic_mean": 50.0})
+    assert RunMetrics.from_dict(two).harmonic_mean == pytest.approx(100.0)  # derived when the file has none
+    with pytest.raises(ValueError, match=r"metrics\['harmonic_mean'\]=50.0 but 2BN/\(B\+N\) of the results is 100.0"):
+        RunMetrics.from_dict({**two, "harmonic_mean": 50.0})
+    zero_shot = {"results": {"base": result, "novel": {**result, "accuracy": 50.0}}, "harmonic_mean": 99.0}
+    with pytest.raises(ValueError, match=r"\['zero_shot'\]\['harmonic_mean'\]=99.0"):
+        RunMetrics.from_dict({**two, "zero_shot": zero_shot})
+
+
+def test_run_metrics_round_trips_through_its_json_dict():
+    base = classification_metrics([0, 1], [0, 1], ["a", "b"])
+    novel = classification_metrics([0, 0], [0, 1], ["c", "d"])
+    metrics = build_run_metrics(
+        base_model="m", dataset="d", setting="base2novel", seed=3, num_shots=2, results={"base": base, "novel": novel}
+    )
+    assert RunMetrics.from_dict(metrics).to_dict() == metrics
+    assert metrics["harmonic_mean"] == pytest.approx(harmonic_mean(100.0, 50.0))
+
+
+def test_one_harmonic_mean_rule_needs_both_base_and_novel():
+    assert base_novel_harmonic_mean({"base": 90.0, "novel": 60.0}) == pytest.approx(72.0)
+    assert base_novel_harmonic_mean({"base": 90.0, "test": 60.0}) is None

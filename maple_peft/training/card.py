@@ -16,7 +16,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from .metrics import harmonic_mean
+from .metrics import RunMetrics
 
 __all__ = ["CARD_TAGS", "build_model_card", "render_model_card", "write_model_card"]
 
@@ -46,21 +46,21 @@ _VARIANT_DESCRIPTIONS = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
-# (row title, where to look, accepted key names), in table order. The first key found wins.
-_RECIPE_KEYS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("Context tokens (n_ctx)", "peft", ("n_ctx", "num_ctx", "num_context_tokens")),
-    ("Prompt depth", "peft", ("depth", "prompt_depth")),
-    ("Prompt initialization", "peft", ("prompt_init", "ctx_init", "init_text")),
-    ("Variant", "peft", ("variant",)),
-    ("Learning rate", "train", ("lr", "learning_rate", "base_lr")),
-    ("Epochs", "train", ("epochs", "max_epochs", "num_epochs", "num_train_epochs")),
-    ("Batch size", "train", ("batch_size", "train_batch_size", "per_device_train_batch_size")),
-    ("Warmup epochs", "train", ("warmup_epochs", "warmup_epoch")),
-    ("Warmup learning rate", "train", ("warmup_lr", "warmup_cons_lr")),
-    ("Optimizer", "train", ("optimizer", "optim")),
-    ("Momentum", "train", ("momentum",)),
-    ("Weight decay", "train", ("weight_decay",)),
-    ("Mixed precision", "train", ("mixed_precision", "precision")),
+# (row title, where to look, key), in table order: the names train.py and MaPLeConfig write.
+_RECIPE_KEYS: tuple[tuple[str, str, str], ...] = (
+    ("Context tokens (n_ctx)", "peft", "n_ctx"),
+    ("Prompt depth", "peft", "depth"),
+    ("Prompt initialization", "peft", "prompt_init"),
+    ("Variant", "peft", "variant"),
+    ("Learning rate", "train", "lr"),
+    ("Epochs", "train", "epochs"),
+    ("Batch size", "train", "batch_size"),
+    ("Warmup epochs", "train", "warmup_epochs"),
+    ("Warmup learning rate", "train", "warmup_lr"),
+    ("Optimizer", "train", "optimizer"),
+    ("Momentum", "train", "momentum"),
+    ("Weight decay", "train", "weight_decay"),
+    ("Mixed precision", "train", "mixed_precision"),
 )
 
 
@@ -99,37 +99,28 @@ def _split_title(split: str, setting: str) -> str:
     return split if setting == "cross_dataset" else split.replace("_", " ").capitalize()
 
 
-def _lookup(config: Mapping[str, Any], keys: Sequence[str]) -> Any:
-    for key in keys:
-        if config.get(key) is not None:
-            return config[key]
-    return None
-
-
 def _recipe_rows(
-    metrics: Mapping[str, Any], peft_config: Mapping[str, Any], train_config: Mapping[str, Any]
+    metrics: RunMetrics, peft_config: Mapping[str, Any], train_config: Mapping[str, Any]
 ) -> list[tuple[str, str]]:
-    setting = metrics.get("setting")
     rows: list[tuple[str, str]] = [
-        ("Base model", _cell(metrics.get("base_model"))),
-        ("Dataset", _cell(metrics.get("dataset"))),
-        ("Setting", f"`{setting}` ({_SETTING_DESCRIPTIONS.get(setting, 'custom')})"),
+        ("Base model", _cell(metrics.base_model)),
+        ("Dataset", _cell(metrics.dataset)),
+        ("Setting", f"`{metrics.setting}` ({_SETTING_DESCRIPTIONS.get(metrics.setting, 'custom')})"),
+        ("Shots per class", _cell(metrics.num_shots)),
+        ("Seed", _cell(metrics.seed)),
     ]
-    shots = metrics.get("num_shots", _lookup(train_config, ("num_shots", "shots")))
-    rows.append(("Shots per class", _cell(shots)))
-    rows.append(("Seed", _cell(metrics.get("seed", train_config.get("seed")))))
-    for title, source, keys in _RECIPE_KEYS:
-        value = _lookup(peft_config if source == "peft" else train_config, keys)
+    for title, source, key in _RECIPE_KEYS:
+        value = (peft_config if source == "peft" else train_config).get(key)
         if value is not None:
             rows.append((title, _cell(value)))
-    if metrics.get("time_seconds") is not None:
-        rows.append(("Training time", f"{float(metrics['time_seconds']) / 60:.1f} min"))
+    if metrics.time_seconds is not None:
+        rows.append(("Training time", f"{float(metrics.time_seconds) / 60:.1f} min"))
     return rows
 
 
-def _class_names_line(metrics: Mapping[str, Any]) -> str:
+def _class_names_line(metrics: RunMetrics) -> str:
     names: list[str] = []
-    for result in metrics["results"].values():
+    for result in metrics.results.values():
         names.extend(name for name in (result.get("per_class_accuracy") or {}) if name not in names)
     if not names:
         return 'class_names = ["cat", "dog"]  # the names of the classes to recognize'
@@ -144,19 +135,11 @@ def _class_names_line(metrics: Mapping[str, Any]) -> str:
     )
 
 
-def _hm(results: Mapping[str, Any], stored: Any) -> float | None:
-    if stored is not None:
-        return float(stored)
-    if "base" in results and "novel" in results:
-        return harmonic_mean(results["base"]["accuracy"], results["novel"]["accuracy"])
-    return None
-
-
-def _eval_results(metrics: Mapping[str, Any]) -> list[EvalResult]:
-    setting, dataset = metrics["setting"], metrics["dataset"]
+def _eval_results(metrics: RunMetrics) -> list[EvalResult]:
+    setting, dataset = metrics.setting, metrics.dataset
     evals = []
-    for split in _ordered_splits(metrics["results"]):
-        result = metrics["results"][split]
+    for split in _ordered_splits(metrics.results):
+        result = metrics.results[split]
         target, dataset_split = (split, "test") if setting == "cross_dataset" else (dataset, split)
         common = {
             "task_type": TASK_TYPE,
@@ -176,7 +159,7 @@ def _eval_results(metrics: Mapping[str, Any]) -> list[EvalResult]:
                     **common,
                 )
             )
-    hm = _hm(metrics["results"], metrics.get("harmonic_mean"))
+    hm = metrics.harmonic_mean
     if hm is not None:
         evals.append(
             EvalResult(
@@ -193,24 +176,8 @@ def _eval_results(metrics: Mapping[str, Any]) -> list[EvalResult]:
     return evals
 
 
-def _check_metrics(metrics: Any) -> None:
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
-    missing = [key for key in ("base_model", "dataset", "setting", "results") if key not in metrics]
-    if missing:
-        raise ValueError(
-            f"metrics lacks {missing}; pass the dict built by maple_peft.training.metrics.build_run_metrics (metrics.json)."
-        )
-    results = metrics["results"]
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError(f"metrics['results'] must be a non-empty dict of split -> metrics, got {results!r}.")
-    for split, result in results.items():
-        if not isinstance(result, Mapping) or "accuracy" not in result:
-            raise ValueError(f"metrics['results'][{split!r}] has no 'accuracy'; build it with classification_metrics.")
-
-
 def build_model_card(
-    metrics: Mapping[str, Any],
+    metrics: Mapping[str, Any] | RunMetrics,
     peft_config: Mapping[str, Any] | None = None,
     train_config: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
@@ -221,28 +188,30 @@ def build_model_card(
     """Builds the `huggingface_hub.ModelCard` of a trained MaPLe adapter.
 
     Args:
-        metrics: The run's `metrics.json` dict (see `maple_peft.training.metrics`).
-        peft_config: The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to `metrics["peft_config"]`.
-        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
-        repo_id: The Hub repository the adapter is pushed to (`"user/name"`), used in the loading example and as the
-            model-index name. `None` shows a local-path placeholder.
-        license: The card's license identifier (a Hub license id such as `"apache-2.0"` or `"mit"`).
-        images: Paths, relative to the card, of plots to embed (e.g. `["per_class_accuracy.png"]`).
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict (see `maple_peft.training.metrics`).
+        peft_config (`Mapping[str, Any] | None`): The adapter configuration (e.g. `MaPLeConfig.to_dict()`); defaults to
+            `metrics["peft_config"]`.
+        train_config (`Mapping[str, Any] | None`): The training hyper-parameters; defaults to
+            `metrics["train_config"]`.
+        repo_id (`str | None`): The Hub repository the adapter is pushed to (`"user/name"`), used in the loading
+            example and as the model-index name. `None` shows a local-path placeholder.
+        license (`str`): The card's license identifier (a Hub license id such as `"apache-2.0"` or `"mit"`).
+        images (`Sequence[str]`): Paths, relative to the card, of plots to embed (e.g. `["per_class_accuracy.png"]`).
 
     Returns:
         The model card; `str(card)` is the README.md text.
     """
-    _check_metrics(metrics)
-    peft_config = dict(metrics.get("peft_config") or {}) if peft_config is None else dict(peft_config)
-    train_config = dict(metrics.get("train_config") or {}) if train_config is None else dict(train_config)
-    base_model, dataset, setting = str(metrics["base_model"]), str(metrics["dataset"]), str(metrics["setting"])
-    results = metrics["results"]
-    zero_shot = metrics.get("zero_shot") or {}
-    zs_results = zero_shot.get("results") or {}
+    metrics = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_dict(metrics)
+    peft_config = dict(metrics.peft_config) if peft_config is None else dict(peft_config)
+    train_config = dict(metrics.train_config) if train_config is None else dict(train_config)
+    base_model, dataset, setting = metrics.base_model, metrics.dataset, metrics.setting
+    results = metrics.results
+    zs_results = metrics.zero_shot_results or {}
 
     datasets = [dataset]
     if setting == "cross_dataset":
         datasets += [target for target in results if target not in datasets]
+    datasets = [name for name in datasets if ":" not in name]  # a local dataset's identity is no Hub dataset id
     is_hub_id = bool(_HUB_ID.match(base_model)) and not Path(base_model).exists()
     model_name = repo_id.split("/")[-1] if repo_id else f"maple-{base_model.rstrip('/').split('/')[-1]}-{dataset}"
     card_data = ModelCardData(
@@ -271,12 +240,9 @@ def build_model_card(
                 "num_classes": _cell(result.get("num_classes")),
             }
         )
-    hm = _hm(results, metrics.get("harmonic_mean"))
     hm_row = None
-    if hm is not None:
-        hm_row = {"value": _percent(hm), "zs_value": _percent(_hm(zs_results, zero_shot.get("harmonic_mean")))}
-        if not zs_results:
-            hm_row["zs_value"] = "–"
+    if metrics.harmonic_mean is not None:
+        hm_row = {"value": _percent(metrics.harmonic_mean), "zs_value": _percent(metrics.zero_shot_harmonic_mean)}
 
     per_class = []
     for split in _ordered_splits(results):
@@ -285,10 +251,9 @@ def build_model_card(
             rows = [(_escape(str(name)), _percent(acc)) for name, acc in per_class_accuracy.items()]
             per_class.append({"name": _split_title(split, setting), "rows": rows})
 
-    seed_text = f", seed {metrics['seed']}" if metrics.get("seed") is not None else ""
-    shots_text = f"{metrics['num_shots']}-shot " if metrics.get("num_shots") else ""
-    n_ctx = _lookup(peft_config, ("n_ctx", "num_ctx", "num_context_tokens"))
-    depth = _lookup(peft_config, ("depth", "prompt_depth"))
+    seed_text = f", seed {metrics.seed}" if metrics.seed is not None else ""
+    shots_text = f"{metrics.num_shots}-shot " if metrics.num_shots else ""
+    n_ctx, depth = peft_config.get("n_ctx"), peft_config.get("depth")
     variant = peft_config.get("variant") or "maple"
     prompts_text = (
         f"{n_ctx} prompt tokens in each of the first {depth} layers"
@@ -317,8 +282,7 @@ def build_model_card(
         results_intro += " Zero-shot CLIP is the same base model with hand-written prompts and no adapter."
 
     full_config = {"peft_config": peft_config, "train_config": train_config}
-    versions = [("maple_peft", metrics.get("maple_peft_version"))]
-    versions += list((metrics.get("versions") or {}).items())
+    versions = [("maple_peft", metrics.maple_peft_version), *metrics.versions.items()]
     template = importlib.resources.files("maple_peft.model_cards").joinpath(TEMPLATE_NAME).read_text(encoding="utf-8")
     return ModelCard.from_template(
         card_data,
@@ -344,7 +308,7 @@ def build_model_card(
 
 
 def render_model_card(
-    metrics: Mapping[str, Any],
+    metrics: Mapping[str, Any] | RunMetrics,
     peft_config: Mapping[str, Any] | None = None,
     train_config: Mapping[str, Any] | None = None,
     repo_id: str | None = None,
@@ -355,12 +319,13 @@ def render_model_card(
     """Renders the README.md text of a trained MaPLe adapter (see `build_model_card` for the arguments).
 
     Args:
-        metrics: The run's `metrics.json` dict.
-        peft_config: The adapter configuration; defaults to `metrics["peft_config"]`.
-        train_config: The training hyper-parameters; defaults to `metrics["train_config"]`.
-        repo_id: The Hub repository id used in the loading example, or `None`.
-        license: The card's license identifier.
-        images: Paths, relative to the card, of plots to embed.
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict.
+        peft_config (`Mapping[str, Any] | None`): The adapter configuration; defaults to `metrics["peft_config"]`.
+        train_config (`Mapping[str, Any] | None`): The training hyper-parameters; defaults to
+            `metrics["train_config"]`.
+        repo_id (`str | None`): The Hub repository id used in the loading example, or `None`.
+        license (`str`): The card's license identifier.
+        images (`Sequence[str]`): Paths, relative to the card, of plots to embed.
 
     Returns:
         The model card as markdown with a YAML metadata header.
@@ -377,27 +342,46 @@ def render_model_card(
 
 
 def write_model_card(
-    output_dir: str | Path, repo_id: str | None = None, *, license: str = "apache-2.0", filename: str = "README.md"
+    output_dir: str | Path,
+    repo_id: str | None = None,
+    *,
+    images: Sequence[str] | None = None,
+    license: str = "apache-2.0",
+    filename: str = "README.md",
 ) -> Path:
-    """Writes the model card of a run directory from its `metrics.json`, embedding the PNG plots found there.
+    """Writes the model card of a run directory from its `metrics.json`, embedding the plots the run wrote.
+
+    Only the images listed in `images` are embedded: PNGs left in the folder by an earlier run (or put there by the
+    user) never appear in the card unless listed.
 
     Args:
-        output_dir: The run directory, holding `metrics.json` (and usually the adapter and plots).
-        repo_id: The Hub repository id used in the loading example, or `None`.
-        license: The card's license identifier.
-        filename: The card's file name inside `output_dir`.
+        output_dir (`str | Path`): The run directory, holding `metrics.json` (and usually the adapter and plots).
+        repo_id (`str | None`): The Hub repository id used in the loading example, or `None`.
+        images (`Sequence[str] | None`): File names (relative to `output_dir`) of the plots this run wrote, in the
+            order to show them; each must exist. `None` or empty embeds no image.
+        license (`str`): The card's license identifier.
+        filename (`str`): The card's file name inside `output_dir`.
 
     Returns:
-        The path of the written card.
+        `Path`: The path of the written card.
     """
     output_dir = Path(output_dir)
     metrics_path = output_dir / "metrics.json"
     if not metrics_path.is_file():
         raise FileNotFoundError(
-            f"{metrics_path} does not exist; write the run's metrics (maple_peft.training.metrics.build_run_metrics) first."
+            f"{metrics_path} does not exist; write the run's metrics "
+            "(maple_peft.training.metrics.build_run_metrics) first."
         )
+    if isinstance(images, str):
+        raise ValueError(f"images={images!r} must be a list of file names, e.g. [{images!r}].")
+    images = [str(image) for image in images or ()]
+    for image in images:
+        if Path(image).is_absolute() or ".." in Path(image).parts or not (output_dir / image).is_file():
+            raise ValueError(
+                f"images={images!r} lists {image!r}, which is not a file inside {str(output_dir)!r}; list the plots this run "
+                "wrote, by their names relative to output_dir."
+            )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    images = sorted(path.name for path in output_dir.glob("*.png"))
     path = output_dir / filename
     path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
     return path

@@ -21,7 +21,12 @@ Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
 
 `results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
 per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
-zero-shot CLIP evaluated on the same splits.
+zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
+`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`).
+
+`RunMetrics` is this schema as a dataclass: `RunMetrics.from_dict` reads and validates a loaded file (the card, the
+plots and `examples/aggregate.py` read runs through it), `to_dict` writes one, and every harmonic mean of the project
+(a run's, zero-shot CLIP's, a seed average's, a table's average row) comes from `base_novel_harmonic_mean`.
 """
 
 from __future__ import annotations
@@ -31,24 +36,25 @@ import importlib.metadata
 import math
 import numbers
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "SETTINGS",
+    "RunMetrics",
+    "base_novel_harmonic_mean",
     "build_run_metrics",
     "classification_metrics",
     "collect_versions",
     "harmonic_mean",
     "summarize_runs",
-    "validate_run_metrics",
 ]
 
 SETTINGS: tuple[str, ...] = ("base2novel", "all", "cross_dataset", "zero_shot")
 """The values `metrics["setting"]` may take."""
 
-_RESULT_KEYS = ("accuracy", "macro_f1", "per_class_accuracy", "num_images", "num_classes")
 _VERSION_PACKAGES = ("torch", "transformers", "peft", "accelerate")
 
 
@@ -88,10 +94,10 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     still count as false positives of the predicted class and as errors of the true one.
 
     Args:
-        predictions: Predicted class indices, shape `(N,)`, as a list, numpy array or torch tensor. Logits of shape
-            `(N, num_classes)` are also accepted and reduced with `argmax`.
-        labels: True class indices, shape `(N,)`, in `[0, len(class_names))`.
-        class_names: The name of each class index; keys of `per_class_accuracy`. Must be unique.
+        predictions (`Any`): Predicted class indices, shape `(N,)`, as a list, numpy array or torch tensor. Logits of
+            shape `(N, num_classes)` are also accepted and reduced with `argmax`.
+        labels (`Any`): True class indices, shape `(N,)`, in `[0, len(class_names))`.
+        class_names (`Sequence[str]`): The name of each class index; keys of `per_class_accuracy`. Must be unique.
 
     Returns:
         A dict with `accuracy` (%), `macro_f1` (%), `per_class_accuracy` (% keyed by class name, classes with test
@@ -117,7 +123,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     if preds.ndim == 2:
         if preds.shape[1] != num_classes:
             raise ValueError(
-                f"predictions look like logits of shape {tuple(preds.shape)} but there are {num_classes} class names; "
+                f"Predictions look like logits of shape {tuple(preds.shape)} but there are {num_classes} class names; "
                 "pass logits of shape (N, len(class_names)) or predicted class indices of shape (N,)."
             )
         preds = preds.argmax(axis=1)
@@ -125,7 +131,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
     targets = targets.reshape(-1) if targets.ndim == 0 else targets
     if preds.ndim != 1 or targets.ndim != 1:
         raise ValueError(
-            f"predictions and labels must be 1-D, got shapes {tuple(preds.shape)} and {tuple(targets.shape)}."
+            f"Predictions and labels must be 1-D, got shapes {tuple(preds.shape)} and {tuple(targets.shape)}."
         )
     if preds.shape[0] != targets.shape[0]:
         raise ValueError(
@@ -133,7 +139,7 @@ def classification_metrics(predictions: Any, labels: Any, class_names: Sequence[
             "(with accelerate, gather both with `gather_for_metrics`)."
         )
     if preds.shape[0] == 0:
-        raise ValueError("predictions and labels are empty; evaluate at least one image.")
+        raise ValueError("Predictions and labels are empty; evaluate at least one image.")
     preds = _as_class_indices(preds, "predictions", num_classes)
     targets = _as_class_indices(targets, "labels", num_classes)
 
@@ -160,11 +166,11 @@ def harmonic_mean(base: float, novel: float) -> float:
     """The harmonic mean `2BN / (B + N)` of base and novel accuracy, the headline number of base-to-novel tables.
 
     Args:
-        base: Accuracy on the base classes (%), >= 0.
-        novel: Accuracy on the novel classes (%), >= 0.
+        base (`float`): Accuracy on the base classes (%), >= 0.
+        novel (`float`): Accuracy on the novel classes (%), >= 0.
 
     Returns:
-        The harmonic mean, or 0.0 when both accuracies are 0.
+        `float`: The harmonic mean, or 0.0 when both accuracies are 0.
     """
     for name, value in (("base", base), ("novel", novel)):
         if not isinstance(value, numbers.Real) or isinstance(value, bool) or math.isnan(value) or value < 0:
@@ -172,6 +178,23 @@ def harmonic_mean(base: float, novel: float) -> float:
     if base + novel == 0:
         return 0.0
     return float(2.0 * base * novel / (base + novel))
+
+
+def base_novel_harmonic_mean(accuracies: Mapping[str, float]) -> float | None:
+    """The one harmonic-mean rule of the project: the HM of the `"base"` and `"novel"` accuracies, if both are present.
+
+    Used for a run's `metrics.json`, its zero-shot results, the seed averages of `summarize_runs` and the average row
+    of `examples/aggregate.py` (always the HM of the averaged accuracies, never an average of HMs).
+
+    Args:
+        accuracies (`Mapping[str, float]`): Split (or target dataset) name -> accuracy (%).
+
+    Returns:
+        `float | None`: `harmonic_mean(base, novel)`, or `None` when `"base"` or `"novel"` is missing.
+    """
+    if "base" in accuracies and "novel" in accuracies:
+        return harmonic_mean(accuracies["base"], accuracies["novel"])
+    return None
 
 
 def collect_versions() -> dict[str, str | None]:
@@ -185,10 +208,180 @@ def collect_versions() -> dict[str, str | None]:
     return versions
 
 
-def _maybe_harmonic_mean(results: Mapping[str, Mapping[str, Any]]) -> float | None:
-    if "base" in results and "novel" in results:
-        return harmonic_mean(results["base"]["accuracy"], results["novel"]["accuracy"])
-    return None
+def _percentage(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 <= value <= 100
+
+
+def _checked_results(results: Any, where: str) -> dict[str, dict[str, Any]]:
+    """A copy of `{split: result}` after checking that every result has a percentage `accuracy`."""
+    if not isinstance(results, Mapping) or not results:
+        raise ValueError(f"{where} must be a non-empty dict of split name -> metrics, got {results!r}.")
+    checked = {}
+    for split, result in results.items():
+        if not isinstance(result, Mapping) or "accuracy" not in result:
+            raise ValueError(
+                f"{where}[{split!r}] has no 'accuracy'; build each result with "
+                "maple_peft.training.metrics.classification_metrics."
+            )
+        for key in ("accuracy", "macro_f1"):
+            if key in result and result[key] is not None and not _percentage(result[key]):
+                raise ValueError(f"{where}[{split!r}][{key!r}]={result[key]!r} is not a percentage in [0, 100].")
+        checked[str(split)] = dict(result)
+    return checked
+
+
+def _accuracies(results: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
+    return {split: result["accuracy"] for split, result in results.items()}
+
+
+@dataclass
+class RunMetrics:
+    """The schema of a run's `metrics.json` (see the module docstring), validated when built.
+
+    The card, the plots and `examples/aggregate.py` read a `metrics.json` through `RunMetrics.from_dict`, and every
+    harmonic mean comes from `base_novel_harmonic_mean`: `harmonic_mean` is derived from `results`, never stored
+    separately in memory (the stored value in a file must agree with it).
+
+    Args:
+        base_model (`str`): Hub id or (absolute) path of the CLIP checkpoint.
+        dataset (`str`): The (source) dataset's identity, e.g. `"eurosat"` or `"imagefolder:flowers-3f2a9c1d"`
+            (see `maple_peft.training.data.dataset_identity`).
+        setting (`str`): One of `SETTINGS`.
+        seed (`int | None`): The run's random seed.
+        results (`dict[str, dict]`): `{split_or_target: classification_metrics(...)}`; each needs an `accuracy` (%).
+        num_shots (`int | None`): Training images per class (`None` for zero-shot runs).
+        train_config (`dict`): The training hyper-parameters (JSON-serializable).
+        peft_config (`dict`): The adapter configuration, e.g. `MaPLeConfig.to_dict()`.
+        time_seconds (`float | None`): Wall-clock time of the run.
+        zero_shot_results (`dict[str, dict] | None`): Zero-shot CLIP results on the same splits, if evaluated.
+        maple_peft_version (`str | None`): The package version that wrote the run.
+        versions (`dict[str, str | None]`): Versions of torch, transformers, peft and accelerate.
+
+    Example:
+        ```python
+        >>> run = RunMetrics(base_model="m", dataset="eurosat", setting="base2novel", seed=1,
+        ...                  results={"base": {"accuracy": 90.0}, "novel": {"accuracy": 60.0}})
+        >>> run.harmonic_mean
+        72.0
+        ```
+    """
+
+    base_model: str
+    dataset: str
+    setting: str
+    seed: int | None
+    results: dict[str, dict[str, Any]]
+    num_shots: int | None = None
+    train_config: dict[str, Any] = field(default_factory=dict)
+    peft_config: dict[str, Any] = field(default_factory=dict)
+    time_seconds: float | None = None
+    zero_shot_results: dict[str, dict[str, Any]] | None = None
+    maple_peft_version: str | None = None
+    versions: dict[str, str | None] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.setting not in SETTINGS:
+            raise ValueError(f"setting={self.setting!r} is not one of {list(SETTINGS)}.")
+        for name in ("base_model", "dataset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be a non-empty string.")
+        self.results = _checked_results(self.results, "results")
+        if self.zero_shot_results is not None:
+            self.zero_shot_results = _checked_results(self.zero_shot_results, "zero_shot_results")
+        self.train_config = dict(self.train_config or {})
+        self.peft_config = dict(self.peft_config or {})
+        self.versions = dict(self.versions or {})
+
+    @property
+    def harmonic_mean(self) -> float | None:
+        """The HM of base and novel accuracy (`None` unless both were evaluated)."""
+        return base_novel_harmonic_mean(_accuracies(self.results))
+
+    @property
+    def zero_shot_harmonic_mean(self) -> float | None:
+        """The HM of zero-shot CLIP's base and novel accuracy (`None` unless both were evaluated)."""
+        return (
+            None if self.zero_shot_results is None else base_novel_harmonic_mean(_accuracies(self.zero_shot_results))
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON-able `metrics.json` dict, with `harmonic_mean` (and the zero-shot one) filled in."""
+        metrics: dict[str, Any] = {
+            "maple_peft_version": self.maple_peft_version,
+            "versions": dict(self.versions),
+            "base_model": self.base_model,
+            "dataset": self.dataset,
+            "setting": self.setting,
+            "seed": self.seed,
+            "num_shots": self.num_shots,
+            "train_config": dict(self.train_config),
+            "peft_config": dict(self.peft_config),
+            "time_seconds": self.time_seconds,
+            "results": {name: dict(result) for name, result in self.results.items()},
+        }
+        if self.harmonic_mean is not None:
+            metrics["harmonic_mean"] = self.harmonic_mean
+        if self.zero_shot_results is not None:
+            zero_shot: dict[str, Any] = {"results": {k: dict(v) for k, v in self.zero_shot_results.items()}}
+            if self.zero_shot_harmonic_mean is not None:
+                zero_shot["harmonic_mean"] = self.zero_shot_harmonic_mean
+            metrics["zero_shot"] = zero_shot
+        return metrics
+
+    @classmethod
+    def from_dict(cls, metrics: Any) -> RunMetrics:
+        """Reads (and validates) a loaded `metrics.json`.
+
+        Args:
+            metrics (`Mapping[str, Any]`): The loaded file.
+
+        Returns:
+            `RunMetrics`: The run's metrics.
+
+        Raises:
+            ValueError: Naming the first missing or malformed field, or a stored harmonic mean that disagrees with
+                the results.
+        """
+        if not isinstance(metrics, Mapping):
+            raise ValueError(f"The metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
+        missing = [key for key in ("base_model", "dataset", "setting", "seed", "results") if key not in metrics]
+        if missing:
+            raise ValueError(f"The metrics lack the required field(s) {missing}; build it with build_run_metrics().")
+        zero_shot = metrics.get("zero_shot")
+        if zero_shot is not None and (not isinstance(zero_shot, Mapping) or "results" not in zero_shot):
+            raise ValueError("metrics['zero_shot'] must be a dict with a 'results' entry.")
+        try:
+            run = cls(
+                base_model=metrics["base_model"],
+                dataset=metrics["dataset"],
+                setting=metrics["setting"],
+                seed=metrics["seed"],
+                results=metrics["results"],
+                num_shots=metrics.get("num_shots"),
+                train_config=metrics.get("train_config") or {},
+                peft_config=metrics.get("peft_config") or {},
+                time_seconds=metrics.get("time_seconds"),
+                zero_shot_results=None if zero_shot is None else zero_shot["results"],
+                maple_peft_version=metrics.get("maple_peft_version"),
+                versions=metrics.get("versions") or {},
+            )
+        except ValueError as error:
+            raise ValueError(f"Invalid metrics: {error}") from error
+        for where, stored, expected in (
+            ("metrics['harmonic_mean']", metrics.get("harmonic_mean"), run.harmonic_mean),
+            (
+                "metrics['zero_shot']['harmonic_mean']",
+                (zero_shot or {}).get("harmonic_mean"),
+                run.zero_shot_harmonic_mean,
+            ),
+        ):
+            if stored is None:
+                continue
+            if expected is None:
+                raise ValueError(f"{where}={stored!r} is given but the results lack a 'base' or a 'novel' split.")
+            if not _percentage(stored) or not math.isclose(stored, expected, rel_tol=1e-6, abs_tol=1e-6):
+                raise ValueError(f"{where}={stored!r} but 2BN/(B+N) of the results is {expected!r}.")
+        return run
 
 
 def build_run_metrics(
@@ -204,107 +397,39 @@ def build_run_metrics(
     time_seconds: float | None = None,
     zero_shot_results: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Assembles (and validates) the `metrics.json` dict of one run.
-
-    The package versions are filled in, and `harmonic_mean` is computed whenever `results` (or
-    `zero_shot_results`) hold both a `"base"` and a `"novel"` entry.
+    """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
 
     Args:
-        base_model: Hub id or path of the CLIP checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
-        dataset: The (source) dataset name, e.g. `"eurosat"`.
-        setting: One of `SETTINGS`.
-        seed: The run's random seed.
-        num_shots: Training images per class (`None` for zero-shot runs).
-        results: `{split_or_target: classification_metrics(...)}`.
-        train_config: The training hyper-parameters (JSON-serializable).
-        peft_config: The adapter configuration, e.g. `MaPLeConfig.to_dict()` (JSON-serializable).
-        time_seconds: Wall-clock time of the run.
-        zero_shot_results: Zero-shot CLIP results on the same splits, if evaluated.
+        base_model (`str`): Hub id or path of the CLIP checkpoint, e.g. `"openai/clip-vit-base-patch16"`.
+        dataset (`str`): The (source) dataset's identity, e.g. `"eurosat"`.
+        setting (`str`): One of `SETTINGS`.
+        seed (`int`): The run's random seed.
+        num_shots (`int | None`): Training images per class (`None` for zero-shot runs).
+        results (`Mapping[str, Mapping]`): `{split_or_target: classification_metrics(...)}`.
+        train_config (`Mapping | None`): The training hyper-parameters (JSON-serializable).
+        peft_config (`Mapping | None`): The adapter configuration, e.g. `MaPLeConfig.to_dict()`.
+        time_seconds (`float | None`): Wall-clock time of the run.
+        zero_shot_results (`Mapping[str, Mapping] | None`): Zero-shot CLIP results on the same splits, if evaluated.
 
     Returns:
-        The `metrics.json` dict.
+        `dict[str, Any]`: The `metrics.json` dict (`harmonic_mean` present when base and novel were evaluated).
     """
     from maple_peft import __version__
 
-    metrics: dict[str, Any] = {
-        "maple_peft_version": __version__,
-        "versions": collect_versions(),
-        "base_model": base_model,
-        "dataset": dataset,
-        "setting": setting,
-        "seed": seed,
-        "num_shots": num_shots,
-        "train_config": dict(train_config or {}),
-        "peft_config": dict(peft_config or {}),
-        "time_seconds": time_seconds,
-        "results": {name: dict(result) for name, result in results.items()},
-    }
-    hm = _maybe_harmonic_mean(results)
-    if hm is not None:
-        metrics["harmonic_mean"] = hm
-    if zero_shot_results is not None:
-        zero_shot: dict[str, Any] = {"results": {name: dict(result) for name, result in zero_shot_results.items()}}
-        zs_hm = _maybe_harmonic_mean(zero_shot_results)
-        if zs_hm is not None:
-            zero_shot["harmonic_mean"] = zs_hm
-        metrics["zero_shot"] = zero_shot
-    validate_run_metrics(metrics)
-    return metrics
-
-
-def _validate_results(results: Any, where: str) -> None:
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError(f"{where} must be a non-empty dict of split name -> metrics, got {results!r}.")
-    for split, result in results.items():
-        if not isinstance(result, Mapping):
-            raise ValueError(f"{where}[{split!r}] must be a dict of metrics, got {type(result).__name__}.")
-        missing = [key for key in _RESULT_KEYS if key not in result]
-        if missing:
-            raise ValueError(
-                f"{where}[{split!r}] lacks {missing}; build each result with maple_peft.training.metrics.classification_metrics."
-            )
-        for key in ("accuracy", "macro_f1"):
-            value = result[key]
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 <= value <= 100:
-                raise ValueError(f"{where}[{split!r}][{key!r}]={value!r} is not a percentage in [0, 100].")
-
-
-def validate_run_metrics(metrics: Mapping[str, Any]) -> None:
-    """Checks that a dict follows the `metrics.json` schema (see the module docstring).
-
-    Args:
-        metrics: A loaded `metrics.json`.
-
-    Raises:
-        ValueError: naming the first missing or malformed field.
-    """
-    if not isinstance(metrics, Mapping):
-        raise ValueError(f"metrics must be a dict (a loaded metrics.json), got {type(metrics).__name__}.")
-    required = ("base_model", "dataset", "setting", "seed", "results")
-    missing = [key for key in required if key not in metrics]
-    if missing:
-        raise ValueError(f"metrics lacks the required field(s) {missing}; build it with build_run_metrics().")
-    if metrics["setting"] not in SETTINGS:
-        raise ValueError(f"metrics['setting']={metrics['setting']!r} is not one of {list(SETTINGS)}.")
-    _validate_results(metrics["results"], "metrics['results']")
-    expected = _maybe_harmonic_mean(metrics["results"])
-    if expected is not None and "harmonic_mean" not in metrics:
-        raise ValueError(
-            f"metrics has base and novel results but no 'harmonic_mean'; add harmonic_mean={expected!r} "
-            "(build_run_metrics computes it)."
-        )
-    if "harmonic_mean" in metrics:
-        if expected is None:
-            raise ValueError("metrics has 'harmonic_mean' but its results lack a 'base' or a 'novel' split.")
-        if not math.isclose(metrics["harmonic_mean"], expected, rel_tol=1e-6, abs_tol=1e-6):
-            raise ValueError(
-                f"metrics['harmonic_mean']={metrics['harmonic_mean']!r} but 2BN/(B+N) of the results is {expected!r}."
-            )
-    if "zero_shot" in metrics:
-        zero_shot = metrics["zero_shot"]
-        if not isinstance(zero_shot, Mapping) or "results" not in zero_shot:
-            raise ValueError("metrics['zero_shot'] must be a dict with a 'results' entry.")
-        _validate_results(zero_shot["results"], "metrics['zero_shot']['results']")
+    return RunMetrics(
+        base_model=base_model,
+        dataset=dataset,
+        setting=setting,
+        seed=seed,
+        num_shots=num_shots,
+        results=dict(results),
+        train_config=dict(train_config or {}),
+        peft_config=dict(peft_config or {}),
+        time_seconds=time_seconds,
+        zero_shot_results=None if zero_shot_results is None else dict(zero_shot_results),
+        maple_peft_version=__version__,
+        versions=collect_versions(),
+    ).to_dict()
 
 
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -326,23 +451,14 @@ def _summarize_results(all_results: Sequence[Mapping[str, Mapping[str, Any]]]) -
         if len(f1_values) == len(present):
             entry["macro_f1_mean"], entry["macro_f1_std"] = _mean_std(f1_values)
         summary["results"][split] = entry
-    if "base" in summary["results"] and "novel" in summary["results"]:
-        # The paper's convention: the HM of the seed-averaged base and novel accuracy, not the mean of per-seed HMs.
-        summary["harmonic_mean"] = harmonic_mean(
-            summary["results"]["base"]["accuracy_mean"], summary["results"]["novel"]["accuracy_mean"]
-        )
+    # The paper's convention: the HM of the seed-averaged base and novel accuracy, not the mean of per-seed HMs.
+    hm = base_novel_harmonic_mean({split: entry["accuracy_mean"] for split, entry in summary["results"].items()})
+    if hm is not None:
+        summary["harmonic_mean"] = hm
     return summary
 
 
-def _validate_results_for_summary(results: Any, where: str) -> None:
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError(f"{where} must be a non-empty dict of split name -> metrics, got {results!r}.")
-    for split, result in results.items():
-        if not isinstance(result, Mapping) or "accuracy" not in result:
-            raise ValueError(f"{where}[{split!r}] has no 'accuracy'; pass loaded metrics.json dicts.")
-
-
-def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, Any]:
     """Aggregates the `metrics.json` of several seeds of one experiment, the way the MaPLe paper reports them.
 
     Each split's (or target dataset's) accuracy and macro-F1 are averaged over the runs, with their standard deviation
@@ -350,7 +466,8 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     harmonic mean is computed from the averaged base and novel accuracies, not averaged over per-seed HMs.
 
     Args:
-        runs: Loaded `metrics.json` dicts that share `dataset` and `setting`, one per seed.
+        runs (`Sequence[Mapping | RunMetrics]`): Loaded `metrics.json` dicts (or `RunMetrics`) that share `dataset`,
+            `setting` and `base_model`, one per seed.
 
     Returns:
         `{"dataset", "setting", "base_model", "num_runs", "seeds", "results": {split: {"accuracy_mean",
@@ -369,37 +486,39 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """
     runs = list(runs)
     if not runs:
-        raise ValueError("runs is empty; pass at least one loaded metrics.json.")
+        raise ValueError("The list of runs is empty; pass at least one loaded metrics.json.")
+    parsed = []
     for index, run in enumerate(runs):
-        for key in ("dataset", "setting", "results"):
-            if key not in run:
-                raise ValueError(f"runs[{index}] lacks {key!r}; pass loaded metrics.json dicts.")
-        _validate_results_for_summary(run["results"], f"runs[{index}]['results']")
-    groups = {(run["dataset"], run["setting"]) for run in runs}
+        try:
+            parsed.append(run if isinstance(run, RunMetrics) else RunMetrics.from_dict(run))
+        except ValueError as error:
+            raise ValueError(f"runs[{index}]: {error}") from error
+    runs = parsed
+    groups = {(run.dataset, run.setting) for run in runs}
     if len(groups) > 1:
         raise ValueError(
-            f"runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
+            f"Runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
             "(examples/aggregate.py groups them for you)."
         )
-    seeds = [run.get("seed") for run in runs]
+    seeds = [run.seed for run in runs]
     duplicated = sorted({seed for seed in seeds if seed is not None and seeds.count(seed) > 1})
     if duplicated:
         raise ValueError(
-            f"seed(s) {duplicated} appear in more than one run of {runs[0]['dataset']}/{runs[0]['setting']}; "
+            f"seed(s) {duplicated} appear in more than one run of {runs[0].dataset}/{runs[0].setting}; "
             "each seed must be counted once: remove the duplicate run directory."
         )
-    base_models = sorted({str(run.get("base_model")) for run in runs})
+    base_models = sorted({run.base_model for run in runs})
     if len(base_models) > 1:
-        raise ValueError(f"runs mix base models {base_models}; summarize each base model separately.")
+        raise ValueError(f"Runs mix base models {base_models}; summarize each base model separately.")
 
     summary: dict[str, Any] = {
-        "dataset": runs[0]["dataset"],
-        "setting": runs[0]["setting"],
-        "base_model": runs[0].get("base_model"),
+        "dataset": runs[0].dataset,
+        "setting": runs[0].setting,
+        "base_model": runs[0].base_model,
         "num_runs": len(runs),
         "seeds": seeds,
     }
-    summary.update(_summarize_results([run["results"] for run in runs]))
-    if all(isinstance(run.get("zero_shot"), Mapping) and run["zero_shot"].get("results") for run in runs):
-        summary["zero_shot"] = _summarize_results([run["zero_shot"]["results"] for run in runs])
+    summary.update(_summarize_results([run.results for run in runs]))
+    if all(run.zero_shot_results for run in runs):
+        summary["zero_shot"] = _summarize_results([run.zero_shot_results for run in runs])
     return summary

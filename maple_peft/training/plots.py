@@ -10,22 +10,32 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .metrics import harmonic_mean
+from .metrics import RunMetrics
 
-__all__ = ["plot_base_novel_hm", "plot_per_class_accuracy", "plot_training_curves"]
+__all__ = [
+    "MAX_CLASSES_SHOWN",
+    "plot_base_novel_hm",
+    "plot_per_class_accuracy",
+    "plot_training_curves",
+    "write_run_plots",
+]
+
+MAX_CLASSES_SHOWN = 50
+"""Beyond this many classes in a split, the per-class plot shows the best and the worst `MAX_CLASSES_SHOWN // 2`."""
 
 _MAPLE_COLOR = "#1f77b4"
 _ZERO_SHOT_COLOR = "#b0b0b0"
 
 
-def _new_figure(width: float, height: float, constrained: bool = True) -> Any:
+def _new_figure(width: float, height: float, *, constrained: bool = True) -> Any:
     """A matplotlib Figure on an Agg canvas; raises a helpful ImportError when matplotlib is missing."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError as error:
         raise ImportError(
-            "maple_peft.training.plots needs matplotlib, which is not installed; install it with `pip install maple-peft[plots]`."
+            "maple_peft.training.plots needs matplotlib, which is not installed; install it with "
+            "`pip install maple-peft[plots]`."
         ) from error
     figure = Figure(figsize=(width, height), layout="constrained" if constrained else None)
     FigureCanvasAgg(figure)
@@ -51,35 +61,17 @@ def _moving_average(values: Sequence[float], window: int) -> list[float]:
     return averaged
 
 
-def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, dpi: int = 120) -> Path:
-    """Plots the training loss and the learning rate against the optimizer step.
-
-    Args:
-        history: One dict per logged step with keys `step`, `epoch`, `loss` and `lr` (entries without a `loss` or an
-            `lr` are skipped in that panel). Epoch boundaries are marked with dotted lines.
-        path: The PNG file to write (parent directories are created).
-        dpi: Resolution of the PNG.
-
-    Returns:
-        The path of the written PNG.
-
-    Example:
-        ```python
-        >>> history = [{"step": s, "epoch": s // 10, "loss": 1 / (s + 1), "lr": 0.0035} for s in range(50)]
-        >>> plot_training_curves(history, "outputs/run/training_curves.png")
-        PosixPath('outputs/run/training_curves.png')
-        ```
-    """
+def _draw_training_curves(history: Sequence[Mapping[str, Any]]) -> Any:
     history = list(history)
     if not history:
-        raise ValueError("history is empty; log at least one step (a dict with step, epoch, loss and lr).")
+        raise ValueError("The history is empty; log at least one step (a dict with step, epoch, loss and lr).")
     for index, entry in enumerate(history):
         if not isinstance(entry, Mapping) or "step" not in entry:
             raise ValueError(f"history[{index}]={entry!r} has no 'step'; log dicts with step, epoch, loss and lr.")
     losses = [(entry["step"], float(entry["loss"])) for entry in history if entry.get("loss") is not None]
     lrs = [(entry["step"], float(entry["lr"])) for entry in history if entry.get("lr") is not None]
     if not losses and not lrs:
-        raise ValueError("history has neither 'loss' nor 'lr' values; nothing to plot.")
+        raise ValueError("The history has neither 'loss' nor 'lr' values; nothing to plot.")
 
     figure = _new_figure(8.0, 6.0)
     loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, height_ratios=[2, 1])
@@ -111,30 +103,52 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
             for axes in (loss_axes, lr_axes):
                 axes.axvline(entry["step"], color="black", linestyle=":", linewidth=0.8, alpha=0.5)
         previous_epoch = epoch
-    return _save(figure, path, dpi)
+    return figure
 
 
-def _label(name: Any, max_chars: int = 40) -> str:
+def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, dpi: int = 120) -> Path:
+    """Plots the training loss and the learning rate against the optimizer step.
+
+    Args:
+        history (`Sequence[Mapping[str, Any]]`): One dict per logged step with keys `step`, `epoch`, `loss` and `lr`
+            (entries without a `loss` or an `lr` are skipped in that panel). Epoch boundaries are marked with dotted
+            lines.
+        path (`str | Path`): The PNG file to write (parent directories are created).
+        dpi (`int`): Resolution of the PNG.
+
+    Returns:
+        `Path`: The path of the written PNG.
+
+    Example:
+        ```python
+        >>> history = [{"step": s, "epoch": s // 10, "loss": 1 / (s + 1), "lr": 0.0035} for s in range(50)]
+        >>> plot_training_curves(history, "outputs/run/training_curves.png")
+        PosixPath('outputs/run/training_curves.png')
+        ```
+    """
+    return _save(_draw_training_curves(history), path, dpi)
+
+
+def _label(name: Any, *, max_chars: int = 40) -> str:
     """A class name shortened to `max_chars` characters for a tick label."""
     text = str(name)
     return text if len(text) <= max_chars else text[: max_chars - 1] + "…"
 
 
-def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path, *, dpi: int = 100) -> Path:
-    """Plots one horizontal bar chart of per-class accuracy per split, stacked in one figure.
+def _shown_classes(per_class_accuracy: Mapping[str, Any]) -> tuple[list[tuple[str, float]], int]:
+    """The (name, accuracy) bars of one split, worst first, and how many classes were left out in the middle."""
+    items = sorted(((str(k), float(v)) for k, v in per_class_accuracy.items()), key=lambda item: item[1])
+    if len(items) <= MAX_CLASSES_SHOWN:
+        return items, 0
+    half = MAX_CLASSES_SHOWN // 2
+    return items[:half] + items[-half:], len(items) - 2 * half
 
-    Bars are sorted from the best class (top) to the worst, the split's overall accuracy is drawn as a dashed line,
-    and the figure grows with the number of classes so that ~100 class names stay readable.
 
-    Args:
-        metrics_results: `metrics["results"]` (split -> `classification_metrics(...)`), or the whole `metrics.json`
-            dict.
-        path: The PNG file to write.
-        dpi: Resolution of the PNG.
+def _gap_label(hidden: int) -> str:
+    return f"… {hidden} classes not shown …"
 
-    Returns:
-        The path of the written PNG.
-    """
+
+def _draw_per_class_accuracy(metrics_results: Mapping[str, Any]) -> Any:
     if isinstance(metrics_results, Mapping) and isinstance(metrics_results.get("results"), Mapping):
         metrics_results = metrics_results["results"]
     if not isinstance(metrics_results, Mapping):
@@ -149,31 +163,43 @@ def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path
             "metrics_results has no split with a non-empty 'per_class_accuracy'; pass metrics['results'] built with "
             "maple_peft.training.metrics.classification_metrics."
         )
-    # Placed by hand in inches (no layout engine: with ~100 tick labels it doubles the drawing time).
+    shown = {split: _shown_classes(result["per_class_accuracy"]) for split, result in splits.items()}
+    # Placed by hand in inches (no layout engine: with ~50 tick labels it doubles the drawing time). A split with more
+    # than MAX_CLASSES_SHOWN classes keeps a bounded height: its best and worst classes, with one gap row between.
     bar_in, title_in, xlabel_in, plot_width_in = 0.2, 0.4, 0.6, 5.5
     fontsize = 8
-    labels_in = 0.25 + max(len(_label(name)) for r in splits.values() for name in r["per_class_accuracy"]) * 0.062
-    heights_in = [max(len(r["per_class_accuracy"]), 2) * bar_in for r in splits.values()]
+    longest = max(len(_label(name)) for items, _ in shown.values() for name, _ in items)
+    longest = max([longest] + [len(_gap_label(hidden)) for _, hidden in shown.values() if hidden])
+    labels_in = 0.25 + longest * 0.062
+    rows = [len(items) + (1 if hidden else 0) for items, hidden in shown.values()]
+    heights_in = [max(count, 2) * bar_in for count in rows]
     width, height = labels_in + plot_width_in + 0.4, sum(h + title_in + xlabel_in for h in heights_in) + 0.1
     figure = _new_figure(width, height, constrained=False)
     top = height - 0.05
-    for (split, result), axes_in in zip(splits.items(), heights_in, strict=True):
+    for (split, result), (items, hidden), axes_in in zip(splits.items(), shown.values(), heights_in, strict=True):
         top -= title_in + axes_in
         axes = figure.add_axes((labels_in / width, top / height, plot_width_in / width, axes_in / height))
         top -= xlabel_in
-        items = sorted(result["per_class_accuracy"].items(), key=lambda item: item[1])
+        half = len(items) // 2
+        # worst classes at the bottom, then (for a large split) a gap row, then the best classes at the top
+        positions = [i + (1 if hidden and i >= half else 0) for i in range(len(items))]
         names = [_label(name) for name, _ in items]
-        values = [float(value) for _, value in items]
-        positions = range(len(items))
+        values = [value for _, value in items]
         axes.barh(positions, values, color=_MAPLE_COLOR, height=0.75)
-        axes.set_yticks(list(positions), labels=names, fontsize=fontsize)
-        axes.set_ylim(-0.6, len(items) - 0.4)
+        ticks, labels = list(positions), list(names)
+        if hidden:
+            ticks.insert(half, half)
+            labels.insert(half, _gap_label(hidden))
+        axes.set_yticks(ticks, labels=labels, fontsize=fontsize)
+        axes.set_ylim(-0.6, len(ticks) - 0.4)
         axes.set_xlim(0, 100)
+        total = len(result["per_class_accuracy"])
+        shown_text = f" (the {len(items) // 2} best and {len(items) // 2} worst shown)" if hidden else ""
         if result.get("accuracy") is not None:
             axes.axvline(float(result["accuracy"]), color="black", linestyle="--", linewidth=1)
-            title = f"{split}: accuracy {float(result['accuracy']):.1f}% over {len(items)} classes"
+            title = f"{split}: accuracy {float(result['accuracy']):.1f}% over {total} classes{shown_text}"
         else:
-            title = f"{split}: {len(items)} classes"
+            title = f"{split}: {total} classes{shown_text}"
         axes.set_title(title, fontsize=10)
         axes.set_xlabel("per-class accuracy (%)")
         axes.grid(axis="x", alpha=0.3)
@@ -189,43 +215,44 @@ def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path
                     color="white" if inside else "black",
                     fontsize=7,
                 )
-    return _save(figure, path, dpi)
+    return figure
 
 
-def _bar_groups(results: Mapping[str, Any], stored_hm: Any) -> dict[str, float]:
-    ordered = [split for split in ("base", "novel") if split in results] + [
-        split for split in results if split not in ("base", "novel")
-    ]
+def plot_per_class_accuracy(metrics_results: Mapping[str, Any], path: str | Path, *, dpi: int = 100) -> Path:
+    """Plots one horizontal bar chart of per-class accuracy per split, stacked in one figure.
+
+    Bars are sorted from the best class (top) to the worst and the split's overall accuracy is drawn as a dashed
+    line. Up to `MAX_CLASSES_SHOWN` classes every class gets a bar; a larger split (ImageNet's 1,000 classes) shows
+    its `MAX_CLASSES_SHOWN // 2` best and worst classes, so the figure's size stays bounded.
+
+    Args:
+        metrics_results (`Mapping[str, Any]`): `metrics["results"]` (split -> `classification_metrics(...)`), or the
+            whole `metrics.json` dict.
+        path (`str | Path`): The PNG file to write.
+        dpi (`int`): Resolution of the PNG.
+
+    Returns:
+        `Path`: The path of the written PNG.
+    """
+    return _save(_draw_per_class_accuracy(metrics_results), path, dpi)
+
+
+def _bar_groups(results: Mapping[str, Mapping[str, Any]], hm: float | None) -> dict[str, float]:
+    ordered = [split for split in ("base", "novel") if split in results]
+    ordered += [split for split in results if split not in ordered]
     groups = {split: float(results[split]["accuracy"]) for split in ordered}
-    if "base" in groups and "novel" in groups:
-        hm = stored_hm if stored_hm is not None else harmonic_mean(groups["base"], groups["novel"])
+    if hm is not None:
         groups["HM"] = float(hm)
     return groups
 
 
-def plot_base_novel_hm(metrics: Mapping[str, Any], path: str | Path, *, dpi: int = 120) -> Path:
-    """Plots grouped accuracy bars (base, novel, HM; or each split / target), MaPLe beside zero-shot CLIP if present.
-
-    Args:
-        metrics: The run's `metrics.json` dict (its `results`, `harmonic_mean` and optional `zero_shot`).
-        path: The PNG file to write.
-        dpi: Resolution of the PNG.
-
-    Returns:
-        The path of the written PNG.
-    """
-    results = metrics.get("results") if isinstance(metrics, Mapping) else None
-    if not isinstance(results, Mapping) or not results:
-        raise ValueError("metrics has no 'results'; pass the run's metrics.json dict.")
-    for split, result in results.items():
-        if not isinstance(result, Mapping) or result.get("accuracy") is None:
-            raise ValueError(f"metrics['results'][{split!r}] has no 'accuracy'; build it with classification_metrics.")
-    groups = _bar_groups(results, metrics.get("harmonic_mean"))
+def _draw_base_novel_hm(metrics: Mapping[str, Any] | RunMetrics) -> Any:
+    run = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_dict(metrics)
+    groups = _bar_groups(run.results, run.harmonic_mean)
     series = [("MaPLe", groups, _MAPLE_COLOR)]
-    zero_shot = metrics.get("zero_shot") or {}
-    if zero_shot.get("results"):
-        zs_results = {split: r for split, r in zero_shot["results"].items() if r.get("accuracy") is not None}
-        series.insert(0, ("zero-shot CLIP", _bar_groups(zs_results, zero_shot.get("harmonic_mean")), _ZERO_SHOT_COLOR))
+    if run.zero_shot_results:
+        zero_shot = _bar_groups(run.zero_shot_results, run.zero_shot_harmonic_mean)
+        series.insert(0, ("zero-shot CLIP", zero_shot, _ZERO_SHOT_COLOR))
 
     labels = list(groups)
     figure = _new_figure(max(5.0, 1.3 * len(labels) + 2.0), 4.5)
@@ -241,8 +268,57 @@ def plot_base_novel_hm(metrics: Mapping[str, Any], path: str | Path, *, dpi: int
     )
     axes.set_ylim(0, 105)
     axes.set_ylabel("accuracy (%)")
-    title = f"{metrics.get('dataset', '')} ({metrics.get('setting', '')})".strip()
-    axes.set_title(title if title != "()" else "Accuracy")
+    axes.set_title(f"{run.dataset} ({run.setting})")
     figure.legend(loc="outside lower center", ncols=len(series), frameon=False)
     axes.grid(axis="y", alpha=0.3)
-    return _save(figure, path, dpi)
+    return figure
+
+
+def plot_base_novel_hm(metrics: Mapping[str, Any] | RunMetrics, path: str | Path, *, dpi: int = 120) -> Path:
+    """Plots grouped accuracy bars (base, novel, HM; or each split / target), MaPLe beside zero-shot CLIP if present.
+
+    Args:
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict (validated with
+            `RunMetrics.from_dict`), or its `RunMetrics`.
+        path (`str | Path`): The PNG file to write.
+        dpi (`int`): Resolution of the PNG.
+
+    Returns:
+        `Path`: The path of the written PNG.
+    """
+    return _save(_draw_base_novel_hm(metrics), path, dpi)
+
+
+def write_run_plots(
+    output_dir: str | Path,
+    metrics: Mapping[str, Any] | RunMetrics,
+    *,
+    history: Sequence[Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """Writes the plots of a finished run into its folder and returns their file names (for the model card).
+
+    Writes `training_curves.png` (when `history` has entries), `per_class_accuracy.png` (when the results hold
+    per-class accuracies) and `base_novel_hm.png` (when base and novel were evaluated).
+
+    Args:
+        output_dir (`str | Path`): The run directory.
+        metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict or `RunMetrics`.
+        history (`Sequence[Mapping] | None`): The logged training steps (see `plot_training_curves`).
+
+    Returns:
+        `list[str]`: The names (relative to `output_dir`) of the PNGs written, for
+        `write_model_card(..., images=...)`.
+
+    Raises:
+        ImportError: When matplotlib is not installed (nothing is written).
+    """
+    run = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_dict(metrics)
+    output_dir = Path(output_dir)
+    written = []
+    if history:
+        written.append(plot_training_curves(history, output_dir / "training_curves.png").name)
+    if any(result.get("per_class_accuracy") for result in run.results.values()):
+        written.append(plot_per_class_accuracy(run.results, output_dir / "per_class_accuracy.png").name)
+    if run.harmonic_mean is not None:
+        written.append(plot_base_novel_hm(run, output_dir / "base_novel_hm.png").name)
+    return written

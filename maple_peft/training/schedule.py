@@ -21,10 +21,7 @@ import numbers
 
 import torch
 
-__all__ = ["WARMUP_TYPES", "build_scheduler", "lr_at_epoch"]
-
-WARMUP_TYPES: tuple[str, ...] = ("constant", "linear")
-"""The supported values of `warmup_type`."""
+__all__ = ["build_scheduler"]
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -32,7 +29,7 @@ def _check_int(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name}={value!r} is invalid; pass an integer >= {minimum}.")
 
 
-def _check_schedule(max_epochs: int, warmup_epochs: int, warmup_lr: float, warmup_type: str) -> None:
+def _check_schedule(max_epochs: int, warmup_epochs: int, warmup_lr: float) -> None:
     _check_int("max_epochs", max_epochs, 1)
     _check_int("warmup_epochs", warmup_epochs, 0)
     if warmup_epochs >= max_epochs:
@@ -42,62 +39,14 @@ def _check_schedule(max_epochs: int, warmup_epochs: int, warmup_lr: float, warmu
         )
     if not isinstance(warmup_lr, numbers.Real) or isinstance(warmup_lr, bool) or not warmup_lr >= 0:
         raise ValueError(f"warmup_lr={warmup_lr!r} is invalid; pass a learning rate >= 0 (MaPLe uses 1e-5).")
-    if warmup_type not in WARMUP_TYPES:
-        raise ValueError(f"warmup_type={warmup_type!r} is not supported; use one of {list(WARMUP_TYPES)}.")
 
 
-def _check_base_lr(base_lr: float) -> None:
-    if not isinstance(base_lr, numbers.Real) or isinstance(base_lr, bool) or not base_lr > 0:
-        raise ValueError(f"base_lr={base_lr!r} is invalid; pass a learning rate > 0 (MaPLe uses 0.0035).")
-
-
-def _lr(epoch: int, base_lr: float, max_epochs: int, warmup_epochs: int, warmup_lr: float, warmup_type: str) -> float:
-    """The schedule's formula, without argument checks (they run once in the public entry points)."""
+def _lr(epoch: int, base_lr: float, max_epochs: int, warmup_epochs: int, warmup_lr: float) -> float:
+    """The learning rate of the original code during `epoch` (0-based): constant warmup, then the cosine."""
     if epoch < warmup_epochs:
-        if warmup_type == "constant" or epoch == 0:
-            return float(warmup_lr)
-        # Dassl's LinearWarmupScheduler: warmup_lr at epoch 0, then base_lr * epoch / warmup_epochs.
-        return float(base_lr * epoch / warmup_epochs)
+        return float(warmup_lr)
     progress = (epoch - warmup_epochs) / max_epochs
     return float(base_lr * (1.0 + math.cos(math.pi * progress)) / 2.0)
-
-
-def lr_at_epoch(
-    epoch: int,
-    base_lr: float,
-    max_epochs: int,
-    warmup_epochs: int = 1,
-    warmup_lr: float = 1e-5,
-    warmup_type: str = "constant",
-) -> float:
-    """The learning rate the original MaPLe code uses during `epoch` (0-based).
-
-    Epochs `e < warmup_epochs` use `warmup_lr` (`"constant"` warmup) or, as Dassl's `LinearWarmupScheduler`, ramp
-    linearly from `warmup_lr` at epoch 0 to `base_lr` (`base_lr * e / warmup_epochs` for `0 < e < warmup_epochs`,
-    `"linear"` warmup). Epochs `e >= warmup_epochs` use `base_lr * (1 + cos(pi * (e - warmup_epochs) / max_epochs)) / 2`.
-    Epochs past the end follow the same formula.
-
-    Args:
-        epoch: The 0-based epoch.
-        base_lr: The optimizer's learning rate (the cosine's peak), > 0.
-        max_epochs: The number of training epochs (`T_max` of the cosine), >= 1.
-        warmup_epochs: Warmup epochs, in `[0, max_epochs)`. 0 disables the warmup.
-        warmup_lr: The learning rate at the start of the warmup, >= 0.
-        warmup_type: `"constant"` (the original MaPLe recipe) or `"linear"`.
-
-    Returns:
-        The learning rate.
-
-    Example:
-        ```python
-        >>> [round(lr_at_epoch(e, 0.0035, max_epochs=2), 8) for e in range(2)]
-        [1e-05, 0.0035]
-        ```
-    """
-    _check_int("epoch", epoch, 0)
-    _check_base_lr(base_lr)
-    _check_schedule(max_epochs, warmup_epochs, warmup_lr, warmup_type)
-    return _lr(epoch, base_lr, max_epochs, warmup_epochs, warmup_lr, warmup_type)
 
 
 class _EpochConstantLR(torch.optim.lr_scheduler.LambdaLR):
@@ -110,7 +59,7 @@ class _EpochConstantLR(torch.optim.lr_scheduler.LambdaLR):
         """Restores the scheduler state and the optimizer's current learning rates.
 
         Args:
-            state_dict: A dict returned by `state_dict()`.
+            state_dict (`dict`): A dict returned by `state_dict()`.
         """
         super().load_state_dict(state_dict)
         for group, lr in zip(self.optimizer.param_groups, self.get_last_lr(), strict=True):
@@ -123,27 +72,27 @@ def build_scheduler(
     warmup_epochs: int = 1,
     warmup_lr: float = 1e-5,
     steps_per_epoch: int = 1,
-    warmup_type: str = "constant",
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A `LambdaLR` that reproduces the original MaPLe schedule (see `lr_at_epoch`) when stepped per optimizer step.
+    """A `LambdaLR` that reproduces the original MaPLe schedule (see the module docstring), stepped per optimizer step.
 
-    Call `scheduler.step()` after every `optimizer.step()`. The learning rate of optimizer step `k` (0-based) is
-    `lr_at_epoch(k // steps_per_epoch, ...)`, so it stays constant within an epoch and changes at epoch boundaries,
-    exactly as the original per-epoch scheduler. The factor depends only on the step count, so a scheduler restored
+    Call `scheduler.step()` after every `optimizer.step()`. Optimizer step `k` (0-based) belongs to epoch
+    `e = k // steps_per_epoch` and uses `warmup_lr` while `e < warmup_epochs`, then
+    `lr * (1 + cos(pi * (e - warmup_epochs) / max_epochs)) / 2`, so the learning rate stays constant within an epoch
+    and changes at epoch boundaries, exactly as the original per-epoch scheduler. The factor depends only on the step count, so a scheduler restored
     with `load_state_dict()` (or `accelerator.load_state`) continues with the same learning rates. The warmup
     learning rate is absolute: every parameter group uses `warmup_lr` during a constant warmup, whatever its own lr.
 
     Args:
-        optimizer: The optimizer; each parameter group's current `lr` is its base (peak) learning rate.
-        max_epochs: The number of training epochs, >= 1.
-        warmup_epochs: Warmup epochs, in `[0, max_epochs)`.
-        warmup_lr: The warmup learning rate, >= 0.
-        steps_per_epoch: Optimizer steps per epoch (`len(train_dataloader)` after `accelerator.prepare`, divided by
-            the gradient accumulation steps), >= 1. Keep the default 1 to step the scheduler once per epoch instead.
-        warmup_type: `"constant"` or `"linear"`.
+        optimizer (`torch.optim.Optimizer`): The optimizer; each parameter group's current `lr` is its base (peak)
+            learning rate.
+        max_epochs (`int`): The number of training epochs (`T_max` of the cosine), >= 1.
+        warmup_epochs (`int`): Constant-warmup epochs, in `[0, max_epochs)`; 0 disables the warmup.
+        warmup_lr (`float`): The warmup learning rate, >= 0 (absolute, the same for every parameter group).
+        steps_per_epoch (`int`): Optimizer steps per epoch (`len(train_dataloader)` after `accelerator.prepare`,
+            divided by the gradient accumulation steps), >= 1.
 
     Returns:
-        The scheduler, already set to the learning rate of the first step.
+        `torch.optim.lr_scheduler.LambdaLR`: The scheduler, already set to the learning rate of the first step.
 
     Example:
         ```python
@@ -154,13 +103,13 @@ def build_scheduler(
         1e-05
         ```
     """
-    _check_schedule(max_epochs, warmup_epochs, warmup_lr, warmup_type)
+    _check_schedule(max_epochs, warmup_epochs, warmup_lr)
     _check_int("steps_per_epoch", steps_per_epoch, 1)
 
     def make_factor(base_lr: float):
         def factor(step: int) -> float:
             epoch = step // steps_per_epoch
-            return _lr(epoch, base_lr, max_epochs, warmup_epochs, warmup_lr, warmup_type) / base_lr
+            return _lr(epoch, base_lr, max_epochs, warmup_epochs, warmup_lr) / base_lr
 
         return factor
 

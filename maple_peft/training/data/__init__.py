@@ -2,7 +2,7 @@
 
 Typical few-shot base-to-novel setup::
 
-    from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, collate_fn, load_coop_split
+    from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, load_coop_split
 
     train = load_coop_split("eurosat", data_root, "train").few_shot(16, seed=1).class_subset("base")
     test = load_coop_split("eurosat", data_root, "test").class_subset("base")
@@ -12,8 +12,14 @@ Typical few-shot base-to-novel setup::
 """
 
 from .coop import BENCHMARKS, BenchmarkSpec, get_benchmark, list_benchmarks, load_coop_split, read_classnames
-from .dataset import ImageClassificationDataset, collate_fn
-from .hf import ImageClassificationData, load_class_name_map, load_image_classification, records_from_hf_dataset
+from .dataset import ImageClassificationDataset
+from .hf import (
+    ImageClassificationData,
+    dataset_identity,
+    load_class_name_map,
+    load_image_classification,
+    records_from_hf_dataset,
+)
 from .records import HFImageRef, ImageRecord, ImageRecords
 from .sampling import sample_few_shot, split_base_novel, subsample_classes
 from .synthetic import make_synthetic_imagefolder
@@ -45,7 +51,7 @@ __all__ = [
     "ImageRecord",
     "ImageRecords",
     "center_crop",
-    "collate_fn",
+    "dataset_identity",
     "get_benchmark",
     "list_benchmarks",
     "load_class_name_map",

@@ -1,6 +1,6 @@
-"""The CoOp / CoCoOp / MaPLe benchmark datasets, read from the on-disk layout of CoOp's ``DATASETS.md``.
+"""The CoOp / CoCoOp / MaPLe benchmark datasets, read from the on-disk layout of CoOp's `DATASETS.md`.
 
-``data_root`` holds one folder per dataset::
+`data_root` holds one folder per dataset::
 
     $DATA/
       eurosat/            2750/<class>/*.jpg            split_zhou_EuroSAT.json
@@ -12,11 +12,11 @@
       imagenet-rendition/   imagenet-r/<wnid>/*                                    (classnames.txt)
       ...
 
-A ``split_zhou_<Name>.json`` file maps ``train`` / ``val`` / ``test`` to lists of
-``[image path relative to the image dir, label, class name]``. Class names are kept as written (CoOp replaces ``_``
+A `split_zhou_<Name>.json` file maps `train` / `val` / `test` to lists of
+`[image path relative to the image dir, label, class name]`. Class names are kept as written (CoOp replaces `_`
 with a space when it builds prompts; so does this package's prompt formatter).
 
-Use :func:`load_coop_split` to get :class:`~maple_peft.training.data.records.ImageRecords`, and :func:`get_benchmark` for
+Use `load_coop_split` to get `ImageRecords`, and `get_benchmark` for
 the dataset's prompt template.
 """
 
@@ -43,21 +43,22 @@ class BenchmarkSpec:
     """Where one benchmark lives under the data root and how to read it.
 
     Args:
-        name: Canonical name (``"eurosat"``).
-        dataset_dir: Folder under the data root (``"eurosat"``).
-        image_dir: Image folder relative to ``dataset_dir`` (``""`` for the dataset folder itself). For
-            ``imagenet`` it is the parent of ``train/`` and ``val/``.
-        split_file: The ``split_zhou_*.json`` file in ``dataset_dir`` (``None`` for the other layouts).
-        template: The hand-crafted CoOp prompt template, with ``{}`` for the class name.
-        layout: How splits are stored: ``"split_json"`` (``split_file``), ``"fgvc_txt"`` (``variants.txt`` and
-            ``images_variant_<split>.txt``), ``"imagenet"`` (``<image_dir>/<train|val>/<wnid>/``), ``"imagenetv2"``
-            (``<image_dir>/<label index>/``) or ``"wnid_folders"`` (``<image_dir>/<wnid>/``).
-        class_names_from: Where class names come from: ``"split_file"``, ``"variants.txt"`` or
-            ``"classnames.txt"`` (lines ``"<wnid> <name>"``, in the dataset folder or the sibling ``imagenet/``).
-        class_subset_from_folders: For ImageNet-A/-R: the wnid folders present define a class subset, relabelled
-            ``0..n-1`` in sorted wnid order.
-        splits: The splits the dataset provides.
-        aliases: Other accepted names (matched case-insensitively, ignoring ``-``, ``_`` and spaces).
+        name (`str`): Canonical name (`"eurosat"`).
+        dataset_dir (`str`): Folder under the data root (`"eurosat"`).
+        image_dir (`str`): Image folder relative to `dataset_dir` (`""` for the dataset folder itself). For
+            `imagenet` it is the parent of `train/` and `val/`.
+        split_file (`str | None`): The `split_zhou_*.json` file in `dataset_dir` (`None` for the other layouts).
+        template (`str`): The hand-crafted CoOp prompt template, with `{}` for the class name.
+        layout (`Layout`): How splits are stored: `"split_json"` (`split_file`), `"fgvc_txt"` (`variants.txt` and
+            `images_variant_<split>.txt`), `"imagenet"` (`<image_dir>/<train|val>/<wnid>/`), `"imagenetv2"`
+            (`<image_dir>/<label index>/`) or `"wnid_folders"` (`<image_dir>/<wnid>/`).
+        class_names_from (`Literal["split_file", "variants.txt", "classnames.txt"]`): Where class names come from:
+            `"split_file"`, `"variants.txt"` or `"classnames.txt"` (lines `"<wnid> <name>"`, in the dataset folder or
+            the sibling `imagenet/`).
+        class_subset_from_folders (`bool`): For ImageNet-A/-R: the wnid folders present define a class subset,
+            relabelled `0..n-1` in sorted wnid order.
+        splits (`tuple[str, ...]`): The splits the dataset provides.
+        aliases (`tuple[str, ...]`): Other accepted names (matched case-insensitively, ignoring `-`, `_` and spaces).
     """
 
     name: str
@@ -75,14 +76,6 @@ class BenchmarkSpec:
     def test_only(self) -> bool:
         """Whether the dataset is evaluation-only (the ImageNet variants)."""
         return self.splits == ("test",)
-
-    def format_prompt(self, class_name: str) -> str:
-        """The hand-crafted prompt for a class (``_`` in the name becomes a space, as in CoOp).
-
-        Args:
-            class_name: The raw class name.
-        """
-        return self.template.format(class_name.replace("_", " "))
 
 
 def _spec(name: str, dataset_dir: str, image_dir: str, split_name: str | None, template: str, **kw) -> BenchmarkSpec:
@@ -208,15 +201,15 @@ def list_benchmarks() -> list[str]:
 
 
 def get_benchmark(name: str) -> BenchmarkSpec:
-    """Look up a benchmark by name or alias (case-insensitive; ``-``, ``_`` and spaces ignored).
+    """Look up a benchmark by name or alias (case-insensitive; `-`, `_` and spaces ignored).
 
     Args:
-        name: e.g. ``"eurosat"``, ``"EuroSAT"``, ``"OxfordPets"``, ``"DescribableTextures"``, ``"ImageNetV2"``,
-            ``"imagenet-r"``.
+        name (`str`): e.g. `"eurosat"`, `"EuroSAT"`, `"OxfordPets"`, `"DescribableTextures"`, `"ImageNetV2"`,
+            `"imagenet-r"`.
     """
     key = _ALIASES.get(_norm(name))
     if key is None:
-        raise ValueError(f"unknown benchmark {name!r}; choose one of {list_benchmarks()}")
+        raise ValueError(f"Unknown benchmark {name!r}; choose one of {list_benchmarks()}")
     return BENCHMARKS[key]
 
 
@@ -228,17 +221,17 @@ def _missing(path: Path, what: str, spec: BenchmarkSpec) -> FileNotFoundError:
 
 
 def _list_dir(path: Path, dirs: bool) -> list[str]:
-    """Sorted, non-hidden entries of ``path`` that are directories (``dirs``) or files."""
+    """Sorted, non-hidden entries of `path` that are directories (`dirs`) or files."""
     with os.scandir(path) as it:
         names = [e.name for e in it if not e.name.startswith(".") and e.is_dir() == dirs]
     return sorted(names)
 
 
 def read_classnames(path: str | os.PathLike) -> dict[str, str]:
-    """Read CoOp's ImageNet ``classnames.txt`` (lines ``"n01440764 tench"``) into an ordered ``{wnid: name}``.
+    """Read CoOp's ImageNet `classnames.txt` (lines `"n01440764 tench"`) into an ordered `{wnid: name}`.
 
     Args:
-        path: The file.
+        path (`str | os.PathLike`): The file.
     """
     out: dict[str, str] = {}
     with open(path, encoding="utf-8") as f:
@@ -275,7 +268,7 @@ def _canonical_split(spec: BenchmarkSpec, split: str) -> str:
         raise ValueError(f"split={split!r} is invalid; use 'train', 'val' or 'test'")
     if s not in spec.splits:
         raise ValueError(
-            f"dataset {spec.name!r} has only a {'/'.join(spec.splits)} split (it is evaluation-only); "
+            f"Dataset {spec.name!r} has only a {'/'.join(spec.splits)} split (it is evaluation-only); "
             f"asked for split={split!r}"
         )
     return s
@@ -398,20 +391,20 @@ def _load_imagenetv2(spec: BenchmarkSpec, image_dir: Path, classnames: dict[str,
 
 
 def load_coop_split(name: str, data_root: str | os.PathLike, split: str) -> ImageRecords:
-    """Load one split of a CoOp benchmark as :class:`~maple_peft.training.data.records.ImageRecords`.
+    """Load one split of a CoOp benchmark as `ImageRecords`.
 
-    The result's ``class_names`` (ordered by label) cover the dataset's whole label space. Each record has an
-    absolute ``path``, its ``label``, its raw ``class_name`` and a ``key`` (the path relative to the image folder,
-    which :meth:`ImageRecords.few_shot` uses so that sampling does not depend on where the data lives).
+    The result's `class_names` (ordered by label) cover the dataset's whole label space. Each record has an
+    absolute `path`, its `label`, its raw `class_name` and a `key` (the path relative to the image folder,
+    which `ImageRecords.few_shot` uses so that sampling does not depend on where the data lives).
 
-    Conventions follow CoOp: ImageNet's ``val`` is its test set (``images/val``); ImageNet labels follow the order of
-    ``classnames.txt`` (sorted by wnid, as CoOp's folder order); the ImageNet variants only have ``test``;
-    ImageNet-A/-R keep the 200 classes whose folders are present, relabelled ``0..199`` in sorted wnid order.
+    Conventions follow CoOp: ImageNet's `val` is its test set (`images/val`); ImageNet labels follow the order of
+    `classnames.txt` (sorted by wnid, as CoOp's folder order); the ImageNet variants only have `test`;
+    ImageNet-A/-R keep the 200 classes whose folders are present, relabelled `0..199` in sorted wnid order.
 
     Args:
-        name: Benchmark name or alias (see :func:`get_benchmark`).
-        data_root: The folder holding the per-dataset folders (CoOp's ``$DATA``).
-        split: ``"train"``, ``"val"`` or ``"test"``.
+        name (`str`): Benchmark name or alias (see `get_benchmark`).
+        data_root (`str | os.PathLike`): The folder holding the per-dataset folders (CoOp's `$DATA`).
+        split (`str`): `"train"`, `"val"` or `"test"`.
 
     Raises:
         FileNotFoundError: a file or folder of the expected layout is missing (the message names the path).
@@ -422,7 +415,7 @@ def load_coop_split(name: str, data_root: str | os.PathLike, split: str) -> Imag
     root = Path(data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"data root {root} does not exist; pass the folder that holds the dataset folders (CoOp's $DATA, "
+            f"Data root {root} does not exist; pass the folder that holds the dataset folders (CoOp's $DATA, "
             f"see {DATASETS_MD})"
         )
     dataset_dir = root / spec.dataset_dir

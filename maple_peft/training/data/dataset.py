@@ -1,4 +1,7 @@
-"""A ``torch.utils.data.Dataset`` over :class:`~maple_peft.training.data.records.ImageRecord` s, and its collate function."""
+"""A `torch.utils.data.Dataset` over `ImageRecord`s.
+
+Its items batch with `torch.utils.data.default_collate` (the `DataLoader` default).
+"""
 
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ from PIL import Image
 
 from .records import ImageRecord, ImageRecords
 
-__all__ = ["ImageClassificationDataset", "collate_fn"]
+__all__ = ["ImageClassificationDataset"]
 
 _PARALLEL_MIN = 64  # below this many records, validate / decode in the calling thread
 
@@ -29,46 +32,44 @@ def _verify(record: ImageRecord) -> None:
 
 
 class ImageClassificationDataset(torch.utils.data.Dataset):
-    """Records + a transform → ``{"pixel_values": FloatTensor(3, H, W), "labels": int}`` items.
+    """Records + a transform → `{"pixel_values": FloatTensor(3, H, W), "labels": int}` items.
 
-    Unreadable images are dropped when the dataset is built, so ``len()`` counts only usable images:
-    ``num_skipped`` counts them and a warning names them (the first ``max_warnings``, then a summary). An image that
+    Unreadable images are dropped when the dataset is built, so `len()` counts only usable images:
+    `num_skipped` counts them and a warning names them (the first `max_warnings`, then a summary). An image that
     passes the construction check but still fails to decode later (e.g. a truncated JPEG with
-    ``validate="open"``) is replaced by the next readable item, with a warning, instead of crashing the epoch.
+    `validate="open"`) is replaced by the next readable item, with a warning, instead of crashing the epoch.
 
-    With ``cache_decoded=True`` every image is decoded once, at construction, and kept in memory as an RGB PIL image
-    (use it for the few-shot training set, ``num_shots x num_classes`` images, so that epochs do not re-decode; it
-    holds about ``3 x width x height`` bytes per image, see :attr:`cached_bytes`; ``DataLoader`` workers share the
+    With `cache_decoded=True` every image is decoded once, at construction, and kept in memory as an RGB PIL image
+    (use it for the few-shot training set, `num_shots x num_classes` images, so that epochs do not re-decode; it
+    holds about `3 x width x height` bytes per image, see `cached_bytes`; `DataLoader` workers share the
     cache copy-on-write when forked). Random augmentations still run every epoch on the cached images.
 
     Args:
-        records: The images (an :class:`~maple_peft.training.data.records.ImageRecords` or a list of records).
-        transform: Maps an RGB PIL image to a tensor (e.g. ``CLIPTransforms.train()`` / ``.test()``).
-        cache_decoded: Decode all images once at construction and keep them in memory.
-        validate: How to check images at construction: ``"open"`` (default; PIL opens and verifies each file's
-            structure without decoding the pixels: catches missing, empty, garbage and most corrupt files),
-            ``"decode"`` (fully decode each image: catches everything, costs a full pass), or ``"none"`` / ``False``.
-            ``cache_decoded=True`` always decodes.
-        num_threads: Threads used to validate / decode at construction (``None``: Python's default pool size;
-            ``0`` or ``1``: in the calling thread).
-        max_warnings: How many skipped files are named individually in the warning.
+        records (`ImageRecords | Sequence[ImageRecord]`): The images (an `ImageRecords` or a list of records).
+        transform (`Callable[[Image.Image], torch.Tensor]`): Maps an RGB PIL image to a tensor (e.g.
+            `CLIPTransforms.train()` / `.test()`).
+        cache_decoded (`bool`): Decode all images once at construction and keep them in memory.
+        validate (`Literal["open", "decode", "none"]`): How to check images at construction: `"open"` (default; PIL
+            opens and verifies each file's structure without decoding the pixels: catches missing, empty, garbage and
+            most corrupt files), `"decode"` (fully decode each image: catches everything, costs a full pass), or
+            `"none"`. `cache_decoded=True` always decodes.
+        num_threads (`int | None`): Threads used to validate / decode at construction (`None`: Python's default pool
+            size; `0` or `1`: in the calling thread).
+        max_warnings (`int`): How many skipped files are named individually in the warning.
     """
 
     def __init__(
         self,
         records: ImageRecords | Sequence[ImageRecord],
         transform: Callable[[Image.Image], torch.Tensor],
+        *,
         cache_decoded: bool = False,
-        validate: Literal["open", "decode", "none"] | bool = "open",
+        validate: Literal["open", "decode", "none"] = "open",
         num_threads: int | None = None,
         max_warnings: int = 10,
     ) -> None:
-        if validate is True:
-            validate = "open"
-        elif validate is False:
-            validate = "none"
         if validate not in ("open", "decode", "none"):
-            raise ValueError(f"validate={validate!r} is invalid; use 'open', 'decode' or 'none'")
+            raise ValueError(f"validate={validate!r} is invalid; use 'open', 'decode' or 'none'.")
         if not callable(transform):
             raise TypeError(f"transform={transform!r} is not callable; pass e.g. CLIPTransforms().test()")
         records = list(records) if not isinstance(records, ImageRecords) else records
@@ -97,13 +98,13 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             listed = "; ".join(self.skipped[:max_warnings])
             more = f"; and {len(self.skipped) - max_warnings} more" if len(self.skipped) > max_warnings else ""
             warnings.warn(
-                f"skipped {len(self.skipped)} unreadable image(s) of {len(results)}: {listed}{more}",
+                f"Skipped {len(self.skipped)} unreadable image(s) of {len(results)}: {listed}{more}",
                 UserWarning,
                 stacklevel=2,
             )
         if results and not kept:
             raise ValueError(
-                f"none of the {len(results)} images could be read (first: {self.skipped[0]}); check the data path "
+                f"None of the {len(results)} images could be read (first: {self.skipped[0]}); check the data path "
                 "and layout"
             )
 
@@ -140,7 +141,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
 
     @property
     def cached_bytes(self) -> int:
-        """Memory held by the decoded-image cache, in bytes (0 without ``cache_decoded``)."""
+        """Memory held by the decoded-image cache, in bytes (0 without `cache_decoded`)."""
         if self._cache is None:
             return 0
         return sum(im.width * im.height * len(im.getbands()) for im in self._cache)
@@ -156,7 +157,7 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = len(self.records)
         if not -n <= index < n:
-            raise IndexError(f"index {index} is out of range for a dataset of {n} items")
+            raise IndexError(f"Index {index} is out of range for a dataset of {n} items")
         index %= n
         for attempt in range(n):
             i = (index + attempt) % n
@@ -165,31 +166,17 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
             except Exception as err:
                 self.num_failed_loads += 1
                 warnings.warn(
-                    f"cannot decode {self.records[i].describe()} ({type(err).__name__}: {err}); using the next "
+                    f"Cannot decode {self.records[i].describe()} ({type(err).__name__}: {err}); using the next "
                     "image instead (build the dataset with validate='decode' to drop such files up front)",
                     UserWarning,
                     stacklevel=2,
                 )
                 continue
             return {"pixel_values": self.transform(image), "labels": self.records[i].label}
-        raise RuntimeError(f"no image of the {n} in the dataset could be decoded")
+        raise RuntimeError(f"No image of the {n} in the dataset could be decoded")
 
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(num_items={len(self)}, num_skipped={self.num_skipped}, "
             f"cache_decoded={self.cache_decoded}, transform={self.transform!r})"
         )
-
-
-def collate_fn(batch: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    """Stack dataset items into ``{"pixel_values": (B, 3, H, W) float, "labels": (B,) long}``.
-
-    Args:
-        batch: Items returned by :class:`ImageClassificationDataset`.
-    """
-    if not batch:
-        raise ValueError("cannot collate an empty batch")
-    return {
-        "pixel_values": torch.stack([item["pixel_values"] for item in batch]),
-        "labels": torch.tensor([int(item["labels"]) for item in batch], dtype=torch.long),
-    }

@@ -7,14 +7,14 @@ The protocol for a base-to-novel run is::
     test_base = test.class_subset("base")
     test_novel = test.class_subset("novel")
 
-i.e. :func:`sample_few_shot` first, then :func:`subsample_classes`, as in CoOp's ``generate_fewshot_dataset``
-followed by ``subsample_classes``. (CoOp also draws ``min(num_shots, 4)`` shots for the validation split.)
+i.e. `sample_few_shot` first, then `subsample_classes`, as in CoOp's `generate_fewshot_dataset`
+followed by `subsample_classes`. (CoOp also draws `min(num_shots, 4)` shots for the validation split.)
 
 Sampling is deterministic across machines: items are ordered by a stable key (e.g. the relative image path) within
-each class before drawing, classes are visited in ascending label order, and the RNG is ``random.Random(seed)``
+each class before drawing, classes are visited in ascending label order, and the RNG is `random.Random(seed)`
 (Mersenne Twister, identical on every platform and Python version). The exact images differ from the ones CoOp's
-cached ``split_fewshot/*.pkl`` files hold (those depend on the order of CoOp's global RNG calls), but the
-distribution is the same: ``num_shots`` items per class drawn uniformly without replacement.
+cached `split_fewshot/*.pkl` files hold (those depend on the order of CoOp's global RNG calls), but the
+distribution is the same: `num_shots` items per class drawn uniformly without replacement.
 """
 
 from __future__ import annotations
@@ -55,27 +55,27 @@ def sample_few_shot(
     keys: Sequence[str] | None = None,
     class_names: Sequence[str] | None = None,
 ) -> list[int]:
-    """Draw ``num_shots`` items per class, without replacement, reproducibly.
+    """Draw `num_shots` items per class, without replacement, reproducibly.
 
-    For every class (ascending label order) the items of that class are sorted by ``keys`` (ties and the default:
-    by index) and ``random.Random(seed).sample`` draws ``num_shots`` of them; one RNG is shared across classes, as
-    in CoOp. A class with fewer than ``num_shots`` items keeps all of them (CoOp's behaviour without
-    ``repeat``), and a warning names each such class with its count.
+    For every class (ascending label order) the items of that class are sorted by `keys` (ties and the default:
+    by index) and `random.Random(seed).sample` draws `num_shots` of them; one RNG is shared across classes, as
+    in CoOp. A class with fewer than `num_shots` items keeps all of them (CoOp's behaviour without
+    `repeat`), and a warning names each such class with its count.
 
     Args:
-        labels: The label of each item of the dataset.
-        num_shots: Items per class; ``-1`` or ``None`` keeps every item.
-        seed: Seed for ``random.Random``.
-        keys: A stable identity per item (e.g. image paths relative to the dataset root). With keys, the result does
-            not depend on the order in which the items are listed. Defaults to the item's index.
-        class_names: Optional names by label, used in the warning.
+        labels (`Sequence[int]`): The label of each item of the dataset.
+        num_shots (`int | None`): Items per class; `-1` or `None` keeps every item.
+        seed (`int`): Seed for `random.Random`.
+        keys (`Sequence[str] | None`): A stable identity per item (e.g. image paths relative to the dataset root). With
+            keys, the result does not depend on the order in which the items are listed. Defaults to the item's index.
+        class_names (`Sequence[str] | None`): Optional names by label, used in the warning.
 
     Returns:
-        Indices into ``labels``, sorted by ``(label, key)``.
+        Indices into `labels`, sorted by `(label, key)`.
     """
     labels = _check_labels(labels)
     if keys is not None and len(keys) != len(labels):
-        raise ValueError(f"got {len(keys)} keys for {len(labels)} labels; pass one key per item (or keys=None)")
+        raise ValueError(f"Got {len(keys)} keys for {len(labels)} labels; pass one key per item (or keys=None)")
     if num_shots is not None and (isinstance(num_shots, bool) or not isinstance(num_shots, int)):
         raise TypeError(f"num_shots={num_shots!r} must be a positive int, or -1 / None for all items")
     take_all = num_shots is None or num_shots == -1
@@ -124,13 +124,13 @@ def sample_few_shot(
 def split_base_novel(class_ids: Sequence[int]) -> tuple[list[int], list[int]]:
     """Split class ids into the base and novel halves of the base-to-novel protocol.
 
-    The ids are sorted; the first ``ceil(n / 2)`` are base, the rest novel (10 → 5/5, 11 → 6/5, 101 → 51/50).
+    The ids are sorted; the first `ceil(n / 2)` are base, the rest novel (10 → 5/5, 11 → 6/5, 101 → 51/50).
 
     Args:
-        class_ids: The class ids (duplicates are ignored).
+        class_ids (`Sequence[int]`): The class ids (duplicates are ignored).
 
     Returns:
-        ``(base_ids, novel_ids)``, each sorted.
+        `(base_ids, novel_ids)`, each sorted.
     """
     ids = sorted(set(_check_labels(class_ids)))
     m = math.ceil(len(ids) / 2)
@@ -144,19 +144,19 @@ def subsample_classes(
 ) -> tuple[list[int], list[int], list[str]]:
     """Keep the items of the base or novel classes and relabel them from 0.
 
-    The label space is ``range(len(class_names))`` (so train and test splits always agree on which classes are base,
-    even if a split lacks a class), split with :func:`split_base_novel`. In the protocol the few-shot items are
-    drawn *before* this filter: call :func:`sample_few_shot` on the full dataset first, then this function.
+    The label space is `range(len(class_names))` (so train and test splits always agree on which classes are base,
+    even if a split lacks a class), split with `split_base_novel`. In the protocol the few-shot items are
+    drawn *before* this filter: call `sample_few_shot` on the full dataset first, then this function.
 
     Args:
-        labels: The label of each item.
-        class_names: Names of the full label space, ordered by label.
-        subset: ``"all"`` keeps everything (labels unchanged), ``"base"`` the first ``ceil(n/2)`` classes,
-            ``"novel"`` the rest.
+        labels (`Sequence[int]`): The label of each item.
+        class_names (`Sequence[str]`): Names of the full label space, ordered by label.
+        subset (`Literal["all", "base", "novel"]`): `"all"` keeps everything (labels unchanged), `"base"` the first
+            `ceil(n/2)` classes, `"novel"` the rest.
 
     Returns:
-        ``(indices, new_labels, new_class_names)``: the kept item indices (in input order), their labels in the new
-        label space (``0..`` in ascending old-label order), and the class names of the new label space.
+        `(indices, new_labels, new_class_names)`: the kept item indices (in input order), their labels in the new
+        label space (`0..` in ascending old-label order), and the class names of the new label space.
     """
     labels = _check_labels(labels)
     n = len(class_names)

@@ -1,10 +1,10 @@
-"""A tiny, learnable, offline image-classification dataset written as an ``imagefolder`` layout."""
+"""A tiny, learnable, offline image-classification dataset written as an `imagefolder` layout."""
 
 from __future__ import annotations
 
 import colorsys
+import json
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -13,9 +13,12 @@ from PIL import Image
 
 __all__ = ["make_synthetic_imagefolder"]
 
+MARKER = ".maple_peft_synthetic.json"
+"""The hidden file that lists the images `make_synthetic_imagefolder` wrote (its only claim on a folder)."""
+
 
 def _class_image(k: int, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
-    """One ``size x size`` RGB image of class ``k`` of ``n``: a class colour, a class pattern, and noise."""
+    """One `size x size` RGB image of class `k` of `n`: a class colour, a class pattern, and noise."""
     hue = k / max(n, 1)
     base = np.array(colorsys.hsv_to_rgb(hue, 0.75, 0.85), dtype=np.float64)
     other = np.array(colorsys.hsv_to_rgb((hue + 0.5) % 1.0, 0.6, 0.35), dtype=np.float64)
@@ -39,29 +42,38 @@ def make_synthetic_imagefolder(
     class_names: Sequence[str],
     train_per_class: int,
     test_per_class: int,
+    *,
     image_size: int = 32,
     seed: int = 0,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``root/train/<class>/*.png`` and ``root/test/<class>/*.png`` with class-dependent images.
+    """Write `root/train/<class>/*.png` and `root/test/<class>/*.png` with class-dependent images.
 
     Each class has its own colour (evenly spaced hues), stripe period and stripe orientation; every image gets a
     random pattern phase, brightness jitter and Gaussian noise, so the classes are easy but not trivial to separate.
-    Deterministic for a given ``seed``. Load it with
-    ``load_image_classification("imagefolder", data_dir=root)``; note that ``imagefolder`` orders the classes
+    Deterministic for a given `seed`. Load it with
+    `load_image_classification("imagefolder", data_dir=root)`; note that `imagefolder` orders the classes
     alphabetically by folder name.
 
+    The images written are listed in `root/.maple_peft_synthetic.json` (a hidden file, which `imagefolder`
+    ignores); `overwrite=True` deletes only those files, and refuses a folder that holds anything else.
+
     Args:
-        root: Output folder (created if needed). Must not already hold ``train/`` or ``test/`` unless ``overwrite``.
-        class_names: Class (folder) names, at least two, unique, without path separators.
-        train_per_class: Training images per class (>= 1).
-        test_per_class: Test images per class (>= 0; 0 writes no test split).
-        image_size: Side of the square images in pixels.
-        seed: Seed of the ``numpy`` generator.
-        overwrite: Delete existing ``root/train`` and ``root/test`` first.
+        root (`str | os.PathLike`): Output folder (created if needed). Must not already hold `train/` or `test/`
+            unless `overwrite`.
+        class_names (`Sequence[str]`): Class (folder) names, at least two, unique, without path separators.
+        train_per_class (`int`): Training images per class (>= 1).
+        test_per_class (`int`): Test images per class (>= 0; 0 writes no test split).
+        image_size (`int`): Side of the square images in pixels.
+        seed (`int`): Seed of the `numpy` generator.
+        overwrite (`bool`): Replace the images an earlier call wrote into `root` (and only them).
 
     Returns:
-        ``root`` as a ``Path``.
+        `Path`: `root`.
+
+    Raises:
+        FileExistsError: `root` holds `train/` or `test/` and `overwrite` is false, or they hold files this
+            function did not write (a user's files are never deleted).
     """
     names = list(class_names)
     if len(names) < 2:
@@ -71,7 +83,7 @@ def make_synthetic_imagefolder(
     for name in names:
         if not name or name in (".", "..") or "/" in name or "\\" in name or name.startswith("."):
             raise ValueError(
-                f"class name {name!r} cannot be a folder name; use a non-empty name without '/' or '\\\\'"
+                f"Class name {name!r} cannot be a folder name; use a non-empty name without '/' or '\\\\'"
             )
     if train_per_class < 1 or test_per_class < 0:
         raise ValueError(
@@ -82,13 +94,14 @@ def make_synthetic_imagefolder(
         raise ValueError(f"image_size={image_size} is too small for the class patterns; use >= 8")
 
     root = Path(root)
-    for split in ("train", "test"):
-        if (root / split).exists():
-            if not overwrite:
-                raise FileExistsError(f"{root / split} already exists; pass overwrite=True or use an empty folder")
-            shutil.rmtree(root / split)
+    existing = [root / split for split in ("train", "test") if (root / split).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True or use an empty folder.")
+    if existing:
+        _remove_previous_images(root, existing)
 
     rng = np.random.default_rng(seed)
+    written: list[str] = []
     for split, count in (("train", train_per_class), ("test", test_per_class)):
         for k, name in enumerate(names):
             if count == 0:
@@ -97,5 +110,36 @@ def make_synthetic_imagefolder(
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 array = _class_image(k, len(names), image_size, rng)
-                Image.fromarray(array).save(folder / f"{split}_{k:03d}_{i:04d}.png")
+                path = folder / f"{split}_{k:03d}_{i:04d}.png"
+                Image.fromarray(array).save(path)
+                written.append(path.relative_to(root).as_posix())
+    (root / MARKER).write_text(json.dumps({"files": written}, indent=0) + "\n", encoding="utf-8")
     return root
+
+
+def _remove_previous_images(root: Path, splits: list[Path]) -> None:
+    """Deletes the images an earlier call wrote into `root`, refusing if the split folders hold anything else."""
+    marker = root / MARKER
+    if not marker.is_file():
+        raise FileExistsError(
+            f"{splits[0]} exists but was not written by make_synthetic_imagefolder (no {MARKER} in {root}); its files "
+            "are left alone: pass an empty or new folder."
+        )
+    try:
+        written = set(json.loads(marker.read_text(encoding="utf-8"))["files"])
+    except (ValueError, KeyError, TypeError) as error:
+        raise FileExistsError(f"{marker} is unreadable ({error}); pass an empty or new folder.") from error
+    present = {path.relative_to(root).as_posix() for split in splits for path in split.rglob("*") if not path.is_dir()}
+    foreign = sorted(present - written)
+    if foreign:
+        raise FileExistsError(
+            f"{root} holds {len(foreign)} file(s) that make_synthetic_imagefolder did not write (e.g. {foreign[:3]}); "
+            "they are left alone: move them away or pass an empty or new folder."
+        )
+    for relative in present:
+        (root / relative).unlink()
+    for split in splits:  # the now-empty class folders, deepest first
+        for folder in sorted((p for p in split.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+            folder.rmdir()
+        split.rmdir()
+    marker.unlink()

@@ -1,12 +1,12 @@
 """CLIP image transforms of the CoOp / MaPLe protocol, in PIL + numpy + torch (no torchvision).
 
 * train: random resized crop (scale 0.08–1.0, ratio 3/4–4/3, bicubic) → random horizontal flip (p=0.5) → tensor in
-  [0, 1] → normalize with CLIP's mean/std. This is Dassl's ``["random_resized_crop", "random_flip", "normalize"]``
+  [0, 1] → normalize with CLIP's mean/std. This is Dassl's `["random_resized_crop", "random_flip", "normalize"]`
   pipeline used by the MaPLe configs, with torchvision's crop-sampling algorithm re-implemented.
-* test: resize the shorter side to ``size`` (bicubic, aspect kept) → center crop → tensor → normalize, i.e. CLIP's own
+* test: resize the shorter side to `size` (bicubic, aspect kept) → center crop → tensor → normalize, i.e. CLIP's own
   preprocessing and Dassl's test transform.
 
-Every image first goes through :func:`to_rgb`, which turns any PIL mode into 8-bit RGB.
+Every image first goes through `to_rgb`, which turns any PIL mode into 8-bit RGB.
 """
 
 from __future__ import annotations
@@ -68,26 +68,26 @@ def _scale_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
 def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
     """Convert a PIL image of any mode to 8-bit RGB.
 
-    * ``RGB`` is returned unchanged (same object).
-    * Modes with transparency (``RGBA``, ``LA``, ``PA``, ``RGBa``, ``La``, ``P`` with a ``transparency`` entry) are
-      alpha-composited onto ``background`` (white, like 🤗 transformers' ``convert_to_rgb``) instead of dropping the
+    * `RGB` is returned unchanged (same object).
+    * Modes with transparency (`RGBA`, `LA`, `PA`, `RGBa`, `La`, `P` with a `transparency` entry) are
+      alpha-composited onto `background` (white, like 🤗 transformers' `convert_to_rgb`) instead of dropping the
       alpha channel, which would expose arbitrary colours under fully transparent pixels.
-    * 16-bit (``I;16*``) images are scaled by ``1/257`` (65535 → 255); 32-bit ``I`` and ``F`` images are scaled by
+    * 16-bit (`I;16*`) images are scaled by `1/257` (65535 → 255); 32-bit `I` and `F` images are scaled by
       their value range (0..255 kept, 0..65535 scaled as 16-bit, floats in [0, 1] times 255, anything else
       stretched min..max), never clipped to white.
-    * ``L``, ``1``, ``P``, ``CMYK``, ``YCbCr``, ... use PIL's conversion.
+    * `L`, `1`, `P`, `CMYK`, `YCbCr`, ... use PIL's conversion.
 
     Multi-frame images (GIF, TIFF) use their current (first) frame.
 
     Args:
-        image: The image.
-        background: RGB colour that transparent pixels are composited onto.
+        image (`Image.Image`): The image.
+        background (`tuple[int, int, int]`): RGB colour that transparent pixels are composited onto.
 
     Returns:
-        An ``RGB`` image.
+        An `RGB` image.
     """
     if not isinstance(image, Image.Image):
-        raise TypeError(f"expected a PIL.Image.Image, got {type(image).__name__}; open files with PIL.Image.open")
+        raise TypeError(f"Expected a PIL.Image.Image, got {type(image).__name__}; open files with PIL.Image.open")
     mode = image.mode
     if mode == "RGB":
         return image
@@ -101,7 +101,7 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
     try:
         return image.convert("RGB")
     except ValueError as err:
-        raise ValueError(f"cannot convert a {mode!r} image to RGB ({err}); convert it to RGB before loading") from err
+        raise ValueError(f"Cannot convert a {mode!r} image to RGB ({err}); convert it to RGB before loading") from err
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -110,14 +110,14 @@ def to_rgb(image: Image.Image, background: tuple[int, int, int] = (255, 255, 255
 
 
 def resize_shorter_side(image: Image.Image, size: int, resample: int = Image.Resampling.BICUBIC) -> Image.Image:
-    """Resize so that the shorter side is ``size``, keeping the aspect ratio (torchvision's ``Resize(int)``).
+    """Resize so that the shorter side is `size`, keeping the aspect ratio (torchvision's `Resize(int)`).
 
-    The longer side becomes ``int(size * long / short)`` (truncated, as in torchvision and CLIP).
+    The longer side becomes `int(size * long / short)` (truncated, as in torchvision and CLIP).
 
     Args:
-        image: The image.
-        size: Target length of the shorter side.
-        resample: PIL resampling filter (bicubic by default).
+        image (`Image.Image`): The image.
+        size (`int`): Target length of the shorter side.
+        resample (`int`): PIL resampling filter (bicubic by default).
     """
     w, h = image.size
     short, long = (w, h) if w <= h else (h, w)
@@ -129,14 +129,14 @@ def resize_shorter_side(image: Image.Image, size: int, resample: int = Image.Res
 
 
 def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
-    """Crop the center ``(height, width)`` region (torchvision's ``CenterCrop``; zero-pads a too-small image).
+    """Crop the center `(height, width)` region (torchvision's `CenterCrop`; zero-pads a too-small image).
 
-    The top-left corner is ``round((H - h) / 2), round((W - w) / 2)`` with Python's round-half-to-even, exactly as
+    The top-left corner is `round((H - h) / 2), round((W - w) / 2)` with Python's round-half-to-even, exactly as
     torchvision computes it.
 
     Args:
-        image: The image.
-        size: ``(height, width)`` of the crop.
+        image (`Image.Image`): The image.
+        size (`tuple[int, int]`): `(height, width)` of the crop.
     """
     crop_h, crop_w = size
     w, h = image.size
@@ -153,22 +153,22 @@ def center_crop(image: Image.Image, size: tuple[int, int]) -> Image.Image:
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """An RGB PIL image → ``float32`` tensor of shape ``(3, H, W)`` with values in ``[0, 1]``.
+    """An RGB PIL image → `float32` tensor of shape `(3, H, W)` with values in `[0, 1]`.
 
     Args:
-        image: The image; converted with :func:`to_rgb` if it is not RGB.
+        image (`Image.Image`): The image; converted with `to_rgb` if it is not RGB.
     """
     array = np.array(to_rgb(image), dtype=np.uint8, copy=True)
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().to(torch.float32).div_(255.0)
 
 
 def normalize(tensor: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """``(tensor - mean) / std`` per channel, computed in the tensor's dtype.
+    """`(tensor - mean) / std` per channel, computed in the tensor's dtype.
 
     Args:
-        tensor: A ``(C, H, W)`` float tensor.
-        mean: Per-channel mean.
-        std: Per-channel standard deviation.
+        tensor (`torch.Tensor`): A `(C, H, W)` float tensor.
+        mean (`Sequence[float]`): Per-channel mean.
+        std (`Sequence[float]`): Per-channel standard deviation.
     """
     m = torch.as_tensor(mean, dtype=tensor.dtype).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=tensor.dtype).view(-1, 1, 1)
@@ -184,18 +184,18 @@ def random_resized_crop_params(
 ) -> tuple[int, int, int, int]:
     """Sample a crop box for a random resized crop (the Inception / torchvision algorithm).
 
-    Up to 10 tries: area fraction ``~ U(scale)``, log aspect ratio ``~ U(log ratio)``; the first box that fits is
-    placed uniformly. Otherwise the largest central box whose aspect ratio is clamped to ``ratio``.
+    Up to 10 tries: area fraction `~ U(scale)`, log aspect ratio `~ U(log ratio)`; the first box that fits is
+    placed uniformly. Otherwise the largest central box whose aspect ratio is clamped to `ratio`.
 
     Args:
-        width: Image width.
-        height: Image height.
-        scale: Range of the crop area as a fraction of the image area.
-        ratio: Range of the crop aspect ratio (width / height).
-        generator: Source of randomness; the global torch RNG when ``None``.
+        width (`int`): Image width.
+        height (`int`): Image height.
+        scale (`tuple[float, float]`): Range of the crop area as a fraction of the image area.
+        ratio (`tuple[float, float]`): Range of the crop aspect ratio (width / height).
+        generator (`torch.Generator | None`): Source of randomness; the global torch RNG when `None`.
 
     Returns:
-        ``(top, left, crop_height, crop_width)``.
+        `(top, left, crop_height, crop_width)`.
     """
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -225,7 +225,7 @@ def random_resized_crop_params(
 
 def _pil_image(image: Any) -> Image.Image:
     if not isinstance(image, Image.Image):
-        raise TypeError(f"the transform expects a PIL.Image.Image, got {type(image).__name__}")
+        raise TypeError(f"The transform expects a PIL.Image.Image, got {type(image).__name__}")
     return image
 
 
@@ -233,11 +233,11 @@ class CLIPTestTransform:
     """Evaluation transform: resize shorter side → center crop → tensor → normalize.
 
     Args:
-        resize: Shorter-side length (int), or an exact ``(height, width)`` to resize to.
-        crop_size: ``(height, width)`` of the center crop.
-        mean: Normalization mean.
-        std: Normalization std.
-        resample: PIL resampling filter (bicubic).
+        resize (`int | tuple[int, int]`): Shorter-side length (int), or an exact `(height, width)` to resize to.
+        crop_size (`tuple[int, int]`): `(height, width)` of the center crop.
+        mean (`Sequence[float]`): Normalization mean.
+        std (`Sequence[float]`): Normalization std.
+        resample (`int`): PIL resampling filter (bicubic).
     """
 
     def __init__(
@@ -255,7 +255,7 @@ class CLIPTestTransform:
         self.resample = resample
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """Transform one image into a normalized ``float32`` tensor of shape ``(3, crop_h, crop_w)``."""
+        """Transform one image into a normalized `float32` tensor of shape `(3, crop_h, crop_w)`."""
         image = to_rgb(_pil_image(image))
         if isinstance(self.resize, int):
             image = resize_shorter_side(image, self.resize, self.resample)
@@ -274,21 +274,21 @@ class CLIPTestTransform:
 class CLIPTrainTransform:
     """Training transform: random resized crop → random horizontal flip → tensor → normalize.
 
-    Randomness: with ``seed=None`` the global torch RNG is used (seed it with ``torch.manual_seed`` /
-    ``transformers.set_seed``; ``DataLoader`` workers get distinct, reproducible seeds from it). With an integer
-    ``seed`` the transform owns a ``torch.Generator``; inside a ``DataLoader`` worker that generator is re-seeded
-    from ``seed`` and the worker's seed so that workers do not repeat each other's augmentations. A generator passed
-    to :meth:`__call__` overrides both.
+    Randomness: with `seed=None` the global torch RNG is used (seed it with `torch.manual_seed` /
+    `transformers.set_seed`; `DataLoader` workers get distinct, reproducible seeds from it). With an integer
+    `seed` the transform owns a `torch.Generator`; inside a `DataLoader` worker that generator is re-seeded
+    from `seed` and the worker's seed so that workers do not repeat each other's augmentations. A generator passed
+    to `__call__` overrides both.
 
     Args:
-        crop_size: ``(height, width)`` of the output.
-        mean: Normalization mean.
-        std: Normalization std.
-        scale: Area fraction range of the random crop.
-        ratio: Aspect-ratio range of the random crop.
-        hflip_p: Probability of a horizontal flip.
-        resample: PIL resampling filter (bicubic).
-        seed: Optional seed for a private ``torch.Generator``.
+        crop_size (`tuple[int, int]`): `(height, width)` of the output.
+        mean (`Sequence[float]`): Normalization mean.
+        std (`Sequence[float]`): Normalization std.
+        scale (`tuple[float, float]`): Area fraction range of the random crop.
+        ratio (`tuple[float, float]`): Aspect-ratio range of the random crop.
+        hflip_p (`float`): Probability of a horizontal flip.
+        resample (`int`): PIL resampling filter (bicubic).
+        seed (`int | None`): Optional seed for a private `torch.Generator`.
     """
 
     def __init__(
@@ -330,11 +330,12 @@ class CLIPTrainTransform:
         return self.generator
 
     def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Transform one image into a normalized ``float32`` tensor of shape ``(3, crop_h, crop_w)``.
+        """Transform one image into a normalized `float32` tensor of shape `(3, crop_h, crop_w)`.
 
         Args:
-            image: A PIL image of any mode.
-            generator: Optional generator overriding the transform's own randomness for this call.
+            image (`Image.Image`): A PIL image of any mode.
+            generator (`torch.Generator | None`): Optional generator overriding the transform's own randomness for this
+                call.
         """
         gen = generator if generator is not None else self._own_generator()
         image = to_rgb(_pil_image(image))
@@ -354,7 +355,7 @@ class CLIPTrainTransform:
 
 
 def _hw(value: Any, what: str) -> tuple[int, int]:
-    """Parse ``224`` / ``{"height": 224, "width": 224}`` / ``{"shortest_edge": 224}`` / ``(224, 224)``."""
+    """Parse `224` / `{"height": 224, "width": 224}` / `{"shortest_edge": 224}` / `(224, 224)`."""
     if isinstance(value, bool):
         raise ValueError(f"{what}={value!r} is not a size; use an int or {{'height': H, 'width': W}}")
     if isinstance(value, int):
@@ -373,18 +374,18 @@ def _hw(value: Any, what: str) -> tuple[int, int]:
 class CLIPTransforms:
     """The train and test transforms for one CLIP checkpoint's input resolution and normalization.
 
-    Build it from the checkpoint's image processor with :meth:`from_processor`, then call :meth:`train` /
-    :meth:`test`.
+    Build it from the checkpoint's image processor with `from_processor`, then call `train` /
+    `test`.
 
     Args:
-        crop_size: ``(height, width)`` of the model input (224 for ViT-B/16, 336 for ViT-L/14@336px).
-        resize: Test-time shorter-side length (an int), or an exact ``(height, width)``.
-        image_mean: Normalization mean (CLIP's by default).
-        image_std: Normalization std (CLIP's by default).
-        resample: PIL resampling filter (bicubic).
-        scale: Area fraction range of the training random resized crop.
-        ratio: Aspect-ratio range of the training random resized crop.
-        hflip_p: Training horizontal-flip probability.
+        crop_size (`tuple[int, int]`): `(height, width)` of the model input (224 for ViT-B/16, 336 for ViT-L/14@336px).
+        resize (`int | tuple[int, int]`): Test-time shorter-side length (an int), or an exact `(height, width)`.
+        image_mean (`tuple[float, ...]`): Normalization mean (CLIP's by default).
+        image_std (`tuple[float, ...]`): Normalization std (CLIP's by default).
+        resample (`int`): PIL resampling filter (bicubic).
+        scale (`tuple[float, float]`): Area fraction range of the training random resized crop.
+        ratio (`tuple[float, float]`): Aspect-ratio range of the training random resized crop.
+        hflip_p (`float`): Training horizontal-flip probability.
     """
 
     crop_size: tuple[int, int] = (224, 224)
@@ -410,13 +411,13 @@ class CLIPTransforms:
 
     @classmethod
     def from_processor(cls, processor: Any = None, **overrides: Any) -> CLIPTransforms:
-        """Read ``crop_size``, ``size``, ``image_mean``, ``image_std`` (and ``resample``) from an image processor.
+        """Read `crop_size`, `size`, `image_mean`, `image_std` (and `resample`) from an image processor.
 
         Args:
-            processor: A ``transformers.CLIPImageProcessor`` (or any image processor), a ``CLIPProcessor`` (its
-                ``image_processor`` is used), the processor's ``to_dict()`` / ``preprocessor_config.json`` dict,
-                or ``None`` for CLIP's defaults (224, CLIP mean/std).
-            **overrides: Fields of :class:`CLIPTransforms` to set explicitly (e.g. ``scale=(0.5, 1.0)``).
+            processor (`Any`): A `transformers.CLIPImageProcessor` (or any image processor), a `CLIPProcessor` (its
+                `image_processor` is used), the processor's `to_dict()` / `preprocessor_config.json` dict,
+                or `None` for CLIP's defaults (224, CLIP mean/std).
+            **overrides (`Any`): Fields of `CLIPTransforms` to set explicitly (e.g. `scale=(0.5, 1.0)`).
         """
         if processor is None:
             config: Mapping[str, Any] = {}
@@ -435,7 +436,7 @@ class CLIPTransforms:
                 }
             if not config:
                 raise TypeError(
-                    f"cannot read crop_size/size/image_mean/image_std from a {type(processor).__name__}; pass a "
+                    f"Cannot read crop_size/size/image_mean/image_std from a {type(processor).__name__}; pass a "
                     "transformers CLIPImageProcessor, CLIPProcessor or its config dict"
                 )
 
@@ -470,14 +471,14 @@ class CLIPTransforms:
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """``(height, width)`` of the tensors both transforms produce."""
+        """`(height, width)` of the tensors both transforms produce."""
         return self.crop_size
 
     def train(self, seed: int | None = None) -> CLIPTrainTransform:
         """The training transform (random resized crop + flip).
 
         Args:
-            seed: Optional seed for the transform's private generator; ``None`` uses the global torch RNG.
+            seed (`int | None`): Optional seed for the transform's private generator; `None` uses the global torch RNG.
         """
         return CLIPTrainTransform(
             crop_size=self.crop_size,
