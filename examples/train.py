@@ -100,7 +100,9 @@ def is_float_text(value: Any) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
     p.add_argument("--config", help="YAML file of defaults (keys are these options); the command line overrides it")
     g = p.add_argument_group("model")
     g.add_argument("--model_name_or_path", default="openai/clip-vit-base-patch16")
@@ -323,6 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
+    set_seed(args.seed)  # the prompts' random initialization
     try:
         image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
     except (OSError, ValueError):
@@ -337,6 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
         tokenizer_name_or_path=tokenizer_path,
     )
     model = get_peft_model(CLIPModel.from_pretrained(args.model_name_or_path), peft_config)
+    for _, class_names, template in splits.values():  # the evaluated class names fit CLIP's context too
+        for zero_shot_template in (None, template):
+            maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
     train_names = list(train_records.class_names)
     classifier = maple_peft.PromptClassifier(
         model,
@@ -366,7 +372,6 @@ def main(argv: list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
     setup_logging(accelerator, output_dir)
     try:
-        set_seed(args.seed)
         logger.info(
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
         )
@@ -436,11 +441,11 @@ def main(argv: list[str] | None = None) -> dict:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # the epoch's shuffling and augmentations do not depend on resuming
             loader_generator.manual_seed(args.seed + epoch)
-            train_set.set_epoch(epoch)
             classifier.train()
             batches = train_loader
             if epoch == start_epoch and skip_batches:
                 batches = accelerator.skip_first_batches(train_loader, skip_batches)
+            batches.set_epoch(epoch)  # also the epoch of the per-image augmentation seeds (EpochSeededDataset)
             for batch_index, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
                 with accelerator.accumulate(classifier):
                     loss = torch.nn.functional.cross_entropy(
