@@ -294,6 +294,24 @@ def write_plots(output_dir: Path, metrics: dict, history: list[dict]) -> list[st
     return [Path(path).name for path in written]
 
 
+def non_finite_error(what: str, output_dir: Path) -> RuntimeError:
+    """The error that stops a diverged run, naming its newest checkpoint whose weights are all finite."""
+    good = last_good_checkpoint(output_dir)
+    where = f"the last good state is {good}" if good else "no checkpoint with finite weights was written yet"
+    return RuntimeError(f"Stopping: {what}; {where}. Try a lower --lr, --mixed_precision no, or check the data.")
+
+
+def save_checkpoint(accelerator: Accelerator, params: list, output_dir: Path, trainer_state: dict) -> None:
+    """`accelerator.save_state()` (adapter, optimizer, scheduler, RNG), then `trainer_state.json`, which marks the
+    checkpoint complete. A diverged adapter is never saved as a checkpoint."""
+    if not all(torch.isfinite(p).all() for p in params):
+        raise non_finite_error(f"the adapter weights became non-finite by step {trainer_state['step']}", output_dir)
+    path = accelerator.save_state()
+    if accelerator.is_main_process:
+        write_trainer_state(path, trainer_state)
+        logger.info(f"Saved {path} (epoch {trainer_state['epoch']}, step {trainer_state['step']})")
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     output_dir = Path(args.output_dir)
@@ -414,22 +432,6 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info(f"Resumed from {checkpoint} (epoch {resume_state['epoch']}, step {global_step})")
         accelerator.project_configuration.iteration = next_checkpoint_number(output_dir)
 
-        def save_checkpoint(epoch: int, batches_in_epoch: int) -> None:
-            if not all(torch.isfinite(p).all() for p in params):
-                raise_non_finite(f"the adapter weights became non-finite at epoch {epoch + 1}, step {global_step}")
-            path = accelerator.save_state()
-            if accelerator.is_main_process:
-                state = {"epoch": epoch + 1, "batches_in_epoch": batches_in_epoch, "step": global_step}
-                write_trainer_state(path, {**state, "history": history, "options": options})
-                logger.info(f"Saved {path} (epoch {epoch + 1}, step {global_step})")
-
-        def raise_non_finite(what: str) -> None:
-            good = last_good_checkpoint(output_dir)
-            where = f"the last good state is {good}" if good else "no checkpoint with finite weights was written yet"
-            raise RuntimeError(
-                f"Stopping: {what}; {where}. Try a lower --lr, --mixed_precision no, or check the data."
-            )
-
         # ---- the training loop ---------------------------------------------------------------------------------------
         if args.report_to:
             accelerator.init_trackers(
@@ -453,9 +455,8 @@ def main(argv: list[str] | None = None) -> dict:
                     )
                     all_losses = accelerator.gather(loss.detach()[None])
                     if not torch.isfinite(all_losses).all():
-                        raise_non_finite(
-                            f"the loss became {all_losses.tolist()} at epoch {epoch + 1}, step {global_step + 1}"
-                        )
+                        where = f"epoch {epoch + 1}, step {global_step + 1}"
+                        raise non_finite_error(f"the loss became {all_losses.tolist()} at {where}", output_dir)
                     accelerator.backward(loss)
                     optimizer.step()
                     optimizer.zero_grad()
@@ -468,12 +469,12 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.log({"train/loss": history[-1]["loss"], "train/lr": lr}, step=global_step)
                 progress.update(1)
                 progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.2e}")
-                done = batch_index + 1
+                state = {"epoch": epoch + 1, "batches_in_epoch": batch_index + 1, "step": global_step}
                 if args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0:
-                    save_checkpoint(epoch, done)
+                    save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
             logger.info(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, lr {history[-1]['lr']:.2e}")
             if args.checkpointing_steps == "epoch":
-                save_checkpoint(epoch, len(train_loader))
+                save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
             if args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs:
                 logger.info(
                     f"Stopping after epoch {epoch + 1} as asked; continue with --resume_from_checkpoint latest"
