@@ -545,4 +545,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, RuntimeError) as error:  # the log file (if any) holds the traceback
+        sys.exit(f"error: {error}")

@@ -342,3 +342,12 @@ def test_bad_dataset_columns_and_long_class_names_are_clear_errors(assets, tmp_p
     )
     assert result.returncode != 0 and "more than CLIP's 77" in result.stderr and "forest very" in result.stderr
     assert not (tmp_path / "b").exists()
+
+
+def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(assets, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "run.lock").write_text(f"{os.getpid()}\n")  # this test process stands for a run still writing
+    result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
+    assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
