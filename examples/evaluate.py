@@ -21,12 +21,12 @@ from pathlib import Path
 from accelerate import Accelerator
 from peft import PeftConfig, PeftModel
 from torch.utils.data import DataLoader
+from train import add_data_arguments  # the data options, declared once for both scripts
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft
 from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
 from maple_peft.training.experiment import (
-    add_data_arguments,
     check_adapter_matches_model,
     evaluate_classifier,
     load_experiment_data_from_args,

@@ -44,7 +44,6 @@ from maple_peft.training.checkpointing import (
 from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
 from maple_peft.training.experiment import (
     EpochSeededDataset,
-    add_data_arguments,
     evaluate_classifier,
     load_experiment_data,
     load_experiment_data_from_args,
@@ -97,6 +96,20 @@ def is_float_text(value: Any) -> bool:
         return isinstance(value, str) and math.isfinite(float(value))
     except ValueError:
         return False
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `load_experiment_data`, shared with evaluate.py."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=None, help="a CoOp benchmark (eurosat, imagenet, ...), with --data_root")
+    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
+    group.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
+    group.add_argument("--data_dir", default=None)
+    group.add_argument("--image_column", default="image")
+    group.add_argument("--label_column", default="label")
+    group.add_argument("--train_split", default="train")
+    group.add_argument("--test_split", default="test")
+    group.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -104,7 +104,9 @@ def test_checkpoints_are_numbered_from_one_and_hold_the_adapter_only(smoke_run):
     assert [record["epoch"] for record in state["history"]] == [1, 1, 1, 2]
     files = {p.name for p in (smoke_run / "checkpoints" / "checkpoint_2").iterdir()}
     assert "adapter_model.safetensors" in files and "model.safetensors" not in files
-    assert all(p.stat().st_size < 200_000 for p in (smoke_run / "checkpoints" / "checkpoint_2").iterdir())
+    for path in (smoke_run / "checkpoints" / "checkpoint_2").iterdir():
+        assert path.stat().st_size < 200_000  # no frozen CLIP in it
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp_path):

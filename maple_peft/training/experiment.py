@@ -86,24 +86,12 @@ def load_experiment_data(
     return data
 
 
-def add_data_arguments(parser: Any) -> None:
-    """The command-line options of `load_experiment_data`, shared by the training and evaluation scripts."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset", default=None, help="a CoOp benchmark name (eurosat, imagenet, ...), with --data_root"
-    )
-    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
-    group.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
-    group.add_argument("--data_dir", default=None)
-    group.add_argument("--image_column", default="image")
-    group.add_argument("--label_column", default="label")
-    group.add_argument("--train_split", default="train")
-    group.add_argument("--test_split", default="test")
-    group.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
-
-
 def load_experiment_data_from_args(args: Any) -> ExperimentData:
-    """`load_experiment_data` with the options that `add_data_arguments` declared."""
+    """`load_experiment_data` with the attributes of `args` named like its parameters (e.g. an argparse namespace).
+
+    Args:
+        args (`Any`): An object with one attribute per parameter of `load_experiment_data`.
+    """
     names = inspect.signature(load_experiment_data).parameters
     return load_experiment_data(**{name: getattr(args, name) for name in names})
 
