@@ -179,21 +179,21 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
         if value is None:
             continue
         if isinstance(action, BooleanFlag):
-            ok = isinstance(value, bool)
+            ok, wanted = isinstance(value, bool), "true or false"
         elif action.nargs == "*":
-            ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+            ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names"
         elif action.type is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
+            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "a whole number"
         elif action.type is float:  # YAML 1.1 reads 1e-5 (no dot) as text: accept text that is a number
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) or is_float_text(value)
-            value = float(value) if ok else value
+            value, wanted = float(value) if ok else value, "a number"
         elif action.type is positive_int_or_epoch:
             ok = value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            wanted = "'epoch' or a positive number of steps"
         else:
-            ok = isinstance(value, str)
+            ok, wanted = isinstance(value, str), "text"
         if not ok:
-            wanted = "true/false" if isinstance(action, BooleanFlag) else getattr(action.type, "__name__", "text")
-            parser.error(f"--config {path}: {key}: {value!r} is a {type(value).__name__}; write a {wanted} value")
+            parser.error(f"--config {path}: {key}: {value!r} is a {type(value).__name__}; write {wanted}")
         if action.choices is not None and value not in action.choices:
             parser.error(f"--config {path}: {key}: {value!r} is not one of {list(action.choices)}")
         values[key] = value

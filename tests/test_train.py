@@ -245,8 +245,9 @@ def test_non_finite_loss_stops_marks_the_run_failed_and_names_the_last_good_chec
     ("yaml_text", "message"),
     [
         ("setting: foo\n", "setting: 'foo' is not one of"),
-        ("batch_size: '4'\n", "batch_size: '4' is a str; write a int value"),
-        ("plots: 'no'\n", "plots: 'no' is a str; write a true/false value"),
+        ("batch_size: '4'\n", "batch_size: '4' is a str; write a whole number"),
+        ("plots: 'no'\n", "plots: 'no' is a str; write true or false"),
+        ("eval_datasets: dtd\n", "eval_datasets: 'dtd' is a str; write a list of names"),
         ("- lr\n- 0.1\n", "holds a list; it must map option names to values"),
         ("3\n", "holds a int"),
         ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
