@@ -142,25 +142,37 @@ def test_trained_adapter_beats_chance_and_loads_with_peft(smoke_run, assets):
     assert model.peft_config["default"].n_ctx == 2
 
 
-@pytest.mark.parametrize("checkpoint", ["checkpoint_3", "checkpoint_2"], ids=["at_an_epoch_boundary", "mid_epoch"])
-def test_killed_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path, checkpoint):
-    """A run killed after `checkpoint` (its later checkpoints and results never written) and resumed from it."""
+def assert_same_result(run, other):
+    expected, got = load_file(run / "adapter_model.safetensors"), load_file(other / "adapter_model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    history = json.loads((other / "training_history.json").read_text())
+    assert history == json.loads((run / "training_history.json").read_text())
+
+
+def test_paused_after_an_epoch_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path):
+    out = tmp_path / "paused"
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--stop_after_epoch", "2"))
+    assert not (out / "adapter_model.safetensors").exists() and (out / "RUNNING").is_file()  # not a result yet
+    state = json.loads((out / "checkpoints" / "checkpoint_3" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"], state["step"]) == (2, 3, 6)  # the end of epoch 2
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))
+    assert_same_result(smoke_run, out)
+    assert not {"RUNNING", "run.lock"} & {p.name for p in out.iterdir()}
+
+
+def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path):
+    """A run killed after its checkpoint at step 4 (mid-epoch 2): later checkpoints and results never written."""
     out = tmp_path / "killed"
-    shutil.copytree(smoke_run / "checkpoints" / checkpoint, out / "checkpoints" / checkpoint)
-    (out / "checkpoints" / "checkpoint_9").mkdir()  # a checkpoint write interrupted by the kill
+    shutil.copytree(smoke_run / "checkpoints" / "checkpoint_2", out / "checkpoints" / "checkpoint_2")
+    (out / "checkpoints" / "checkpoint_3").mkdir()  # the checkpoint write interrupted by the kill
     (out / "run.lock").write_text("999999999\n")  # the killed run's lock
     (out / "RUNNING").write_text("")
-    workers = ["--num_workers", "2"] if checkpoint == "checkpoint_2" else []  # the worker count does not matter
+    workers = ["--num_workers", "2"]  # another worker count than the straight run: same augmentations
     run_script(
         "train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *workers, "--resume_from_checkpoint", "latest")
     )
-    straight = load_file(smoke_run / "adapter_model.safetensors")
-    resumed = load_file(out / "adapter_model.safetensors")
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    history = json.loads((out / "training_history.json").read_text())
-    assert history == json.loads((smoke_run / "training_history.json").read_text())
-    assert not (out / "checkpoints" / "checkpoint_9").exists()
+    assert_same_result(smoke_run, out)
+    assert "Resumed from" in (out / "training_log.txt").read_text()
     assert not {"RUNNING", "run.lock"} & {p.name for p in out.iterdir()}
 
 
