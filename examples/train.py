@@ -333,10 +333,13 @@ def main(argv: list[str] | None = None) -> dict:
     options = json.loads(json.dumps(vars(args)))
 
     # ---- everything is checked before anything is created: folder, checkpoint, data, model -------------------------
-    resume_state = None
-    check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=args.resume_from_checkpoint is not None)
+    checkpoint, resume_state = None, None
     if args.resume_from_checkpoint is not None:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
+    # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept)
+    resume_here = checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+    check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
+    if checkpoint is not None:
         resume_state = read_trainer_state(checkpoint)
         changed = differing_options(resume_state["options"], options, MAY_CHANGE_ON_RESUME)
         if changed:
@@ -397,7 +400,7 @@ def main(argv: list[str] | None = None) -> dict:
     lock = RunLock(output_dir)
     if accelerator.is_main_process:
         lock.acquire()
-        clear_previous_run(output_dir, keep_checkpoints=resume_state is not None)
+        clear_previous_run(output_dir, keep_checkpoints=resume_here)
         remove_incomplete_checkpoints(output_dir)
         mark_running(output_dir)
     accelerator.wait_for_everyone()
