@@ -400,6 +400,11 @@ def main(argv: list[str] | None = None) -> dict:
     lock = RunLock(output_dir)
     if accelerator.is_main_process:
         lock.acquire()
+        try:  # again under the lock: another run may have finished in the folder since the first check
+            check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
+        except ValueError:
+            lock.release()
+            raise
         clear_previous_run(output_dir, keep_checkpoints=resume_here)
         remove_incomplete_checkpoints(output_dir)
         mark_running(output_dir)
