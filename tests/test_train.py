@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -329,6 +330,7 @@ def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smok
     assert evaluated["num_classes"] == 3
     assert evaluated["accuracy"] == pytest.approx(metrics["results"]["novel"]["accuracy"])
     assert not list(REPO.glob("eval_*.json"))  # nothing in the current folder
+    assert re.search(r"novel: +\d+%\|.*\| \d+/1 ", result.stderr)  # the evaluation's progress bar
     assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] == evaluated["accuracy"]
     again = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
                        assets / "data", "--output", out, check=False)  # fmt: skip
