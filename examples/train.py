@@ -51,6 +51,7 @@ from maple_peft.training.experiment import (
 from maple_peft.training.metrics import build_run_metrics
 from maple_peft.training.run_dir import (
     LOG_FILE,
+    TRACKER_DIR,
     RunLock,
     apply_umask,
     atomic_write_json,
@@ -456,7 +457,7 @@ def main(argv: list[str] | None = None) -> dict:
         # ---- the training loop ---------------------------------------------------------------------------------------
         if args.report_to:
             accelerator.init_trackers(
-                "maple_peft", config={k: v for k, v in options.items() if not isinstance(v, list)}
+                TRACKER_DIR, config={k: v for k, v in options.items() if not isinstance(v, list)}
             )
         progress = tqdm(
             total=steps_per_epoch * args.epochs, initial=global_step, disable=not accelerator.is_local_main_process

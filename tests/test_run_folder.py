@@ -100,6 +100,7 @@ def test_overwriting_clears_the_previous_run_but_never_other_files(tmp_path):
     for name in ("adapter_model.safetensors", "README.md", "metrics.json", "per_class_accuracy.png", "FAILED"):
         (tmp_path / name).write_text("old")
     (tmp_path / "checkpoints" / "checkpoint_4").mkdir(parents=True)
+    (tmp_path / "maple_peft").mkdir()  # --report_to tensorboard events
     (tmp_path / "training_log.txt").write_text("old run\n")
     (tmp_path / "notes.txt").write_text("mine")
     clear_previous_run(tmp_path, keep_checkpoints=False)

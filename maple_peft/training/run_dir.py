@@ -20,6 +20,8 @@ RUNNING_MARKER = "RUNNING"
 FAILED_MARKER = "FAILED"
 LOG_FILE = "training_log.txt"
 CHECKPOINTS_DIR = "checkpoints"
+TRACKER_DIR = "maple_peft"
+"""Where `--report_to` trackers log (Accelerate's `project_dir / project_name`)."""
 RESULT_FILES = (
     "adapter_model.safetensors",
     "adapter_config.json",
@@ -32,7 +34,7 @@ RESULT_FILES = (
 )
 """The files a finished run writes at its end (the plots only when plotting is on)."""
 
-RUN_FILES = (*RESULT_FILES, LOG_FILE, RUNNING_MARKER, FAILED_MARKER, CHECKPOINTS_DIR)
+RUN_FILES = (*RESULT_FILES, LOG_FILE, RUNNING_MARKER, FAILED_MARKER, CHECKPOINTS_DIR, TRACKER_DIR)
 """Everything a run writes into its folder besides the lock; `--overwrite_output_dir` removes exactly these."""
 
 
@@ -167,7 +169,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
     """Refuses a folder that a run would mix with another one, before anything is created.
 
     Without `overwrite`, the folder may be missing, empty, hold only what a failed run left (`training_log.txt`,
-    `FAILED`, a stale lock), or, when resuming, a run's checkpoints and log. Result files of an earlier run
+    `FAILED`, tracker logs, a stale lock), or, when resuming, a run's checkpoints and log. Result files of an earlier run
     (adapter, card, metrics, plots) are only replaced with `overwrite`, even when resuming.
 
     Args:
@@ -184,7 +186,7 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
     if not path.is_dir() or overwrite:
         return
     present = {p.name for p in path.iterdir()} - {LOCK_FILE}
-    failed_leftovers = {LOG_FILE, FAILED_MARKER, RUNNING_MARKER}
+    failed_leftovers = {LOG_FILE, FAILED_MARKER, RUNNING_MARKER, TRACKER_DIR}
     if resume:
         results = sorted(present & set(RESULT_FILES))
         if results:
@@ -211,14 +213,14 @@ def clear_previous_run(output_dir: str | os.PathLike, *, keep_checkpoints: bool)
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder.
-        keep_checkpoints (`bool`): Keep `checkpoints/` (and the log) for a resumed run.
+        keep_checkpoints (`bool`): Keep `checkpoints/` (and the log and tracker logs) for a resumed run.
 
     Returns:
         The names removed.
     """
     path = Path(output_dir)
     removed = []
-    keep = {CHECKPOINTS_DIR, LOG_FILE} if keep_checkpoints else set()
+    keep = {CHECKPOINTS_DIR, LOG_FILE, TRACKER_DIR} if keep_checkpoints else set()
     for name in RUN_FILES:
         target = path / name
         if name in keep or not (target.exists() or target.is_symlink()):
