@@ -2,9 +2,11 @@
 """Evaluate a MaPLe adapter (a folder or a Hub id) on any dataset and any class names.
 
     accelerate launch examples/evaluate.py --adapter user/maple-eurosat --dataset eurosat --data_root DATA --subset novel
-    python examples/evaluate.py --adapter outputs/smoke --dataset_name imagefolder --data_dir smoke_assets/data
+    python examples/evaluate.py --adapter outputs/smoke --dataset_name imagefolder --data_dir smoke_assets/data \
+        --output outputs/smoke/eval_all.json
 
-Without --adapter it evaluates zero-shot CLIP with the dataset's template. Writes a metrics JSON file.
+Without --adapter it evaluates zero-shot CLIP with the dataset's template. Prints the accuracy and macro-F1; with
+--output FILE it writes the full metrics JSON there (an existing file only with --overwrite).
 """
 
 from __future__ import annotations
@@ -12,23 +14,24 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from accelerate import Accelerator
 from peft import PeftConfig, PeftModel
 from torch.utils.data import DataLoader
+from train import add_data_arguments  # the data options, declared once for both scripts
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft
-from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, collate_fn
+from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
 from maple_peft.training.experiment import (
-    add_data_arguments,
-    atomic_write_json,
     check_adapter_matches_model,
     evaluate_classifier,
     load_experiment_data_from_args,
 )
+from maple_peft.training.run_dir import atomic_write_json
 
 logger = logging.getLogger("maple_peft.evaluate")
 
@@ -44,8 +47,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--eval_batch_size", type=int, default=100)
     p.add_argument("--text_batch_size", type=int, default=256)
     p.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
-    p.add_argument("--output_file", default=None, help="metrics JSON (default: eval_<dataset>_<subset>.json)")
-    return p.parse_args(argv)
+    p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    p.add_argument("--output", default=None, help="write the metrics JSON to this file (default: print only)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    args = p.parse_args(argv)
+    if args.output is not None:
+        output = Path(args.output)
+        if output.is_dir() or (output.exists() and not args.overwrite):
+            what = "is a folder" if output.is_dir() else "exists"
+            p.error(
+                f"--output {output} {what}; pass another file name" + ("" if output.is_dir() else " or --overwrite")
+            )
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -77,9 +90,11 @@ def main(argv: list[str] | None = None) -> dict:
     model = accelerator.prepare_model(model, evaluation_mode=True).eval()
 
     dataset = ImageClassificationDataset(records, CLIPTransforms.from_processor(image_processor).test())
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=args.eval_batch_size, collate_fn=collate_fn))
-    classifier = maple_peft.PromptClassifier(model, tokenizer, class_names, template, args.text_batch_size)
-    result = evaluate_classifier(accelerator, classifier, loader, class_names)
+    loader = DataLoader(dataset, batch_size=args.eval_batch_size, num_workers=args.num_workers)
+    classifier = maple_peft.PromptClassifier(
+        model, tokenizer, class_names, template=template, text_batch_size=args.text_batch_size
+    )
+    result = evaluate_classifier(accelerator, classifier, accelerator.prepare(loader), class_names, desc=args.subset)
     result.update(
         adapter=args.adapter,
         base_model=base_path,
@@ -90,12 +105,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     logger.info(f"{data.name} ({args.subset}): accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}%")
     if accelerator.is_main_process:
-        output = Path(args.output_file or f"eval_{Path(data.name).name}_{args.subset}.json")
-        atomic_write_json(output, result)
-        logger.info(f"Wrote {output}")
+        if args.output is not None:
+            atomic_write_json(args.output, result)
+            logger.info(f"Wrote {args.output}")
         print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "num_images", "num_classes")}))
     return result
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")

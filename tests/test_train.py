@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import train  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "examples" / "configs" / "smoke.yaml"
 FAST = ["--no_plots", "--no_zero_shot_baseline"]
+# checkpoints every 2 steps (3 steps per epoch): step 4 is mid-epoch 2, step 6 ends epoch 2
+CHECKPOINTED = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "10"]
 
 
 def run_script(script, *args, check=True, env=None):
@@ -24,7 +30,7 @@ def run_script(script, *args, check=True, env=None):
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO), **(env or {})},
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
@@ -57,33 +63,51 @@ def smoke_args(assets, output_dir, *extra):
 @pytest.fixture(scope="session")
 def smoke_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    run_script("train.py", *smoke_args(assets, out, "--report_to", "tensorboard"))
+    run_script("train.py", *smoke_args(assets, out, "--report_to", "tensorboard", *CHECKPOINTED))
     return out
 
 
 def test_smoke_run_writes_adapter_card_metrics_plots_and_log(smoke_run):
     names = {p.name for p in smoke_run.iterdir()}
-    assert {
-        "adapter_model.safetensors",
-        "adapter_config.json",
-        "README.md",
-        "metrics.json",
-        "training_log.txt",
-        "training_curves.png",
-        "per_class_accuracy.png",
-        "base_novel_hm.png",
-        "checkpoints",
-    } <= names
+    plots = {"training_curves.png", "per_class_accuracy.png", "base_novel_hm.png"}
+    assert {"adapter_model.safetensors", "adapter_config.json", "README.md", "metrics.json", "training_log.txt",
+            "training_history.json", "checkpoints", *plots} <= names  # fmt: skip
+    assert not {"RUNNING", "FAILED", "run.lock"} & names  # a finished, unlocked run
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     base, novel = metrics["results"]["base"]["accuracy"], metrics["results"]["novel"]["accuracy"]
     assert metrics["results"]["base"]["num_classes"] == 3 and metrics["results"]["novel"]["num_classes"] == 3
     assert metrics["harmonic_mean"] == pytest.approx(2 * base * novel / (base + novel) if base + novel else 0.0)
-    assert "zero_shot" in metrics and metrics["seed"] == 1 and metrics["num_shots"] == 4
-    assert metrics["peft_config"]["depth"] == 2
+    assert set(metrics["zero_shot"]["results"]) == {"base", "novel"}  # the zero-shot CLIP baseline row
+    assert metrics["seed"] == 1 and metrics["num_shots"] == 4 and metrics["peft_config"]["depth"] == 2
+    assert "hub_token" not in metrics["train_config"]
     card = (smoke_run / "README.md").read_text()
     assert "import maple_peft" in card and "library_name: peft" in card
-    assert "epoch 3/3" in (smoke_run / "training_log.txt").read_text()
+    assert {name for name in plots if name in card} == plots  # the card embeds the plots this run wrote
+    log = (smoke_run / "training_log.txt").read_text()
+    assert "trainable params: " in log and "epoch 1/3" in log and "epoch 3/3" in log and "epoch 0/" not in log
+    assert "novel: accuracy" in log and "zero-shot novel: accuracy" in log
     assert list(smoke_run.rglob("events.out.tfevents.*"))  # --report_to tensorboard
+    for name in ("adapter_model.safetensors", "metrics.json", "training_history.json"):
+        assert (smoke_run / name).stat().st_mode & 0o777 == 0o666 & ~_umask()  # the user's umask, not 0600
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_checkpoints_are_numbered_from_one_and_hold_the_adapter_only(smoke_run):
+    checkpoints = sorted(p.name for p in (smoke_run / "checkpoints").iterdir())
+    assert checkpoints == ["checkpoint_1", "checkpoint_2", "checkpoint_3", "checkpoint_4"]  # steps 2, 4, 6, 8
+    state = json.loads((smoke_run / "checkpoints" / "checkpoint_2" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"], state["step"]) == (2, 1, 4)
+    assert [record["epoch"] for record in state["history"]] == [1, 1, 1, 2]
+    files = {p.name for p in (smoke_run / "checkpoints" / "checkpoint_2").iterdir()}
+    assert "adapter_model.safetensors" in files and "model.safetensors" not in files
+    for path in (smoke_run / "checkpoints" / "checkpoint_2").iterdir():
+        assert path.stat().st_size < 200_000  # no frozen CLIP in it
+        assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
 def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp_path):
@@ -92,7 +116,8 @@ def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "examples" / "train.py"),
          *map(str, smoke_args(assets, out, "--no_plots"))],
         capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+             "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 process(es)" in (out / "training_log.txt").read_text()
@@ -112,76 +137,215 @@ def test_trained_adapter_beats_chance_and_loads_with_peft(smoke_run, assets):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     history = json.loads((smoke_run / "training_history.json").read_text())
     assert history[0]["lr"] == pytest.approx(1e-5) and history[-1]["lr"] < history[3]["lr"]
+    assert [record["epoch"] for record in history] == [1, 1, 1, 2, 2, 2, 3, 3, 3]
     assert metrics["results"]["base"]["accuracy"] > 100 / 3
     model = PeftModel.from_pretrained(CLIPModel.from_pretrained(assets / "tiny-clip"), smoke_run)
     assert model.peft_config["default"].n_ctx == 2
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_adapter(assets, tmp_path):
-    run_script("train.py", *smoke_args(assets, tmp_path / "straight", *FAST))
-    run_script("train.py", *smoke_args(assets, tmp_path / "paused", *FAST, "--stop_after_epoch", "0"))
-    assert not (tmp_path / "paused" / "adapter_model.safetensors").exists()
-    assert (tmp_path / "paused" / "checkpoints" / "epoch_0").is_dir()
-    run_script("train.py", *smoke_args(assets, tmp_path / "paused", *FAST, "--resume_from_checkpoint", "latest"))
-    straight = load_file(tmp_path / "straight" / "adapter_model.safetensors")
-    resumed = load_file(tmp_path / "paused" / "adapter_model.safetensors")
-    assert straight.keys() == resumed.keys()
-    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
-    history = json.loads((tmp_path / "paused" / "training_history.json").read_text())
-    assert history == json.loads((tmp_path / "straight" / "training_history.json").read_text())
+def assert_same_result(run, other):
+    expected, got = load_file(run / "adapter_model.safetensors"), load_file(other / "adapter_model.safetensors")
+    assert expected.keys() == got.keys() and all(torch.equal(expected[k], got[k]) for k in expected)
+    history = json.loads((other / "training_history.json").read_text())
+    assert history == json.loads((run / "training_history.json").read_text())
 
 
-def test_existing_output_dir_is_not_overwritten(assets, tmp_path):
+def test_paused_after_an_epoch_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path):
+    out = tmp_path / "paused"
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--stop_after_epoch", "2"))
+    assert not (out / "adapter_model.safetensors").exists() and (out / "RUNNING").is_file()  # not a result yet
+    state = json.loads((out / "checkpoints" / "checkpoint_3" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["batches_in_epoch"], state["step"]) == (2, 3, 6)  # the end of epoch 2
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))
+    assert_same_result(smoke_run, out)
+    assert not {"RUNNING", "run.lock"} & {p.name for p in out.iterdir()}
+
+
+def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path):
+    """A run killed after its checkpoint at step 4 (mid-epoch 2): later checkpoints and results never written."""
+    out = tmp_path / "killed"
+    shutil.copytree(smoke_run / "checkpoints" / "checkpoint_2", out / "checkpoints" / "checkpoint_2")
+    (out / "checkpoints" / "checkpoint_3").mkdir()  # the checkpoint write interrupted by the kill
+    (out / "run.lock").write_text("999999999\n")  # the killed run's lock
+    (out / "RUNNING").write_text("")
+    workers = ["--num_workers", "2"]  # another worker count than the straight run: same augmentations
+    run_script(
+        "train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *workers, "--resume_from_checkpoint", "latest")
+    )
+    assert_same_result(smoke_run, out)
+    assert "Resumed from" in (out / "training_log.txt").read_text()
+    assert not {"RUNNING", "run.lock"} & {p.name for p in out.iterdir()}
+
+
+def test_resuming_with_other_options_is_refused_naming_them(assets, smoke_run, tmp_path):
+    out = tmp_path / "resumed"
+    shutil.copytree(smoke_run / "checkpoints", out / "checkpoints")
+    result = run_script(
+        "train.py", *smoke_args(assets, out, *FAST, "--lr", "0.5", "--seed", "2", "--resume_from_checkpoint", "latest"),
+        check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "lr: 0.05 -> 0.5" in result.stderr and "seed: 1 -> 2" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing written
+
+
+def test_resuming_in_a_folder_with_results_does_not_overwrite_them(assets, smoke_run, tmp_path):
+    out = tmp_path / "finished"
+    shutil.copytree(smoke_run, out)
+    before = {name: (out / name).read_bytes() for name in ("README.md", "metrics.json")}
+    result = run_script("train.py", *smoke_args(assets, out, "--resume_from_checkpoint", "latest"), check=False)
+    assert result.returncode != 0 and "resuming would overwrite them" in result.stderr
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_existing_output_dir_is_not_overwritten_even_when_the_yaml_says_so(assets, tmp_path):
     out = tmp_path / "taken"
     out.mkdir()
     (out / "precious.txt").write_text("keep me")
-    result = run_script("train.py", "--config", SMOKE, "--model_name_or_path", assets / "tiny-clip",
-                        "--data_dir", assets / "data", "--output_dir", out, "--overwrite_output_dir", "false",
-                        check=False)  # fmt: skip
-    assert result.returncode != 0
-    config = SMOKE.read_text().replace("overwrite_output_dir: true", "overwrite_output_dir: false")
-    (tmp_path / "smoke.yaml").write_text(config)
-    result = run_script("train.py", "--config", tmp_path / "smoke.yaml", "--model_name_or_path", assets / "tiny-clip",
-                        "--data_dir", assets / "data", "--output_dir", out, check=False)  # fmt: skip
+    config = tmp_path / "overwriting.yaml"
+    config.write_text(SMOKE.read_text() + "overwrite_output_dir: true\n")
+    args = smoke_args(assets, out, "--no_overwrite_output_dir")
+    args[1] = config
+    assert train.parse_args(list(map(str, args))).overwrite_output_dir is False
+    result = run_script("train.py", *args, check=False)
     assert result.returncode != 0 and "exists and is not empty" in result.stderr
     assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
 
 
-def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_last_checkpoint(assets, tmp_path):
+def test_smoke_recipe_does_not_overwrite_by_default():
+    assert train.parse_args(["--config", str(SMOKE)]).overwrite_output_dir is False
+
+
+def test_overwriting_a_finished_run_leaves_only_the_new_run_and_a_failed_push_says_how_to_retry(
+    assets, smoke_run, tmp_path
+):
+    out = tmp_path / "again"
+    shutil.copytree(smoke_run, out)
+    (out / "precious.txt").write_text("keep me")
+    result = run_script(
+        "train.py",
+        *smoke_args(assets, out, *FAST, "--overwrite_output_dir", "--push_to_hub", "--hub_model_id", "me/maple-smoke"),
+        check=False,
+        env={"HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
+    assert f"The run is saved in {out}" in result.stdout
+    assert f"maple-peft push {out} --hub_model_id me/maple-smoke" in result.stdout
+    names = {p.name for p in out.iterdir()}
+    assert not {n for n in names if n.endswith(".png")}  # --no_plots: the old plots are gone, not kept
+    assert "precious.txt" in names and "adapter_model.safetensors" in names
+    card = (out / "README.md").read_text()
+    assert not any(name in card for name in ("training_curves.png", "per_class_accuracy.png", "base_novel_hm.png"))
+    assert "me/maple-smoke" in card
+    # the old run's checkpoints were cleared: only this run's (one per epoch) remain, and it was the only log
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint_2", "checkpoint_3"]
+    state = json.loads((out / "checkpoints" / "checkpoint_3" / "trainer_state.json").read_text())
+    assert state["options"]["checkpointing_steps"] == "epoch"
+    assert (out / "training_log.txt").read_text().count("epoch 1/3") == 1
+
+
+def test_non_finite_loss_stops_marks_the_run_failed_and_names_the_last_good_checkpoint(assets, tmp_path):
     out = tmp_path / "nan"
     result = run_script("train.py", *smoke_args(assets, out, *FAST, "--lr", "1e30"), check=False)
-    assert result.returncode != 0
-    assert "The loss became" in result.stderr and "lower --lr" in result.stderr
-    assert (out / "checkpoints" / "epoch_0" / "adapter" / "adapter_model.safetensors").is_file()
-    weights = load_file(out / "checkpoints" / "epoch_0" / "adapter" / "adapter_model.safetensors")
+    assert result.returncode != 0 and "lower --lr" in result.stderr
+    assert f"the last good state is {out / 'checkpoints' / 'checkpoint_1'}" in result.stderr
+    weights = load_file(out / "checkpoints" / "checkpoint_1" / "adapter_model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
+    names = {p.name for p in out.iterdir()}
+    assert "FAILED" in names and not {"RUNNING", "run.lock", "adapter_model.safetensors", "metrics.json"} & names
+    assert "Stopping" in (out / "FAILED").read_text() and "Stopping" in (out / "training_log.txt").read_text()
 
 
-def test_zero_shot_mode_evaluates_plain_clip(assets, tmp_path):
-    out = tmp_path / "zs"
-    run_script("train.py", *smoke_args(assets, out, "--zero_shot", "--no_plots"))
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["setting"] == "zero_shot" and set(metrics["results"]) == {"base", "novel"}
-    assert not (out / "adapter_model.safetensors").exists()
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("setting: foo\n", "setting: 'foo' is not one of"),
+        ("batch_size: '4'\n", "batch_size: '4' is a str; write a whole number"),
+        ("plots: 'no'\n", "plots: 'no' is a str; write true or false"),
+        ("eval_datasets: dtd\n", "eval_datasets: 'dtd' is a str; write a list of names"),
+        ("- lr\n- 0.1\n", "holds a list; it must map option names to values"),
+        ("3\n", "holds a int"),
+        ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+    ],
+)
+def test_bad_yaml_values_are_refused_before_any_work(tmp_path, capsys, yaml_text, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml_text)
+    with pytest.raises(SystemExit) as error:
+        train.parse_args(
+            ["--config", str(config), "--dataset_name", "imagefolder", "--output_dir", str(tmp_path / "o")]
+        )
+    assert error.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
-def test_evaluate_script_on_other_class_names_and_wrong_backbone(smoke_run, assets, tmp_path):
+def test_yaml_numbers_in_exponent_notation_are_accepted(tmp_path):
+    config = tmp_path / "lr.yaml"
+    config.write_text("lr: 1e-5\n")  # YAML 1.1 reads this as text
+    assert train.parse_args(["--config", str(config)]).lr == 1e-5
+
+
+def test_report_to_a_missing_tracker_fails_at_the_start_with_the_install_command(monkeypatch, capsys):
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--report_to", "tensorboard"])
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
+def test_there_is_no_hub_token_option_and_no_zero_shot_mode(capsys):
+    for option in (["--hub_token", "hf_secret"], ["--zero_shot"]):
+        with pytest.raises(SystemExit):
+            train.parse_args(option)
+        assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_num_workers_defaults_to_the_machine_and_augmentations_do_not_depend_on_it(assets):
+    from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, load_image_classification
+    from maple_peft.training.experiment import EpochSeededDataset
+
+    assert train.parse_args([]).num_workers == min(8, os.cpu_count())
+    records = load_image_classification("imagefolder", data_dir=str(assets / "data")).train
+    dataset = EpochSeededDataset(
+        ImageClassificationDataset(records, CLIPTransforms(crop_size=(16, 16)).train()), seed=3
+    )
+
+    def first_batches(num_workers, epoch):
+        dataset.set_epoch(epoch)
+        loader = torch.utils.data.DataLoader(dataset, batch_size=4, num_workers=num_workers)
+        return [batch["pixel_values"] for batch, _ in zip(loader, range(3))]
+
+    serial, parallel = first_batches(0, epoch=1), first_batches(2, epoch=1)
+    assert all(torch.equal(a, b) for a, b in zip(serial, parallel, strict=True))
+    assert not torch.equal(first_batches(0, epoch=2)[0], serial[0])  # a new epoch draws new augmentations
+
+
+def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smoke_run, assets, tmp_path):
     out = tmp_path / "eval.json"
-    run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir", assets / "data",
-               "--subset", "novel", "--output_file", out)  # fmt: skip
-    result = json.loads(out.read_text())
+    result = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
+                        assets / "data", "--subset", "novel", "--output", out, "--num_workers", "0")  # fmt: skip
+    evaluated = json.loads(out.read_text())
     metrics = json.loads((smoke_run / "metrics.json").read_text())
-    assert result["num_classes"] == 3 and result["accuracy"] == pytest.approx(metrics["results"]["novel"]["accuracy"])
+    assert evaluated["num_classes"] == 3
+    assert evaluated["accuracy"] == pytest.approx(metrics["results"]["novel"]["accuracy"])
+    assert not list(REPO.glob("eval_*.json"))  # nothing in the current folder
+    assert re.search(r"novel: +\d+%\|.*\| \d+/1 ", result.stderr)  # the evaluation's progress bar
+    assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] == evaluated["accuracy"]
+    again = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
+                       assets / "data", "--output", out, check=False)  # fmt: skip
+    assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
+    assert json.loads(out.read_text()) == evaluated
 
-    sys.path.insert(0, str(REPO / "tests"))
+
+def test_evaluate_refuses_an_adapter_of_another_backbone(smoke_run, assets, tmp_path):
     from conftest import tiny_clip
 
     other = tmp_path / "other-clip"
     tiny_clip("wide_text").save_pretrained(other)
-    (assets / "tiny-clip" / "tokenizer_config.json")  # the tokenizer comes from --tokenizer_name_or_path
     bad = run_script("evaluate.py", "--adapter", smoke_run, "--model_name_or_path", other,
                      "--tokenizer_name_or_path", assets / "tiny-clip", "--dataset_name", "imagefolder",
-                     "--data_dir", assets / "data", "--output_file", tmp_path / "bad.json", check=False)  # fmt: skip
+                     "--data_dir", assets / "data", "--output", tmp_path / "bad.json", check=False)  # fmt: skip
     assert bad.returncode != 0 and "trained on another backbone" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
 
@@ -189,45 +353,20 @@ def test_evaluate_script_on_other_class_names_and_wrong_backbone(smoke_run, asse
 def test_bad_dataset_columns_and_long_class_names_are_clear_errors(assets, tmp_path):
     result = run_script("train.py", *smoke_args(assets, tmp_path / "a", *FAST, "--image_column", "img"), check=False)
     assert result.returncode != 0 and "'img'" in result.stderr
+    assert not (tmp_path / "a").exists()  # validated before anything was created
     mapping = tmp_path / "names.json"
     mapping.write_text(json.dumps({"forest": "forest " + "very " * 80 + "dense"}))
     result = run_script(
         "train.py", *smoke_args(assets, tmp_path / "b", *FAST, "--class_name_map", mapping), check=False
     )
     assert result.returncode != 0 and "more than CLIP's 77" in result.stderr and "forest very" in result.stderr
+    assert not (tmp_path / "b").exists()
 
 
-def test_push_to_hub_uploads_the_run_with_the_hub_mocked(assets, tmp_path):
-    record = tmp_path / "pushed.json"
-    wrapper = tmp_path / "run_with_fake_hub.py"
-    wrapper.write_text(
-        textwrap.dedent(
-            f"""
-            import json, os, runpy, sys
-            import maple_peft.training.hub as hub
-
-            class FakeApi:
-                def __init__(self, token=None):
-                    pass
-                def create_repo(self, repo_id, **kwargs):
-                    return type("Url", (), {{"repo_id": repo_id}})()
-                def upload_folder(self, *, folder_path, repo_id, allow_patterns=None, ignore_patterns=None, **kwargs):
-                    json.dump({{"repo_id": repo_id, "files": sorted(os.listdir(folder_path)),
-                               "allow": allow_patterns, "ignore": ignore_patterns}}, open({str(record)!r}, "w"))
-                    return "https://huggingface.co/" + repo_id + "/commit/0"
-
-            hub.HfApi = FakeApi
-            sys.argv = ["train.py"] + sys.argv[1:]
-            runpy.run_path({str(REPO / "examples" / "train.py")!r}, run_name="__main__")
-            """
-        )
-    )
-    args = smoke_args(
-        assets, tmp_path / "run", "--no_zero_shot_baseline", "--push_to_hub", "--hub_model_id", "me/maple-smoke"
-    )
-    subprocess.run([sys.executable, str(wrapper), *map(str, args)], check=True, cwd=REPO, capture_output=True)
-    pushed = json.loads(record.read_text())
-    assert pushed["repo_id"] == "me/maple-smoke"
-    assert {"adapter_model.safetensors", "README.md", "metrics.json"} <= set(pushed["files"])
-    assert any("checkpoints" in pattern for pattern in pushed["ignore"])
-    assert "me/maple-smoke" in (tmp_path / "run" / "README.md").read_text()
+def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(assets, tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "run.lock").write_text(f"{os.getpid()}\n")  # this test process stands for a run still writing
+    result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
+    assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]

@@ -1,31 +1,20 @@
-"""Reusable parts of the training and evaluation scripts: data set-up, evaluation, checkpoints, safe writing.
+"""Reusable parts of the training and evaluation scripts: data set-up, per-item seeded augmentations, evaluation.
 
-The loops themselves live in `examples/train.py` and `examples/evaluate.py`; this module holds what both use.
+The loops live in `examples/`; checkpoints are in `checkpointing.py`, the run folder (lock, markers) in `run_dir.py`.
 """
 
 from __future__ import annotations
 
 import inspect
-import json
-import os
-import random
-import shutil
-import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .data import ImageRecords, get_benchmark, load_coop_split, load_image_classification
+from .data import ImageRecords, dataset_identity, get_benchmark, load_coop_split, load_image_classification
 from .metrics import classification_metrics
-
-CHECKPOINTS_DIR = "checkpoints"
-TRAINER_STATE = "trainer_state.json"
-TRAINING_STATE = "training_state.pt"
-
 
 # ---- data -------------------------------------------------------------------------------------------------------
 
@@ -47,7 +36,6 @@ class ExperimentData:
     test: ImageRecords
     class_names: list[str]
     template: str = "a photo of a {}."
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_experiment_data(
@@ -68,12 +56,14 @@ def load_experiment_data(
     """
     if bool(dataset) == bool(dataset_name):
         raise ValueError(
-            f"Pass exactly one of --dataset (a CoOp benchmark, got {dataset!r}) and --dataset_name (a 🤗 dataset, "
-            f"got {dataset_name!r})."
+            f"Pass exactly one of dataset (a CoOp benchmark, got dataset={dataset!r}) and dataset_name (a 🤗 "
+            f"dataset, got dataset_name={dataset_name!r})."
         )
     if dataset:
         if not data_root:
-            raise ValueError(f"--dataset {dataset} needs --data_root, the folder holding the CoOp dataset folders.")
+            raise ValueError(
+                f"dataset={dataset!r} needs data_root, the folder holding the CoOp dataset folders (got data_root={data_root!r})."
+            )
         spec = get_benchmark(dataset)
         test = load_coop_split(spec.name, data_root, "test")
         train = None if spec.test_only else load_coop_split(spec.name, data_root, "train")
@@ -88,7 +78,9 @@ def load_experiment_data(
             test_split=test_split,
             class_name_map=class_name_map,
         )
-        data = ExperimentData(dataset_name, loaded.train, loaded.test, list(loaded.class_names))
+        # a local folder is named by its folder and class list, not "imagefolder" (runs of different folders differ)
+        name = dataset_identity(dataset_name, data_dir, loaded.class_names)
+        data = ExperimentData(name, loaded.train, loaded.test, list(loaded.class_names))
     if len(data.class_names) < 2:
         raise ValueError(
             f"{data.name} has {len(data.class_names)} class(es) ({data.class_names}); at least 2 are needed."
@@ -96,24 +88,12 @@ def load_experiment_data(
     return data
 
 
-def add_data_arguments(parser: Any) -> None:
-    """The command-line options of `load_experiment_data`, shared by the training and evaluation scripts."""
-    group = parser.add_argument_group("data")
-    group.add_argument(
-        "--dataset", default=None, help="a CoOp benchmark name (eurosat, imagenet, ...), with --data_root"
-    )
-    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
-    group.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
-    group.add_argument("--data_dir", default=None)
-    group.add_argument("--image_column", default="image")
-    group.add_argument("--label_column", default="label")
-    group.add_argument("--train_split", default="train")
-    group.add_argument("--test_split", default="test")
-    group.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
-
-
 def load_experiment_data_from_args(args: Any) -> ExperimentData:
-    """`load_experiment_data` with the options that `add_data_arguments` declared."""
+    """`load_experiment_data` with the attributes of `args` named like its parameters (e.g. an argparse namespace).
+
+    Args:
+        args (`Any`): An object with one attribute per parameter of `load_experiment_data`.
+    """
     names = inspect.signature(load_experiment_data).parameters
     return load_experiment_data(**{name: getattr(args, name) for name in names})
 
@@ -122,13 +102,25 @@ def load_experiment_data_from_args(args: Any) -> ExperimentData:
 
 
 @torch.no_grad()
-def evaluate_classifier(accelerator: Any, classifier: Any, dataloader: Any, class_names: Sequence[str]) -> dict:
+def evaluate_classifier(
+    accelerator: Any, classifier: Any, dataloader: Any, class_names: Sequence[str], *, desc: str = "eval"
+) -> dict:
     """Accuracy, macro-F1 and per-class accuracy of `classifier` on a prepared dataloader, over all processes.
 
-    `gather_for_metrics` drops the samples that distributed sampling duplicates, so every test image counts once.
+    `gather_for_metrics` drops the samples that distributed sampling duplicates, so every test image counts once. A
+    progress bar (main process only) shows the batches.
+
+    Args:
+        accelerator (`accelerate.Accelerator`): The accelerator that prepared `dataloader`.
+        classifier (`maple_peft.PromptClassifier`): Maps `pixel_values` to logits over `class_names`.
+        dataloader (`torch.utils.data.DataLoader`): Batches of `{"pixel_values", "labels"}`.
+        class_names (`Sequence[str]`): The class names, in label order.
+        desc (`str`): The progress bar's label.
     """
+    from tqdm.auto import tqdm
+
     predictions, labels = [], []
-    for batch in dataloader:
+    for batch in tqdm(dataloader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
         logits = classifier(batch["pixel_values"])
         gathered_predictions, gathered_labels = accelerator.gather_for_metrics(
             (logits.argmax(dim=-1), batch["labels"])
@@ -138,131 +130,48 @@ def evaluate_classifier(accelerator: Any, classifier: Any, dataloader: Any, clas
     return classification_metrics(torch.cat(predictions), torch.cat(labels), list(class_names))
 
 
-# ---- safe writing -----------------------------------------------------------------------------------------------
+# ---- training data: augmentations that depend on (seed, epoch, image) only ----------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file through a temporary file in the same folder and a rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+class EpochSeededDataset(torch.utils.data.Dataset):
+    """Wraps a dataset so that the random augmentation of item `i` in epoch `e` depends only on `(seed, e, i)`.
 
+    Each item is produced under a torch RNG seeded from `(seed, epoch, index)` (the global RNG is restored after),
+    so the augmentations do not depend on the number of `DataLoader` workers, on which worker loads an item, on the
+    number of processes, or on resuming mid-epoch. Call `set_epoch` before iterating an epoch.
 
-def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    Args:
+        dataset (`torch.utils.data.Dataset`): The training dataset (its transform uses the global torch RNG).
+        seed (`int`): The run's seed.
 
-
-def check_output_dir(output_dir: str | os.PathLike, overwrite: bool, resuming: bool) -> None:
-    """Refuse to write into a non-empty output folder unless asked to (or resuming a run in it)."""
-    path = Path(output_dir)
-    if path.is_file():
-        raise ValueError(f"--output_dir {path} is a file; pass a folder.")
-    if path.is_dir() and any(path.iterdir()) and not (overwrite or resuming):
-        raise ValueError(
-            f"--output_dir {path} exists and is not empty; pass --overwrite_output_dir to write into it, "
-            "--resume_from_checkpoint to continue its run, or another --output_dir."
-        )
-
-
-# ---- checkpoints ------------------------------------------------------------------------------------------------
-
-
-def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-
-
-def save_training_checkpoint(
-    output_dir: str | os.PathLike,
-    model: Any,
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    trainer_state: dict[str, Any],
-    keep: int = 1,
-) -> Path:
-    """Save what resuming needs, adapter weights only (not the frozen CLIP), in `checkpoints/epoch_N`.
-
-    The folder is written under a temporary name and renamed when complete, so an interrupted save never replaces
-    the last good checkpoint. Only the newest `keep` checkpoints are kept.
+    Example:
+        ```python
+        >>> train_set = EpochSeededDataset(ImageClassificationDataset(records, transforms.train()), seed=1)
+        >>> train_set.set_epoch(0)
+        ```
     """
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"epoch_{trainer_state['epoch']}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
-    try:
-        model.save_pretrained(tmp / "adapter")
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()},
-            tmp / TRAINING_STATE,
-        )
-        (tmp / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2, default=str), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in list_checkpoints(output_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
+    def __init__(self, dataset: torch.utils.data.Dataset, seed: int) -> None:
+        self.dataset = dataset
+        self.seed = seed
+        self.epoch = 0
 
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """The complete checkpoints of a run, oldest first."""
-    root = Path(output_dir) / CHECKPOINTS_DIR
-    if not root.is_dir():
-        return []
-    found = [p for p in root.glob("epoch_*") if (p / TRAINER_STATE).is_file() and p.name[6:].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[6:]))
+    def set_epoch(self, epoch: int) -> None:
+        """Sets the epoch (0-based) whose augmentations the next items get.
 
+        Args:
+            epoch (`int`): The epoch about to be iterated.
+        """
+        self.epoch = epoch
 
-def resolve_checkpoint(value: str, output_dir: str | os.PathLike) -> Path:
-    """`"latest"` → the newest checkpoint of `output_dir`; otherwise the given checkpoint folder."""
-    if value == "latest":
-        found = list_checkpoints(output_dir)
-        if not found:
-            raise ValueError(
-                f"--resume_from_checkpoint latest: no checkpoint in {Path(output_dir) / CHECKPOINTS_DIR}."
-            )
-        return found[-1]
-    path = Path(value)
-    if not (path / TRAINER_STATE).is_file():
-        raise ValueError(f"--resume_from_checkpoint {value}: not a checkpoint folder (no {TRAINER_STATE} in it).")
-    return path
+    def __len__(self) -> int:
+        return len(self.dataset)
 
-
-def load_training_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> dict[str, Any]:
-    """Restore adapter weights, optimizer, scheduler and RNG states; returns the saved trainer state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    weights = load_file(path / "adapter" / "adapter_model.safetensors")
-    set_peft_model_state_dict(model, weights)
-    state = torch.load(path / TRAINING_STATE, map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    set_rng_state(state["rng"])
-    return json.loads((path / TRAINER_STATE).read_text(encoding="utf-8"))
-
-
-def seed_epoch(seed: int, epoch: int) -> None:
-    """Seed every RNG from (seed, epoch), so that an epoch's shuffling and augmentations do not depend on resuming."""
-    value = seed * 1000 + epoch
-    random.seed(value)
-    np.random.seed(value % (2**32))
-    torch.manual_seed(value)
+    def __getitem__(self, index: int) -> Any:
+        item_seed = ((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index) % (2**63)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            return self.dataset[index]
 
 
 def check_adapter_matches_model(adapter: str, clip: Any) -> None:
@@ -291,6 +200,6 @@ def check_adapter_matches_model(adapter: str, clip: Any) -> None:
                 continue
             raise ValueError(
                 f"The adapter {adapter} was trained on another backbone ({config.base_model_name_or_path}: {wrong}), "
-                f"but the base model has d_text={d_text}, d_vision={d_vision}; pass --model_name_or_path "
+                f"but the base model has d_text={d_text}, d_vision={d_vision}; load it on "
                 f"{config.base_model_name_or_path} (or the CLIP it was trained on)."
             )
