@@ -1,5 +1,6 @@
 import importlib.resources
 import json
+import re
 
 import pytest
 from huggingface_hub import ModelCard
@@ -150,7 +151,7 @@ def test_write_model_card_embeds_only_the_listed_plots_not_stale_pngs(tmp_path):
     assert "old_run_per_class_accuracy.png" not in listed and "user_photo.png" not in listed
 
     unlisted = write_model_card(tmp_path).read_text()  # e.g. a run with --no_plots
-    assert ".png" not in unlisted
+    assert not re.search(r"!\[[^\]]*\]\([^)]*\.png\)", unlisted)  # no image embedded
 
 
 def test_write_model_card_refuses_an_image_that_is_not_in_the_run_folder(tmp_path):
