@@ -212,3 +212,48 @@ def test_bad_templates_and_wrapped_classifiers_are_refused(tokenizer):
 
     with pytest.raises(TypeError, match="prepare the loss instead"):
         SelfRegularizedLoss(Wrapper(classifier))
+
+
+def test_prepared_loss_runs_under_ddp_with_the_same_gradients(tmp_path, tokenizer, pixel_values):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    model, _ = make_adapted(variant="maple", n_ctx=2, depth=3)
+    model.train()
+    loss_fn = SelfRegularizedLoss(PromptClassifier(model, tokenizer, CLASSES), templates=TEMPLATES)
+    loss_fn(pixel_values, LABELS).loss.backward()
+    expected = _grads(model)
+    model.zero_grad()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        wrapped = DistributedDataParallel(loss_fn)
+        out = wrapped(pixel_values, LABELS)
+        out.loss.backward()
+    finally:
+        dist.destroy_process_group()
+    assert set(out.terms) == {"ce", "text", "image", "logits"}
+    got = _grads(model)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_accelerate_prepared_loss_runs_in_bf16_mixed_precision(tokenizer, pixel_values):
+    from accelerate import Accelerator
+
+    model, _ = make_adapted(variant="ivlp", n_ctx=2, depth=3)
+    model.train()
+    loss_fn = SelfRegularizedLoss(PromptClassifier(model, tokenizer, CLASSES), templates=TEMPLATES)
+    reference = loss_fn(pixel_values, LABELS).loss.detach()
+    from accelerate.state import AcceleratorState
+
+    accelerator = Accelerator(mixed_precision="bf16", cpu=True)
+    try:
+        prepared = accelerator.prepare(loss_fn)
+        out = prepared(pixel_values, LABELS)
+        accelerator.backward(out.loss)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # the state is a process-wide singleton
+    assert out.loss.dtype == torch.float32
+    torch.testing.assert_close(out.loss.detach(), reference, rtol=3e-2, atol=0)
+    assert accelerator.unwrap_model(prepared).classifier.model is model
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
