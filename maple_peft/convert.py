@@ -166,7 +166,9 @@ def convert_ivlp_state_dict(state: dict[str, torch.Tensor]) -> tuple[int, int, i
     _same_shape(vision, "vision prompts")
     converted = {
         f"{TEXT_EMBEDDING}.maple_ctx": text["prompt_learner.ctx"],
-        f"{VISION_EMBEDDING}.maple_vision_ctx": vision["image_encoder.VPT"],
+        # the original vision tower inserts `self.VPT.half()`: its first vision prompt is the fp16-rounded tensor
+        # whatever the training precision (a no-op for the default fp16 runs)
+        f"{VISION_EMBEDDING}.maple_vision_ctx": vision["image_encoder.VPT"].half(),
     }
     for i in text_deep:
         converted[f"{TEXT_LAYER.format(i)}.maple_ctx"] = text[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"]
@@ -311,7 +313,8 @@ def from_official_checkpoint(
     and IVLP) is read with `torch.load(..., weights_only=True)`, so no arbitrary pickle runs, and checked before the
     adapter is built. The code that wrote it is recognized from its keys: MaPLe gives `variant="maple"`, PromptSRC /
     IVLP `variant="ivlp"`. `n_ctx`, `n_ctx_vision` and `depth` are inferred from the tensors; fp16 tensors become
-    float32. The frozen CLIP weights, PromptSRC's zero-shot image encoder and the `token_prefix`/`token_suffix`
+    float32. PromptSRC / IVLP's first vision prompt is rounded to fp16, as the original vision tower does in its
+    forward (`VPT.half()`), so that fp32- and amp-trained checkpoints give the original logits too. The frozen CLIP weights, PromptSRC's zero-shot image encoder and the `token_prefix`/`token_suffix`
     buffers in the file are ignored.
 
     Args:

@@ -155,7 +155,8 @@ def test_promptsrc_checkpoint_gives_the_original_models_logits(
     text = [prompts["prompt_learner.ctx"]] + [
         prompts[f"text_encoder.transformer.resblocks.{i}.VPT_shallow"] for i in (1, 2)
     ]
-    vision = [prompts["image_encoder.VPT"]] + [
+    # the original vision tower inserts VPT.half() (a no-op for fp16 checkpoints)
+    vision = [prompts["image_encoder.VPT"].half().float()] + [
         prompts[f"image_encoder.transformer.resblocks.{i}.VPT_shallow"] for i in (1, 2)
     ]
     # each prompt sits in the layer the original code puts it in

@@ -227,8 +227,11 @@ def test_prepared_loss_runs_under_ddp_with_the_same_gradients(tmp_path, tokenize
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         wrapped = DistributedDataParallel(loss_fn)
-        out = wrapped(pixel_values, LABELS)
-        out.loss.backward()
+        # two steps: DDP refuses a second forward if the first backward did not reach its gradient hooks
+        for _ in range(2):
+            model.zero_grad()
+            out = wrapped(pixel_values, LABELS)
+            out.loss.backward()
     finally:
         dist.destroy_process_group()
     assert set(out.terms) == {"ce", "text", "image", "logits"}
