@@ -10,14 +10,19 @@ from .config import MaPLeConfig
 from .convert import from_official_checkpoint
 from .model import MaPLeModel
 from .prompts import clean_class_name, format_prompts, tokenize_prompts
+from .regularization import SelfRegularizedLoss, SelfRegularizedLossOutput
+from .templates import IMAGENET_TEMPLATES
 from .version import __version__
 
 _registration.register()
 
 __all__ = [
+    "IMAGENET_TEMPLATES",
     "MaPLeConfig",
     "MaPLeModel",
     "PromptClassifier",
+    "SelfRegularizedLoss",
+    "SelfRegularizedLossOutput",
     "__version__",
     "clean_class_name",
     "format_prompts",
