@@ -48,6 +48,7 @@ from maple_peft.training.experiment import (
     load_experiment_data,
     load_experiment_data_from_args,
 )
+from maple_peft.training.gpa import GaussianPromptAggregator
 from maple_peft.training.metrics import build_run_metrics
 from maple_peft.training.run_dir import (
     LOG_FILE,
@@ -146,6 +147,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     g.add_argument("--text_batch_size", type=int, default=256, help="class prompts encoded at once")
     g.add_argument("--gradient_checkpointing", action=BooleanFlag, default=False, help="bounded text memory")
+    g = p.add_argument_group("self-regulating prompts (PromptSRC; 0 / unset: off)")
+    g.add_argument("--text_weight", type=float, default=0.0, help="L1 to frozen CLIP's text features (PromptSRC: 25)")
+    g.add_argument("--image_weight", type=float, default=0.0, help="L1 to frozen CLIP's image features (10)")
+    g.add_argument("--logits_weight", type=float, default=0.0, help="KL to frozen CLIP's logits (1)")
+    g.add_argument("--gpa_mean", type=float, default=None, help="Gaussian prompt aggregation: mean epoch (1-based)")
+    g.add_argument("--gpa_std", type=float, default=None, help="Gaussian prompt aggregation: std in epochs")
     g = p.add_argument_group("run")
     g.add_argument("--output_dir", default=None, help="defaults to outputs/<dataset>/<recipe>/seed<seed>")
     g.add_argument("--overwrite_output_dir", action=BooleanFlag, default=False, help="replace the run in it")
@@ -219,6 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--lr {args.lr} must be a positive number")
     if args.setting == "cross_dataset" and not args.eval_datasets:
         parser.error("--setting cross_dataset needs --eval_datasets (e.g. dtd eurosat ucf101)")
+    if (args.gpa_mean is None) != (args.gpa_std is None):
+        parser.error("Gaussian prompt aggregation needs both --gpa_mean and --gpa_std (or neither)")
     if args.push_to_hub and not args.hub_model_id:
         parser.error("--push_to_hub needs --hub_model_id user/name")
     if args.stop_after_epoch is not None and not 1 <= args.stop_after_epoch <= args.epochs:
@@ -383,6 +392,13 @@ def main(argv: list[str] | None = None) -> dict:
         text_batch_size=args.text_batch_size,
         gradient_checkpointing=args.gradient_checkpointing,
     )
+    # the training loss: cross-entropy, plus PromptSRC's self-regulating terms when their weights are > 0
+    loss_fn = maple_peft.SelfRegularizedLoss(
+        classifier, text_weight=args.text_weight, image_weight=args.image_weight, logits_weight=args.logits_weight
+    )
+    aggregator = None
+    if args.gpa_mean is not None:
+        aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
 
     # ---- the run folder: locked, previous run cleared, marked RUNNING until the results are written -----------------
     accelerator = Accelerator(
@@ -433,11 +449,14 @@ def main(argv: list[str] | None = None) -> dict:
         )
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-        classifier, optimizer, train_loader = accelerator.prepare(classifier, optimizer, train_loader)
+        # the loss module holds the classifier: preparing it puts the whole step under DDP and autocast
+        loss_fn, optimizer, train_loader = accelerator.prepare(loss_fn, optimizer, train_loader)
         steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
         # stepped once per optimizer step, not prepared (the schedule is per epoch, whatever the process count)
         scheduler = build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.warmup_lr, steps_per_epoch)
         accelerator.register_for_checkpointing(scheduler)
+        if aggregator is not None:  # the running sum of Gaussian prompt aggregation
+            accelerator.register_for_checkpointing(aggregator)
         register_adapter_checkpointing(accelerator, model)
 
         # ---- resume ------------------------------------------------------------------------------------------------
@@ -462,16 +481,15 @@ def main(argv: list[str] | None = None) -> dict:
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # the epoch's shuffling and augmentations do not depend on resuming
             loader_generator.manual_seed(args.seed + epoch)
-            classifier.train()
+            loss_fn.train()
             batches = train_loader
             if epoch == start_epoch and skip_batches:
                 batches = accelerator.skip_first_batches(train_loader, skip_batches)
             batches.set_epoch(epoch)  # also the epoch of the per-image augmentation seeds (EpochSeededDataset)
             for batch_index, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
-                with accelerator.accumulate(classifier):
-                    loss = torch.nn.functional.cross_entropy(
-                        classifier(batch["pixel_values"]).float(), batch["labels"]
-                    )
+                with accelerator.accumulate(loss_fn):
+                    out = loss_fn(batch["pixel_values"], batch["labels"])
+                    loss = out.loss
                     all_losses = accelerator.gather(loss.detach()[None])
                     if not torch.isfinite(all_losses).all():
                         where = f"epoch {epoch + 1}, step {global_step + 1}"
@@ -484,15 +502,24 @@ def main(argv: list[str] | None = None) -> dict:
                 lr = optimizer.param_groups[0]["lr"]
                 scheduler.step()
                 global_step += 1
-                history.append({"step": global_step, "epoch": epoch + 1, "loss": all_losses.mean().item(), "lr": lr})
-                accelerator.log({"train/loss": history[-1]["loss"], "train/lr": lr}, step=global_step)
+                record = {"step": global_step, "epoch": epoch + 1, "loss": all_losses.mean().item(), "lr": lr}
+                if len(out.terms) > 1:  # the self-regulating terms, unweighted (this process's batch)
+                    record.update({f"loss_{name}": value.item() for name, value in out.terms.items()})
+                history.append(record)
+                accelerator.log(
+                    {f"train/{k}": v for k, v in record.items() if k.startswith(("loss", "lr"))}, step=global_step
+                )
                 progress.update(1)
                 progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.2e}")
                 state = {"epoch": epoch + 1, "batches_in_epoch": batch_index + 1, "step": global_step}
-                if args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0:
+                step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
+                if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
                     save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
             logger.info(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, lr {history[-1]['lr']:.2e}")
-            if args.checkpointing_steps == "epoch":
+            if aggregator is not None:
+                aggregator.update(model, epoch + 1)
+                history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
+            if args.checkpointing_steps == "epoch" or step_checkpoint:  # after the epoch's aggregation step
                 save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
             if args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs:
                 logger.info(
@@ -501,6 +528,10 @@ def main(argv: list[str] | None = None) -> dict:
                 accelerator.end_training()
                 return {}
         progress.close()
+
+        if aggregator is not None:  # the adapter evaluated, saved and described is the Gaussian-weighted average
+            aggregator.apply(model)
+            logger.info(f"Gaussian prompt aggregation: {aggregator.history()}")
 
         # ---- evaluation: the adapter, and zero-shot CLIP as the baseline row ----------------------------------------
         model.eval()

@@ -26,7 +26,6 @@ from .shared_prefix import common_prefix_length, encode_prefix, encode_suffixes,
 from .templates import IMAGENET_TEMPLATES
 
 #: the keys of `SelfRegularizedLossOutput.terms`
-TERMS = ("ce", "text", "image", "logits")
 
 
 @dataclass
@@ -242,9 +241,12 @@ class SelfRegularizedLoss(nn.Module):
         return self._frozen_text[1]
 
     def forward(
-        self, pixel_values: torch.Tensor, labels: torch.Tensor, interpolate_pos_encoding: bool = False
+        self, pixel_values: torch.Tensor, labels: torch.Tensor, *, interpolate_pos_encoding: bool = False
     ) -> SelfRegularizedLossOutput:
         """The loss, the classifier's logits and the unweighted terms for a batch.
+
+        A term whose weight is 0 is not computed (and is absent from `terms`); with every weight 0 the loss is the
+        plain cross-entropy of the classifier's logits and no frozen pass runs.
 
         Args:
             pixel_values (`torch.FloatTensor`): `(batch, 3, H, W)` images, as for the classifier.
@@ -252,26 +254,38 @@ class SelfRegularizedLoss(nn.Module):
             interpolate_pos_encoding (`bool`): passed to the image tower (other resolutions).
         """
         classifier = self.classifier
-        g_t = self.target_text_features()
-        # the frozen pass runs before the adapted one, so the requires_grad flags are final when the graph is built
-        with torch.no_grad(), self.frozen_model() as frozen:
-            frozen_image = _pooled(
-                frozen.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
-            )
-        g_i = frozen_image.float()
-        g_i = g_i / g_i.norm(dim=-1, keepdim=True)
-        f_i = classifier.image_features(pixel_values, interpolate_pos_encoding)
+        need_g_t = self.text_weight > 0 or self.logits_weight > 0
+        need_g_i = self.image_weight > 0 or self.logits_weight > 0
+        g_t = self.target_text_features() if need_g_t else None
+        g_i = None
+        if need_g_i:
+            # the frozen pass runs before the adapted one, so the requires_grad flags are final when the graph is built
+            with torch.no_grad(), self.frozen_model() as frozen:
+                frozen_image = _pooled(
+                    frozen.get_image_features(
+                        pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding
+                    )
+                )
+            g_i = frozen_image.float()
+            g_i = g_i / g_i.norm(dim=-1, keepdim=True)
+        f_i = classifier.image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
         f_t = classifier.text_features()
         scale = classifier.clip.logit_scale.exp()
         logits = scale.to(f_i.dtype) * f_i @ f_t.to(f_i.dtype).t()  # exactly PromptClassifier.forward
         with torch.autocast(logits.device.type, enabled=False):
             logits32 = logits.float()
-            zs_logits = scale.detach().float() * g_i @ g_t.t()
-            ce = F.cross_entropy(logits32, labels)
-            text = F.l1_loss(f_t.float(), g_t)
-            image = F.l1_loss(f_i.float(), g_i)
-            kl = (zs_logits.softmax(-1) * (zs_logits.log_softmax(-1) - logits32.log_softmax(-1))).sum()
-            kl = kl / logits32.numel()
-            loss = ce + self.text_weight * text + self.image_weight * image + self.logits_weight * kl
-        terms = {name: value.detach() for name, value in zip(TERMS, (ce, text, image, kl))}
+            terms = {"ce": F.cross_entropy(logits32, labels)}
+            loss = terms["ce"]
+            if self.text_weight > 0:
+                terms["text"] = F.l1_loss(f_t.float(), g_t)
+                loss = loss + self.text_weight * terms["text"]
+            if self.image_weight > 0:
+                terms["image"] = F.l1_loss(f_i.float(), g_i)
+                loss = loss + self.image_weight * terms["image"]
+            if self.logits_weight > 0:
+                zs_logits = scale.detach().float() * g_i @ g_t.t()
+                kl = (zs_logits.softmax(-1) * (zs_logits.log_softmax(-1) - logits32.log_softmax(-1))).sum()
+                terms["logits"] = kl / logits32.numel()
+                loss = loss + self.logits_weight * terms["logits"]
+        terms = {name: value.detach() for name, value in terms.items()}
         return SelfRegularizedLossOutput(loss=loss, logits=logits, terms=terms)

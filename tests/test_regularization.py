@@ -100,8 +100,21 @@ def test_weights_scale_their_terms(tokenizer, pixel_values):
     out = SelfRegularizedLoss(classifier, 2.0, 3.0, 0.5, templates=TEMPLATES)(pixel_values, LABELS)
     t = out.terms
     torch.testing.assert_close(out.loss, t["ce"] + 2.0 * t["text"] + 3.0 * t["image"] + 0.5 * t["logits"])
-    only_ce = SelfRegularizedLoss(classifier, 0, 0, 0, templates=TEMPLATES)(pixel_values, LABELS)
-    torch.testing.assert_close(only_ce.loss, F.cross_entropy(only_ce.logits, LABELS))
+
+
+def test_zero_weights_are_plain_cross_entropy_without_a_frozen_pass(tokenizer, pixel_values):
+    model, _ = make_adapted(variant="maple", n_ctx=2, depth=2)
+    classifier = PromptClassifier(model, tokenizer, CLASSES).train()
+    loss_fn = SelfRegularizedLoss(classifier, 0, 0, 0, templates=TEMPLATES)
+    frozen_calls = []
+    model.disable_adapter = lambda: frozen_calls.append(1)  # any frozen pass would call it
+    out = loss_fn(pixel_values, LABELS)
+    assert frozen_calls == [] and set(out.terms) == {"ce"}
+    assert torch.equal(out.loss, F.cross_entropy(classifier(pixel_values).float(), LABELS))
+    # the image term alone needs frozen image features but no frozen text features
+    model.disable_adapter = type(model).disable_adapter.__get__(model)
+    out = SelfRegularizedLoss(classifier, 0, 3.0, 0, templates=TEMPLATES)(pixel_values, LABELS)
+    assert set(out.terms) == {"ce", "image"} and out.terms["image"] > 0
 
 
 def test_default_targets_average_the_60_imagenet_templates(tokenizer):

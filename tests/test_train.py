@@ -370,3 +370,55 @@ def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(assets, 
     result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
     assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+
+
+# PromptSRC's self-regulating terms and Gaussian prompt aggregation on the smoke recipe (GPA mean at epoch 2 of 3)
+SRC = ["--text_weight", "25", "--image_weight", "10", "--logits_weight", "1", "--gpa_mean", "2", "--gpa_std", "1"]
+
+
+@pytest.fixture(scope="session")
+def src_run(assets, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "src"
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC))
+    return out
+
+
+def test_self_regulated_run_with_gpa_logs_its_terms_and_saves_the_weighted_average(src_run, smoke_run):
+    from maple_peft.training.gpa import GaussianPromptAggregator
+
+    history = json.loads((src_run / "training_history.json").read_text())
+    assert all({"loss_ce", "loss_text", "loss_image", "loss_logits"} <= set(record) for record in history)
+    assert all(record["loss"] > record["loss_ce"] for record in history)  # the weighted terms are added
+    contributed = [(record["epoch"], record["gpa_weight"]) for record in history if "gpa_weight" in record]
+    expected = GaussianPromptAggregator(mean=2, std=1, num_epochs=3).weights()
+    assert [epoch for epoch, _ in contributed] == [1, 2, 3]
+    assert [weight for _, weight in contributed] == pytest.approx(expected)
+    config = json.loads((src_run / "metrics.json").read_text())["train_config"]
+    assert (config["text_weight"], config["gpa_mean"]) == (25.0, 2.0)
+    saved, plain = load_file(src_run / "adapter_model.safetensors"), load_file(smoke_run / "adapter_model.safetensors")
+    assert not all(torch.equal(saved[k], plain[k]) for k in saved)
+    card = (src_run / "README.md").read_text()
+    assert "| Self-regulating loss weights (text / image / logits) | 25 / 10 / 1 |" in card
+    assert "| Gaussian prompt aggregation (mean / std, in epochs) | 2 / 1 |" in card
+
+
+@pytest.mark.parametrize("checkpoint", ["checkpoint_2", "checkpoint_3"])  # mid-epoch 2; the end of epoch 2
+def test_self_regulated_run_with_gpa_resumed_ends_with_the_same_adapter_and_history(
+    assets, src_run, tmp_path, checkpoint
+):
+    out = tmp_path / "resumed"
+    shutil.copytree(src_run / "checkpoints" / checkpoint, out / "checkpoints" / checkpoint)
+    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC, "--resume_from_checkpoint", "latest"))
+    assert_same_result(src_run, out)
+
+
+def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path):
+    for extra, message in [
+        (["--text_weight", "-1"], "text_weight=-1.0 must be"),
+        (["--gpa_mean", "3"], "needs both --gpa_mean and --gpa_std"),
+        (["--gpa_mean", "3", "--gpa_std", "0"], "std=0.0 must be > 0"),
+    ]:
+        out = tmp_path / "bad"
+        result = run_script("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+        assert not out.exists()

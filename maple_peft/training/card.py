@@ -113,6 +113,12 @@ def _recipe_rows(
         value = (peft_config if source == "peft" else train_config).get(key)
         if value is not None:
             rows.append((title, _cell(value)))
+    weights = [train_config.get(key) for key in ("text_weight", "image_weight", "logits_weight")]
+    if any(weights):  # PromptSRC's self-regulating terms
+        rows.append(("Self-regulating loss weights (text / image / logits)", " / ".join(map(_cell, weights))))
+    if train_config.get("gpa_mean") is not None:
+        gpa = f"{_cell(train_config['gpa_mean'])} / {_cell(train_config.get('gpa_std'))}"
+        rows.append(("Gaussian prompt aggregation (mean / std, in epochs)", gpa))
     if metrics.time_seconds is not None:
         rows.append(("Training time", f"{float(metrics.time_seconds) / 60:.1f} min"))
     return rows
