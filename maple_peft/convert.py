@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .config import MaPLeConfig
-from .model import TEXT_EMBEDDING, TEXT_LAYER, VISION_EMBEDDING, VISION_LAYER
+from .model import TEXT_EMBEDDING, TEXT_LAYER, VISION_EMBEDDING, VISION_LAYER, non_finite_keys
 
 _OPTIONAL_PREFIXES = ("module.", "prompt_learner.")
 _IGNORED = ("token_prefix", "token_suffix")
@@ -228,16 +228,25 @@ def read_official_checkpoint(checkpoint_path: str | os.PathLike) -> OfficialChec
     if not isinstance(state, dict):
         raise ValueError(f"{path}: 'state_dict' is a {type(state).__name__}, not a dict of tensors.")
     state = {str(key).removeprefix("module."): value for key, value in state.items()}
+    found = None
     try:
         learner = _maple_learner(state)
         if "ctx" in learner and "proj.weight" in learner:
             n_ctx, depth, converted = convert_official_state_dict(learner)
-            return OfficialCheckpoint("MaPLe", "maple", n_ctx, None, depth, converted)
-        if "prompt_learner.ctx" in state and "image_encoder.VPT" in state:
+            found = OfficialCheckpoint("MaPLe", "maple", n_ctx, None, depth, converted)
+        elif "prompt_learner.ctx" in state and "image_encoder.VPT" in state:
             n_ctx, n_ctx_vision, depth, converted = convert_ivlp_state_dict(state)
-            return OfficialCheckpoint("PromptSRC/IVLP", "ivlp", n_ctx, n_ctx_vision, depth, converted)
+            found = OfficialCheckpoint("PromptSRC/IVLP", "ivlp", n_ctx, n_ctx_vision, depth, converted)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
+    if found is not None:
+        non_finite = non_finite_keys(found.state_dict)
+        if non_finite:
+            raise ValueError(
+                f"{path}: the prompts hold NaN or inf values ({', '.join(k.removeprefix('base_model.model.') for k in non_finite)}); "
+                "the run that wrote them probably diverged. Use an earlier checkpoint of that run."
+            )
+        return found
     raise ValueError(
         f"{path} is not a checkpoint of the original MaPLe, PromptSRC or IVLP code: its state_dict has neither "
         "'prompt_learner.ctx' with 'prompt_learner.proj.weight' (MaPLe) nor 'prompt_learner.ctx' with "

@@ -181,6 +181,22 @@ def _adapter_keys(model: nn.Module, adapter_name: str) -> set[str]:
     return keys
 
 
+def non_finite_keys(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of the floating-point tensors of `state_dict` that hold NaN or inf (meta tensors are skipped).
+
+    Args:
+        state_dict (`dict[str, torch.Tensor]`): adapter weights.
+    """
+    return [
+        key
+        for key, value in state_dict.items()
+        if isinstance(value, torch.Tensor)
+        and value.is_floating_point()
+        and value.device.type != "meta"
+        and not torch.isfinite(value).all()
+    ]
+
+
 def check_adapter_state_dict(
     model: nn.Module, config: MaPLeConfig, adapter_name: str, state_dict: dict[str, torch.Tensor]
 ) -> None:
@@ -197,14 +213,7 @@ def check_adapter_state_dict(
         `ValueError`: when a tensor holds NaN or inf, or when tensors the config needs are missing or tensors it does
         not use are present (another variant, depth or adapter).
     """
-    non_finite = [
-        key
-        for key, value in state_dict.items()
-        if isinstance(value, torch.Tensor)
-        and value.is_floating_point()
-        and value.device.type != "meta"
-        and not torch.isfinite(value).all()
-    ]
+    non_finite = non_finite_keys(state_dict)
     if non_finite:
         raise ValueError(
             f"The weights of adapter {adapter_name!r} hold NaN or inf values in "

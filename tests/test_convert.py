@@ -216,6 +216,10 @@ def _malformed(path, kind):
         write_official_checkpoint(path)
         state = torch.load(path, weights_only=True)
         del state["state_dict"]["prompt_learner.compound_prompts_text.0"]
+    elif kind == "non_finite_vpt":
+        write_promptsrc_checkpoint(path)
+        state = torch.load(path, weights_only=True)
+        state["state_dict"]["image_encoder.VPT"][0, 0] = float("inf")
     torch.save(state, path)
 
 
@@ -226,6 +230,7 @@ def _malformed(path, kind):
         ("ctx_is_1d", "'prompt_learner.ctx' is a 1-d torch.float32 tensor, expected a 2-d float tensor"),
         ("deep_prompt_of_another_shape", "the text prompts have different shapes"),
         ("gap_in_compound_prompts", r"numbered \[1\]; expected 0 .. 0"),
+        ("non_finite_vpt", r"NaN or inf values \(vision_model\.embeddings\.maple_vision_ctx\)"),
     ],
 )
 def test_malformed_checkpoints_get_a_clear_error(tmp_path, kind, message):
@@ -240,7 +245,9 @@ def _cli(capsys, *args):
     return code, captured.err
 
 
-@pytest.mark.parametrize("kind", ["missing", "folder", "not_a_checkpoint", "no_proj_bias", "ctx_is_1d", "text"])
+@pytest.mark.parametrize(
+    "kind", ["missing", "folder", "not_a_checkpoint", "no_proj_bias", "ctx_is_1d", "text", "non_finite_vpt"]
+)
 def test_convert_official_command_reports_a_bad_checkpoint_in_one_line_before_loading_the_base(tmp_path, capsys, kind):
     path = tmp_path / "run" / "model.pth.tar-5"
     path.parent.mkdir()
