@@ -19,18 +19,13 @@ import sys
 from pathlib import Path
 
 from accelerate import Accelerator
-from peft import PeftConfig, PeftModel
 from torch.utils.data import DataLoader
 from train import add_data_arguments  # the data options, declared once for both scripts
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft
 from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
-from maple_peft.training.experiment import (
-    check_adapter_matches_model,
-    evaluate_classifier,
-    load_experiment_data_from_args,
-)
+from maple_peft.training.experiment import evaluate_classifier, load_experiment_data_from_args
 from maple_peft.training.run_dir import atomic_write_json
 
 logger = logging.getLogger("maple_peft.evaluate")
@@ -39,7 +34,11 @@ logger = logging.getLogger("maple_peft.evaluate")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
-    p.add_argument("--model_name_or_path", default=None, help="defaults to the adapter's base model")
+    p.add_argument(
+        "--model_name_or_path",
+        default=None,
+        help="defaults to the adapter's base model (zero-shot: openai/clip-vit-base-patch16)",
+    )
     p.add_argument("--tokenizer_name_or_path", default=None)
     add_data_arguments(p)
     p.add_argument("--subset", default="all", choices=["all", "base", "novel"])
@@ -65,35 +64,34 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO, stream=sys.stdout)
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
-    base_path = args.model_name_or_path
-    if args.adapter:
-        base_path = base_path or PeftConfig.from_pretrained(args.adapter).base_model_name_or_path
-    if not base_path:
-        raise ValueError("Pass --model_name_or_path (the adapter does not name its base model).")
     args.train_split = args.test_split  # evaluation reads no training images
     data = load_experiment_data_from_args(args)
     records = data.test if args.subset == "all" else data.test.class_subset(args.subset)
     class_names = list(records.class_names)
 
-    clip = CLIPModel.from_pretrained(base_path)
-    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path or base_path)
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(base_path)
-    except (OSError, ValueError):
-        image_processor = None
-    if args.adapter:
-        check_adapter_matches_model(args.adapter, clip)
-        model = PeftModel.from_pretrained(clip, args.adapter)
-        template = args.template
-    else:
-        model, template = clip, args.template or data.template
-    model = accelerator.prepare_model(model, evaluation_mode=True).eval()
-
-    dataset = ImageClassificationDataset(records, CLIPTransforms.from_processor(image_processor).test())
+    if args.adapter:  # base CLIP (the adapter's, unless --model_name_or_path), adapter, tokenizer, image processor
+        classifier = maple_peft.PromptClassifier.from_pretrained(
+            args.adapter, class_names, base_model_name_or_path=args.model_name_or_path
+        )
+        classifier.template = args.template
+        base_path = classifier.clip.name_or_path
+    else:  # zero-shot CLIP with the dataset's template
+        base_path = args.model_name_or_path or "openai/clip-vit-base-patch16"
+        clip = CLIPModel.from_pretrained(base_path)
+        classifier = maple_peft.PromptClassifier(
+            clip, AutoTokenizer.from_pretrained(base_path), class_names, template=args.template or data.template
+        )
+        try:
+            classifier.image_processor = AutoImageProcessor.from_pretrained(base_path)
+        except (OSError, ValueError):
+            logger.warning(f"No image processor config in {base_path}; using CLIP's 224-px defaults")
+    if args.tokenizer_name_or_path:
+        classifier.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
+    classifier.text_batch_size = args.text_batch_size
+    classifier.set_class_names(class_names)  # tokenized again with the tokenizer, template and chunk size set above
+    dataset = ImageClassificationDataset(records, CLIPTransforms.from_processor(classifier.image_processor).test())
     loader = DataLoader(dataset, batch_size=args.eval_batch_size, num_workers=args.num_workers)
-    classifier = maple_peft.PromptClassifier(
-        model, tokenizer, class_names, template=template, text_batch_size=args.text_batch_size
-    )
+    classifier = accelerator.prepare_model(classifier.eval(), evaluation_mode=True)
     result = evaluate_classifier(accelerator, classifier, accelerator.prepare(loader), class_names, desc=args.subset)
     result.update(
         adapter=args.adapter,
@@ -115,5 +113,5 @@ def main(argv: list[str] | None = None) -> dict:
 if __name__ == "__main__":
     try:
         main()
-    except (ValueError, FileNotFoundError) as error:
+    except (OSError, ValueError) as error:  # missing files, bad options, an adapter of another backbone
         sys.exit(f"error: {error}")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -172,34 +171,3 @@ class EpochSeededDataset(torch.utils.data.Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(item_seed)
             return self.dataset[index]
-
-
-def check_adapter_matches_model(adapter: str, clip: Any) -> None:
-    """Refuse an adapter whose prompt widths do not fit `clip` (trained on another backbone), naming both."""
-    from peft import PeftConfig
-    from safetensors import safe_open
-
-    config = PeftConfig.from_pretrained(adapter)
-    path = Path(adapter) / "adapter_model.safetensors"
-    if not path.is_file():
-        from huggingface_hub import hf_hub_download
-
-        path = Path(hf_hub_download(adapter, "adapter_model.safetensors"))
-    d_text = clip.config.text_config.hidden_size
-    d_vision = clip.config.vision_config.hidden_size
-    with safe_open(str(path), framework="pt") as handle:
-        for key in handle.keys():
-            shape = tuple(handle.get_slice(key).get_shape())
-            if key.endswith("maple_ctx") and shape[-1] != d_text:
-                wrong = f"text prompts {shape[-1]} wide"
-            elif key.endswith("maple_vision_ctx") and shape[-1] != d_vision:
-                wrong = f"vision prompts {shape[-1]} wide"
-            elif key.endswith("maple_coupling.weight") and shape != (d_vision, d_text):
-                wrong = f"couplings of shape {shape}"
-            else:
-                continue
-            raise ValueError(
-                f"The adapter {adapter} was trained on another backbone ({config.base_model_name_or_path}: {wrong}), "
-                f"but the base model has d_text={d_text}, d_vision={d_vision}; load it on "
-                f"{config.base_model_name_or_path} (or the CLIP it was trained on)."
-            )
