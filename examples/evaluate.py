@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 from accelerate import Accelerator
+from options import add_data_arguments  # the data options, declared once for both scripts
 from torch.utils.data import DataLoader
-from train import add_data_arguments  # the data options, declared once for both scripts
 from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
 
 import maple_peft

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-import train  # noqa: E402
+import options  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "examples" / "configs" / "smoke.yaml"
@@ -206,14 +206,14 @@ def test_existing_output_dir_is_not_overwritten_even_when_the_yaml_says_so(asset
     config.write_text(SMOKE.read_text() + "overwrite_output_dir: true\n")
     args = smoke_args(assets, out, "--no_overwrite_output_dir")
     args[1] = config
-    assert train.parse_args(list(map(str, args))).overwrite_output_dir is False
+    assert options.parse_args(list(map(str, args))).overwrite_output_dir is False
     result = run_script("train.py", *args, check=False)
     assert result.returncode != 0 and "exists and is not empty" in result.stderr
     assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
 
 
 def test_smoke_recipe_does_not_overwrite_by_default():
-    assert train.parse_args(["--config", str(SMOKE)]).overwrite_output_dir is False
+    assert options.parse_args(["--config", str(SMOKE)]).overwrite_output_dir is False
 
 
 def test_overwriting_a_finished_run_leaves_only_the_new_run_and_a_failed_push_says_how_to_retry(
@@ -272,7 +272,7 @@ def test_bad_yaml_values_are_refused_before_any_work(tmp_path, capsys, yaml_text
     config = tmp_path / "bad.yaml"
     config.write_text(yaml_text)
     with pytest.raises(SystemExit) as error:
-        train.parse_args(
+        options.parse_args(
             ["--config", str(config), "--dataset_name", "imagefolder", "--output_dir", str(tmp_path / "o")]
         )
     assert error.value.code == 2 and message in capsys.readouterr().err
@@ -282,7 +282,7 @@ def test_bad_yaml_values_are_refused_before_any_work(tmp_path, capsys, yaml_text
 def test_yaml_numbers_in_exponent_notation_are_accepted(tmp_path):
     config = tmp_path / "lr.yaml"
     config.write_text("lr: 1e-5\n")  # YAML 1.1 reads this as text
-    assert train.parse_args(["--config", str(config)]).lr == 1e-5
+    assert options.parse_args(["--config", str(config)]).lr == 1e-5
 
 
 def test_report_to_a_missing_tracker_fails_at_the_start_with_the_install_command(monkeypatch, capsys):
@@ -290,14 +290,14 @@ def test_report_to_a_missing_tracker_fails_at_the_start_with_the_install_command
 
     monkeypatch.setattr(accelerate.tracking, "_available_trackers", [])
     with pytest.raises(SystemExit):
-        train.parse_args(["--report_to", "tensorboard"])
+        options.parse_args(["--report_to", "tensorboard"])
     assert "pip install tensorboard" in capsys.readouterr().err
 
 
 def test_there_is_no_hub_token_option_and_no_zero_shot_mode(capsys):
     for option in (["--hub_token", "hf_secret"], ["--zero_shot"]):
         with pytest.raises(SystemExit):
-            train.parse_args(option)
+            options.parse_args(option)
         assert "unrecognized arguments" in capsys.readouterr().err
 
 
@@ -305,7 +305,7 @@ def test_num_workers_defaults_to_the_machine_and_augmentations_do_not_depend_on_
     from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset, load_image_classification
     from maple_peft.training.experiment import EpochSeededDataset
 
-    assert train.parse_args([]).num_workers == min(8, os.cpu_count())
+    assert options.parse_args([]).num_workers == min(8, os.cpu_count())
     records = load_image_classification("imagefolder", data_dir=str(assets / "data")).train
     dataset = EpochSeededDataset(
         ImageClassificationDataset(records, CLIPTransforms(crop_size=(16, 16)).train()), seed=3

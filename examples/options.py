@@ -1,0 +1,201 @@
+"""The command-line options of the example scripts: declared once, read from the command line or a YAML file.
+
+A YAML file's keys are the options' names, and its values are checked like command-line values (types, choices), so
+a bad recipe fails before any work. Boolean options have a `--no_` form that turns a YAML `true` off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SETTINGS = ("base2novel", "all", "cross_dataset")
+
+MAY_CHANGE_ON_RESUME = (
+    "config", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "stop_after_epoch", "report_to",
+    "plots", "zero_shot_baseline", "push_to_hub", "hub_model_id", "hub_private", "num_workers", "eval_batch_size",
+    "checkpointing_steps", "checkpoints_total_limit",
+)  # fmt: skip
+"""Output and logging options: a resumed run may change them; any other difference from the checkpoint is refused."""
+
+
+class BooleanFlag(argparse.BooleanOptionalAction):
+    """`--name` / `--no_name`, so that a `true` from a YAML file can be turned off on the command line."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, **kwargs)
+        self.option_strings = [s.replace("--no-", "--no_", 1) for s in self.option_strings]
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        setattr(namespace, self.dest, not option_string.startswith("--no_"))
+
+
+def positive_int_or_epoch(value: str) -> str | int:
+    if value == "epoch":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither 'epoch' nor a positive number of steps")
+    return int(value)
+
+
+def is_float_text(value: Any) -> bool:
+    try:
+        return isinstance(value, str) and math.isfinite(float(value))
+    except ValueError:
+        return False
+
+
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `load_experiment_data`, shared with evaluate.py."""
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default=None, help="a CoOp benchmark (eurosat, imagenet, ...), with --data_root")
+    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
+    group.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
+    group.add_argument("--data_dir", default=None)
+    group.add_argument("--image_column", default="image")
+    group.add_argument("--label_column", default="label")
+    group.add_argument("--train_split", default="train")
+    group.add_argument("--test_split", default="test")
+    group.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    """The options of `examples/train.py` (`description`: the script's help text)."""
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    p.add_argument("--config", help="YAML file of defaults (keys are these options); the command line overrides it")
+    g = p.add_argument_group("model")
+    g.add_argument("--model_name_or_path", default="openai/clip-vit-base-patch16")
+    g.add_argument("--tokenizer_name_or_path", default=None, help="defaults to --model_name_or_path")
+    g.add_argument("--variant", default="maple", choices=["maple", "maple_shared", "ivlp", "language", "vision"])
+    g.add_argument("--n_ctx", type=int, default=2)
+    g.add_argument("--n_ctx_vision", type=int, default=None)
+    g.add_argument("--depth", type=int, default=9)
+    g.add_argument("--prompt_init", default="a photo of a", help="'none' for a random context")
+    add_data_arguments(p)
+    g = p.add_argument_group("protocol")
+    g.add_argument("--setting", default="base2novel", choices=SETTINGS)
+    g.add_argument("--eval_datasets", nargs="*", default=[], help="cross_dataset: benchmarks to evaluate on")
+    g.add_argument("--num_shots", type=int, default=16)
+    g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
+    g = p.add_argument_group("optimization")
+    g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--lr", type=float, default=0.0035)
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--epochs", type=int, default=5)
+    g.add_argument("--warmup_epochs", type=int, default=1)
+    g.add_argument("--warmup_lr", type=float, default=1e-5)
+    g.add_argument("--batch_size", type=int, default=4)
+    g.add_argument("--eval_batch_size", type=int, default=100)
+    g.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
+    g.add_argument("--text_batch_size", type=int, default=256, help="class prompts encoded at once")
+    g.add_argument("--gradient_checkpointing", action=BooleanFlag, default=False, help="bounded text memory")
+    g = p.add_argument_group("self-regulating prompts (PromptSRC; 0 / unset: off)")
+    g.add_argument("--text_weight", type=float, default=0.0, help="L1 to frozen CLIP's text features (PromptSRC: 25)")
+    g.add_argument("--image_weight", type=float, default=0.0, help="L1 to frozen CLIP's image features (10)")
+    g.add_argument("--logits_weight", type=float, default=0.0, help="KL to frozen CLIP's logits (1)")
+    g.add_argument("--gpa_mean", type=float, default=None, help="Gaussian prompt aggregation: mean epoch (1-based)")
+    g.add_argument("--gpa_std", type=float, default=None, help="Gaussian prompt aggregation: std in epochs")
+    g = p.add_argument_group("run")
+    g.add_argument("--output_dir", default=None, help="defaults to outputs/<dataset>/<recipe>/seed<seed>")
+    g.add_argument("--overwrite_output_dir", action=BooleanFlag, default=False, help="replace the run in it")
+    g.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    g.add_argument("--checkpointing_steps", type=positive_int_or_epoch, default="epoch", help="'epoch' or N steps")
+    g.add_argument("--checkpoints_total_limit", type=int, default=2, help="checkpoints kept (the newest)")
+    g.add_argument("--stop_after_epoch", type=int, default=None, help="end early after this epoch (1-based)")
+    g.add_argument("--zero_shot_baseline", action=BooleanFlag, default=True, help="also evaluate zero-shot CLIP")
+    g.add_argument("--report_to", default=None, help="an Accelerate tracker: tensorboard, wandb, ...")
+    g.add_argument("--plots", action=BooleanFlag, default=True, help="write PNG plots (needs matplotlib)")
+    g.add_argument("--push_to_hub", action=BooleanFlag, default=False, help="uses the token of `hf auth login`")
+    g.add_argument("--hub_model_id", default=None)
+    g.add_argument("--hub_private", action=BooleanFlag, default=False)
+    return p
+
+
+def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The YAML file's values, checked like command-line values: known keys, types and choices."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            values = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        parser.error(f"--config {path}: cannot read it ({error})")
+    values = {} if values is None else values
+    if not isinstance(values, dict):
+        parser.error(f"--config {path} holds a {type(values).__name__}; it must map option names to values")
+    actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    for key, value in values.items():
+        action = actions.get(key)
+        if action is None:
+            parser.error(f"--config {path}: unknown key {key!r}; the keys are this script's options")
+        if value is None:
+            continue
+        if isinstance(action, BooleanFlag):
+            ok, wanted = isinstance(value, bool), "true or false"
+        elif action.nargs == "*":
+            ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names"
+        elif action.type is int:
+            ok, wanted = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+        elif action.type is float:  # YAML 1.1 reads 1e-5 (no dot) as text: accept text that is a number
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) or is_float_text(value)
+            value, wanted = float(value) if ok else value, "a number"
+        elif action.type is positive_int_or_epoch:
+            ok = value == "epoch" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+            wanted = "'epoch' or a positive number of steps"
+        else:
+            ok, wanted = isinstance(value, str), "text"
+        if not ok:
+            parser.error(f"--config {path}: {key}: {value!r} is a {type(value).__name__}; write {wanted}")
+        if action.choices is not None and value not in action.choices:
+            parser.error(f"--config {path}: {key}: {value!r} is not one of {list(action.choices)}")
+        values[key] = value
+    return values
+
+
+def parse_args(argv: list[str] | None = None, *, description: str | None = None) -> argparse.Namespace:
+    """The options of `examples/train.py`, from `argv` (default: the command line) and the `--config` YAML file."""
+    parser = build_parser(description)
+    first, _ = parser.parse_known_args(argv)
+    if first.config:
+        parser.set_defaults(**yaml_defaults(parser, first.config))
+    args = parser.parse_args(argv)
+    if args.prompt_init is not None and str(args.prompt_init).lower() == "none":
+        args.prompt_init = None
+    for name in ("num_shots", "epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "seed"):
+        if getattr(args, name) < (0 if name == "seed" else 1):
+            parser.error(f"--{name} {getattr(args, name)} is too small; use a positive number")
+    for name in ("num_workers", "warmup_epochs", "text_batch_size", "checkpoints_total_limit"):
+        if getattr(args, name) < (1 if name in ("text_batch_size", "checkpoints_total_limit") else 0):
+            parser.error(f"--{name} {getattr(args, name)} is out of range")
+    if not (args.lr > 0 and math.isfinite(args.lr)):
+        parser.error(f"--lr {args.lr} must be a positive number")
+    if args.setting == "cross_dataset" and not args.eval_datasets:
+        parser.error("--setting cross_dataset needs --eval_datasets (e.g. dtd eurosat ucf101)")
+    if (args.gpa_mean is None) != (args.gpa_std is None):
+        parser.error("Gaussian prompt aggregation needs both --gpa_mean and --gpa_std (or neither)")
+    if args.push_to_hub and not args.hub_model_id:
+        parser.error("--push_to_hub needs --hub_model_id user/name")
+    if args.stop_after_epoch is not None and not 1 <= args.stop_after_epoch <= args.epochs:
+        parser.error(f"--stop_after_epoch {args.stop_after_epoch} is not an epoch of 1..{args.epochs}")
+    if args.report_to:
+        from accelerate.tracking import get_available_trackers
+
+        available = {str(tracker) for tracker in get_available_trackers()}
+        for tracker in args.report_to.split(","):
+            if tracker != "all" and tracker not in available:
+                parser.error(
+                    f"--report_to {tracker}: the {tracker} package is not installed; install it first "
+                    f"(pip install {tracker}), or drop --report_to"
+                )
+    if args.output_dir is None:
+        source = args.dataset or Path(str(args.dataset_name)).name
+        recipe = Path(args.config).stem if args.config else args.variant
+        args.output_dir = str(Path("outputs") / source / recipe / f"seed{args.seed}")
+    return args
