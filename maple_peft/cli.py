@@ -85,7 +85,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _classify_images(args: argparse.Namespace) -> int:
     import json
 
-    from .classifier import PromptClassifier, load_image
+    from .classifier import PromptClassifier
+    from .loading import load_image
 
     class_names = args.classes
     if args.classes_file is not None:
