@@ -422,3 +422,13 @@ def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path
         result = run_script("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not out.exists()
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (REPO / "examples" / "configs").glob("*.yaml")))
+def test_every_recipe_is_a_valid_set_of_options(recipe):
+    args = options.parse_args(["--config", str(REPO / "examples" / "configs" / recipe), "--dataset", "eurosat"])
+    assert args.epochs >= 1 and args.lr > 0
+    if recipe.startswith("promptsrc"):  # PromptSRC: IVLP, 4 + 4 tokens, weights 25/10/1, GPA
+        assert (args.variant, args.n_ctx, args.n_ctx_vision) == ("ivlp", 4, 4)
+        assert (args.text_weight, args.image_weight, args.logits_weight) == (25, 10, 1)
+        assert args.gpa_mean is not None and args.gpa_std is not None
