@@ -135,7 +135,10 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
         action = actions.get(key)
         if action is None:
             parser.error(f"--config {path}: unknown key {key!r}; the keys are this script's options")
-        if value is None:
+        if value is None and key == "prompt_init":  # null: a random context, like --prompt_init none
+            values[key] = "none"
+            continue
+        if value is None and action.default is None:  # null: the option's own "not set"
             continue
         if isinstance(action, BooleanFlag):
             ok, wanted = isinstance(value, bool), "true or false"

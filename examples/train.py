@@ -175,11 +175,6 @@ def main(argv: list[str] | None = None) -> dict:
     train_records = data.train.few_shot(args.num_shots, seed=args.seed)
     if args.setting == "base2novel":
         train_records = train_records.class_subset("base")
-    if len(train_records) < args.batch_size:
-        raise ValueError(
-            f"{len(train_records)} training images but batch_size={args.batch_size}: the last incomplete batch is "
-            "dropped, so no step would run; lower batch_size."
-        )
     tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     set_seed(args.seed)  # the prompts' random initialization
@@ -228,6 +223,19 @@ def main(argv: list[str] | None = None) -> dict:
             total_limit=args.checkpoints_total_limit,
         ),
     )
+    num_processes = accelerator.num_processes  # a checkpoint's batch positions and schedule are per process
+    if len(train_records) // num_processes < args.batch_size:
+        raise ValueError(
+            f"{len(train_records)} training images shared by {num_processes} process(es) but "
+            f"batch_size={args.batch_size}: the last incomplete batch is dropped, so no step would run; lower "
+            "batch_size (or the number of processes)."
+        )
+    if resume_state is not None and resume_state.get("num_processes", 1) != num_processes:
+        raise ValueError(
+            f"The checkpoint {checkpoint} was written by a run on {resume_state.get('num_processes', 1)} "
+            f"process(es), but this run has {num_processes}: its position in the epoch and its schedule are counted "
+            "per process. Resume with the same number of processes."
+        )
     lock = RunLock(output_dir)
     if accelerator.is_main_process:
         lock.acquire()
@@ -329,6 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
                 progress.update(1)
                 progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.2e}")
                 state = {"epoch": epoch + 1, "batches_in_epoch": batch_index + 1, "step": global_step}
+                state["num_processes"] = accelerator.num_processes
                 step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
                 if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
                     save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
@@ -336,9 +345,10 @@ def main(argv: list[str] | None = None) -> dict:
             if aggregator is not None:
                 aggregator.update(model, epoch + 1)
                 history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
-            if args.checkpointing_steps == "epoch" or step_checkpoint:  # after the epoch's aggregation step
+            stopping = args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs
+            if args.checkpointing_steps == "epoch" or step_checkpoint or stopping:  # after the epoch's aggregation
                 save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            if args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs:
+            if stopping:
                 logger.info(
                     f"Stopping after epoch {epoch + 1} as asked; continue with --resume_from_checkpoint latest"
                 )

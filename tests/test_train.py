@@ -266,6 +266,7 @@ def test_non_finite_loss_stops_marks_the_run_failed_and_names_the_last_good_chec
         ("- lr\n- 0.1\n", "holds a list; it must map option names to values"),
         ("3\n", "holds a int"),
         ("learning_rate: 0.1\n", "unknown key 'learning_rate'"),
+        ("epochs: null\n", "epochs: None is a NoneType; write a whole number"),
     ],
 )
 def test_bad_yaml_values_are_refused_before_any_work(tmp_path, capsys, yaml_text, message):
@@ -432,3 +433,27 @@ def test_every_recipe_is_a_valid_set_of_options(recipe):
         assert (args.variant, args.n_ctx, args.n_ctx_vision) == ("ivlp", 4, 4)
         assert (args.text_weight, args.image_weight, args.logits_weight) == (25, 10, 1)
         assert args.gpa_mean is not None and args.gpa_std is not None
+
+
+def test_a_run_stopped_between_step_checkpoints_saves_one_and_resumes_to_the_same_result(assets, smoke_run, tmp_path):
+    out = tmp_path / "stopped"
+    stop = ["--checkpointing_steps", "100", "--stop_after_epoch", "1"]  # no step checkpoint falls in epoch 1
+    run_script("train.py", *smoke_args(assets, out, *FAST, *stop))
+    state = json.loads((out / "checkpoints" / "checkpoint_1" / "trainer_state.json").read_text())
+    assert (state["epoch"], state["step"], state["num_processes"]) == (1, 3, 1)
+    run_script("train.py", *smoke_args(assets, out, *FAST, "--resume_from_checkpoint", "latest"))
+    assert_same_result(smoke_run, out)
+
+
+def test_resuming_on_another_number_of_processes_is_refused(assets, smoke_run, tmp_path):
+    out = tmp_path / "two"
+    shutil.copytree(smoke_run / "checkpoints" / "checkpoint_2", out / "checkpoints" / "checkpoint_2")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "examples" / "train.py"),
+         *map(str, smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))],
+        capture_output=True, text=True, cwd=REPO,
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
+             "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert result.returncode != 0 and "written by a run on 1 process(es), but this run has 2" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing else was created
