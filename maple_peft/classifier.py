@@ -339,9 +339,9 @@ class PromptClassifier(nn.Module):
         tokenized = self._tokenize()
         return versions, adapters, _checksum(list(watched.values())), id(tokenized), self.shared_prefix
 
-    def _encode(self, input_ids: torch.Tensor) -> torch.Tensor:
+    def _encode(self, input_ids: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         features = _pooled(self.clip.get_text_features(input_ids=input_ids))
-        return features / features.norm(dim=-1, keepdim=True)
+        return features / features.norm(dim=-1, keepdim=True) if normalize else features
 
     def shared_prefix_reason(self) -> str | None:
         """Why the text features are not computed with the shared-prefix encoding now, or None when they are."""
@@ -350,19 +350,29 @@ class PromptClassifier(nn.Module):
         clip = self.clip
         return shared_prefix_unsupported(clip, self._tokenize().prefix_length, active_text_n_ctx(clip))
 
-    def _encode_suffixes(self, cache: PrefixCache, ids: torch.Tensor) -> torch.Tensor:
+    def _encode_suffixes(self, cache: PrefixCache, ids: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         features = encode_suffixes(self.clip, cache, ids)
-        return features / features.norm(dim=-1, keepdim=True)
+        return features / features.norm(dim=-1, keepdim=True) if normalize else features
 
-    def _compute_text_features(self, clip: nn.Module) -> torch.Tensor:
+    def encode_class_prompts(self, *, normalize: bool = True) -> torch.Tensor:
+        """The text features of the classes computed now, with the model as it is (no cache), `(n_classes,
+        projection_dim)`: the same exact trimmed / shared-prefix encoding as `text_features()`.
+
+        Args:
+            normalize (`bool`): L2-normalize them (as `text_features()` does); `False` gives the projected features
+                before normalization, e.g. to average them over several templates.
+        """
+        return self._compute_text_features(self.clip, normalize=normalize)
+
+    def _compute_text_features(self, clip: nn.Module, *, normalize: bool = True) -> torch.Tensor:
         device = clip.text_projection.weight.device
         input_ids, chunks, inverse, prefix_length = self._tokenize()
         use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
         if self.shared_prefix_reason() is None:
             cache = encode_prefix(clip, input_ids[:1, :prefix_length].to(device))
-            encode = lambda ids: self._encode_suffixes(cache, ids[:, prefix_length:])  # noqa: E731
+            encode = lambda ids: self._encode_suffixes(cache, ids[:, prefix_length:], normalize=normalize)  # noqa: E731
         else:
-            encode = self._encode
+            encode = lambda ids: self._encode(ids, normalize=normalize)  # noqa: E731
         features = []
         for _, ids in chunks:
             ids = ids.to(device)

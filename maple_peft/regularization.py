@@ -21,8 +21,6 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from .classifier import PromptClassifier, _pooled
-from .prompts import format_prompts, tokenize_prompts
-from .shared_prefix import common_prefix_length, encode_prefix, encode_suffixes, shared_prefix_unsupported
 from .templates import IMAGENET_TEMPLATES
 
 #: the keys of `SelfRegularizedLossOutput.terms`
@@ -98,24 +96,18 @@ def frozen_text_features(
         text_batch_size (`int`): number of prompts encoded at once.
         shared_prefix (`bool`): encode each template's shared prefix once.
     """
-    device = clip.text_projection.weight.device
+
     total = None
     for template in templates:
-        prompts = format_prompts(None, class_names, template=template)
-        input_ids = tokenize_prompts(tokenizer, prompts, class_names)
-        lengths = (input_ids == tokenizer.eos_token_id).int().argmax(dim=-1) + 1
-        prefix_length = common_prefix_length(input_ids, lengths)
-        use_prefix = shared_prefix and shared_prefix_unsupported(clip, prefix_length, 0) is None
-        cache = encode_prefix(clip, input_ids[:1, :prefix_length].to(device)) if use_prefix else None
-        features = torch.empty(len(prompts), clip.text_projection.out_features, device=device)
-        for length in sorted(set(lengths.tolist())):
-            for rows in (lengths == length).nonzero().flatten().split(text_batch_size):
-                ids = input_ids[rows, :length].to(device)
-                if cache is not None:
-                    encoded = encode_suffixes(clip, cache, ids[:, prefix_length:])
-                else:
-                    encoded = _pooled(clip.get_text_features(input_ids=ids))
-                features[rows.to(device)] = encoded.float()
+        encoder = PromptClassifier(
+            clip,
+            tokenizer,
+            class_names,
+            template=template,
+            text_batch_size=text_batch_size,
+            shared_prefix=shared_prefix,
+        )
+        features = encoder.encode_class_prompts(normalize=False).float()
         total = features if total is None else total + features
     mean = total / len(templates)
     return mean / mean.norm(dim=-1, keepdim=True)
