@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     build_maple,
     class_names,
     environment,
+    image_size,
     load_tokenizer,
     median,
     time_interleaved,
@@ -175,6 +176,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         dtype=args.dtype or ("bf16" if cuda else "float32"),
         batch_size=args.batch_size,
         layers=args.layers,
+        shape=args.shape,
         attn=args.attn,
         text_batch_size=args.text_batch_size,
         checkpoint_text_batch_size=args.checkpoint_text_batch_size,
@@ -379,7 +381,8 @@ def eval_section(s, model, plain, tokenizer, names) -> dict[str, Any]:
     device, batch = s["device"], s["eval_batch_size"]
     model.eval()
     plain.eval()
-    pixel_values = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(1)).to(device)
+    px = image_size(s["shape"])
+    pixel_values = torch.randn(batch, 3, px, px, generator=torch.Generator().manual_seed(1)).to(device)
     largest = max(s["eval_classes"])
     tbs = s["text_batch_size"]
     clf = maple_peft.PromptClassifier(model, tokenizer, names[largest], text_batch_size=tbs)
@@ -524,12 +527,12 @@ def options_section(s, model, plain, tokenizer, names, pixel_values, labels) -> 
     model_other = plain_other = model_cl = compiled = None
     if everything:
         log(f"options: building {other} copies of the models")
-        model_other = build_maple(s["layers"], other, device=device)
+        model_other = build_maple(s["layers"], other, device=device, shape=s["shape"])
         model_other.load_state_dict(model.state_dict())
-        plain_other = build_clip(s["layers"], other, device=device)
+        plain_other = build_clip(s["layers"], other, device=device, shape=s["shape"])
         plain_other.load_state_dict(plain.state_dict())
     if everything and cuda:  # channels-last changes the patch-embedding convolution only (the one 4-D op)
-        model_cl = build_maple(s["layers"], attn, device=device)
+        model_cl = build_maple(s["layers"], attn, device=device, shape=s["shape"])
         model_cl.load_state_dict(model.state_dict())
         model_cl.to(memory_format=torch.channels_last)
     results: dict[str, Any] = {"attn_other": other, "train": [], "bf16_train_measured": bf16_fast}
@@ -583,7 +586,7 @@ def options_section(s, model, plain, tokenizer, names, pixel_values, labels) -> 
             try:
                 if compiled is None:
                     log("options: torch.compile of both towers")
-                    compiled = build_maple(s["layers"], attn, device=device)
+                    compiled = build_maple(s["layers"], attn, device=device, shape=s["shape"])
                     compiled.load_state_dict(model.state_dict())
                     inner = compiled.get_base_model()
                     inner.vision_model.compile(dynamic=False)
@@ -686,7 +689,8 @@ def eval_options(s, model, plain, model_other, plain_other, tokenizer, names, bf
     size = s["options_eval_batch_size"]
     log(f"options: evaluation batch of {size} images")
     model.eval()
-    batch = torch.randn(size, 3, 224, 224, generator=torch.Generator().manual_seed(2)).to(device)
+    px = image_size(s["shape"])
+    batch = torch.randn(size, 3, px, px, generator=torch.Generator().manual_seed(2)).to(device)
     classes = max(s["options_classes"])
     bf16 = lambda: bf16_autocast(device)  # noqa: E731
     fp32 = contextlib.nullcontext
@@ -760,11 +764,12 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     device, kind = spec["device"], spec["kind"]
     if kind not in MEMORY_KINDS:
         raise ValueError(f"unknown memory configuration {kind!r}; one of {MEMORY_KINDS}")
-    model = build_maple(spec["layers"], spec["attn"], device=device)
+    model = build_maple(spec["layers"], spec["attn"], device=device, shape=spec["shape"])
     tokenizer = load_tokenizer()
     names = class_names(spec["classes"])
     batch = spec["batch_size"] if kind.startswith("train") else spec["eval_batch_size"]
-    pixel_values = torch.randn(batch, 3, 224, 224).to(device)
+    px = image_size(spec["shape"])
+    pixel_values = torch.randn(batch, 3, px, px).to(device)
     labels = (torch.arange(batch) % spec["classes"]).to(device)
     if kind == "train-baseline":
         forward = OriginalMaPLeBaseline(model, tokenizer, names, PROMPT_INIT)
@@ -843,7 +848,7 @@ def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
 
 
 def memory_section(s) -> dict[str, Any]:
-    keys = ("device", "layers", "attn", "batch_size", "eval_batch_size", "dtype", "text_batch_size", "malloc")
+    keys = ("device", "layers", "shape", "attn", "batch_size", "eval_batch_size", "dtype", "text_batch_size", "malloc")
     common = {k: s[k] for k in keys}
     configs = [("train-maple_peft-checkpointing", c) for c in s["memory_checkpointing_classes"]]
     configs += [("train-maple_peft", c) for c in s["memory_lib_classes"]]
@@ -955,6 +960,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-images", type=int, help="test-set size for the evaluation throughput")
     parser.add_argument("--eval-batch-size", type=int)
     parser.add_argument("--layers", type=int, default=12, help="layers per tower (ViT-B/16: 12; depth 9 needs >= 9)")
+    parser.add_argument(
+        "--shape",
+        choices=("vit-b16", "tiny"),
+        default="vit-b16",
+        help="the CLIP's widths and resolution: ViT-B/16's (the figures), or tiny (correctness checks only)",
+    )
     parser.add_argument("--attn", choices=("sdpa", "eager"), default="sdpa", help="attention of the headline runs")
     parser.add_argument("--text-batch-size", type=int, default=256)
     parser.add_argument("--checkpoint-text-batch-size", type=int, default=64)
@@ -992,7 +1003,8 @@ def main(argv=None) -> None:
         "command": command.strip(),
         "environment": environment(s["device"]),
         "settings": s,
-        "model": "ViT-B/16-shaped CLIP, random weights; MaPLe n_ctx=2, depth=9, prompt_init='a photo of a'",
+        "model": f"{'ViT-B/16' if s['shape'] == 'vit-b16' else s['shape']}-shaped CLIP, random weights; MaPLe n_ctx=2, "
+        "depth=9, prompt_init='a photo of a'",
     }
     log(f"settings: {s}")
     tokenizer = load_tokenizer()
@@ -1001,10 +1013,13 @@ def main(argv=None) -> None:
     needs_model = {"train", "eval", "options"} & set(args.sections)
     if needs_model:
         log("building the models")
-        model = build_maple(s["layers"], s["attn"], device=s["device"])
-        plain = build_clip(s["layers"], s["attn"], seed=0, device=s["device"])  # the same weights as the base
+        model = build_maple(s["layers"], s["attn"], device=s["device"], shape=s["shape"])
+        plain = build_clip(
+            s["layers"], s["attn"], seed=0, device=s["device"], shape=s["shape"]
+        )  # the same weights as the base
         generator = torch.Generator().manual_seed(0)
-        pixel_values = torch.randn(s["batch_size"], 3, 224, 224, generator=generator).to(s["device"])
+        px = image_size(s["shape"])
+        pixel_values = torch.randn(s["batch_size"], 3, px, px, generator=generator).to(s["device"])
         labels = torch.randint(0, 10**6, (s["batch_size"],), generator=generator).to(s["device"])
     for section in [name for name in SECTIONS if name in args.sections]:
         section_start = time.perf_counter()

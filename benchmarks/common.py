@@ -79,42 +79,66 @@ def load_tokenizer():
     return CLIPTokenizer.from_pretrained(str(TOKENIZER_DIR))
 
 
-def clip_config(layers: int = 12, attn: str = "sdpa"):
-    """A ViT-B/16-shaped CLIP config (the shape of `openai/clip-vit-base-patch16`), with `layers` layers per tower."""
+SHAPES = {
+    # `openai/clip-vit-base-patch16`: what the figures are measured on
+    "vit-b16": dict(d_text=512, text_heads=8, d_vision=768, vision_heads=12, image_size=224, patch_size=16),
+    # the smallest CLIP on which every measurement runs (depth 9 still needs 9 layers): the test suite's
+    # correctness checks of the benchmark; its timings and memory figures mean nothing
+    "tiny": dict(d_text=32, text_heads=4, d_vision=48, vision_heads=4, image_size=32, patch_size=8),
+}
+
+
+def image_size(shape: str = "vit-b16") -> int:
+    """The input resolution of a CLIP shape (224 for ViT-B/16)."""
+    return SHAPES[shape]["image_size"]
+
+
+def clip_config(layers: int = 12, attn: str = "sdpa", shape: str = "vit-b16"):
+    """A CLIP config of the given shape (`SHAPES`; default: that of `openai/clip-vit-base-patch16`), with `layers`
+    layers per tower."""
     from transformers import CLIPConfig
 
+    d = SHAPES[shape]
+    projection = 512 if shape == "vit-b16" else 16
     config = CLIPConfig(
         text_config=dict(
-            hidden_size=512, intermediate_size=2048, num_attention_heads=8, num_hidden_layers=layers, vocab_size=49408
+            hidden_size=d["d_text"],
+            intermediate_size=4 * d["d_text"],
+            num_attention_heads=d["text_heads"],
+            num_hidden_layers=layers,
+            vocab_size=49408,
+            projection_dim=projection,
         ),
         vision_config=dict(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
+            hidden_size=d["d_vision"],
+            intermediate_size=4 * d["d_vision"],
+            num_attention_heads=d["vision_heads"],
             num_hidden_layers=layers,
-            image_size=224,
-            patch_size=16,
+            image_size=d["image_size"],
+            patch_size=d["patch_size"],
+            projection_dim=projection,
         ),
-        projection_dim=512,
+        projection_dim=projection,
     )
     config._attn_implementation = attn
     return config
 
 
-def build_clip(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str = "cpu"):
+def build_clip(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str = "cpu", shape: str = "vit-b16"):
     """A randomly initialized CLIPModel (the cost of a forward pass does not depend on the weights' values)."""
     from transformers import CLIPModel
 
     torch.manual_seed(seed)
-    model = CLIPModel(clip_config(layers, attn))
+    model = CLIPModel(clip_config(layers, attn, shape))
     return model.to(device)
 
 
-def build_maple(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str = "cpu"):
-    """`get_peft_model(CLIP, MaPLeConfig(n_ctx=2, depth=9, prompt_init="a photo of a"))` on a random ViT-B/16 CLIP."""
+def build_maple(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str = "cpu", shape: str = "vit-b16"):
+    """`get_peft_model(CLIP, MaPLeConfig(n_ctx=2, depth=9, prompt_init="a photo of a"))` on a random CLIP of the
+    given shape (default: ViT-B/16)."""
     from peft import get_peft_model
 
-    clip = build_clip(layers, attn, seed, device="cpu")
+    clip = build_clip(layers, attn, seed, device="cpu", shape=shape)
     config = maple_peft.MaPLeConfig(
         n_ctx=N_CTX, depth=DEPTH, prompt_init=PROMPT_INIT, tokenizer_name_or_path=str(TOKENIZER_DIR)
     )

@@ -18,21 +18,12 @@ import os
 import sys
 from pathlib import Path
 
-from accelerate import Accelerator
-from options import add_data_arguments  # the data options, declared once for both scripts
-from torch.utils.data import DataLoader
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
-
-import maple_peft
-from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
-from maple_peft.training.experiment import evaluate_classifier, load_experiment_data_from_args
-from maple_peft.training.run_dir import atomic_write_json
-
-logger = logging.getLogger("maple_peft.evaluate")
+# the data options, declared once for both scripts; this imports neither torch nor transformers
+from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> CommandParser:
+    p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
     p.add_argument(
         "--model_name_or_path",
@@ -43,12 +34,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_data_arguments(p)
     p.add_argument("--subset", default="all", choices=["all", "base", "novel"])
     p.add_argument("--template", default=None, help="prompt template with {} (zero-shot default: the dataset's)")
+    p.add_argument(
+        "--rep_logits",
+        default="auto",
+        choices=["auto", "fusion", "class"],
+        help="MMRL adapters: fused or class-path logits; auto: fused on the adapter's own classes and dataset only",
+    )
     p.add_argument("--eval_batch_size", type=int, default=100)
     p.add_argument("--text_batch_size", type=int, default=256)
     p.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     p.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
     p.add_argument("--output", default=None, help="write the metrics JSON to this file (default: print only)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.output is not None:
         output = Path(args.output)
@@ -60,9 +62,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+if __name__ == "__main__":  # --help and option errors answer at once, before the slow imports below
+    ARGS = parse_args()
+
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from transformers import AutoTokenizer
+
+import maple_peft
+from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
+from maple_peft.hub import check_sources, check_writable_cache
+from maple_peft.loading import load_base_model, load_image_processor
+from maple_peft.numerics import flush_denormal
+from maple_peft.prompts import check_template
+from maple_peft.training.data import ImageClassificationDataset, image_transforms
+from maple_peft.training.experiment import evaluate_classifier, load_experiment_data_from_args
+from maple_peft.training.run_dir import RunLockError, write_result_json
+
+logger = logging.getLogger("maple_peft.evaluate")
+
+
+@flush_denormal()  # subnormal floats are zero on CPU (they slow arithmetic down many times)
+def main(args: argparse.Namespace | list[str] | None = None) -> dict:
+    if not isinstance(args, argparse.Namespace):  # an argument list, as on the command line
+        args = parse_args(args)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO, stream=sys.stdout)
+    quiet_known_messages()
+    if not progress_bars_wanted():
+        disable_library_progress_bars()
+    # everything that can be checked is checked before any work: the template, the sources, the caches
+    if args.template is not None:
+        check_template(args.template)
+    sources = {
+        "--adapter": (args.adapter, "model"),
+        "--model_name_or_path": (args.model_name_or_path, "model"),
+        "--tokenizer_name_or_path": (args.tokenizer_name_or_path, "model"),
+    }
+    if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
+        sources["--dataset_name"] = (args.dataset_name, "dataset")
+    check_sources(sources)
+    if args.dataset_name:
+        import datasets
+
+        if args.dataset_name in PACKAGED_BUILDERS:  # a local folder: no "Downloading data: 36/36 files" bars
+            datasets.disable_progress_bars()
+        check_writable_cache(datasets.config.HF_DATASETS_CACHE, "the datasets cache (HF_DATASETS_CACHE)")
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
     args.train_split = args.test_split  # evaluation reads no training images
     data = load_experiment_data_from_args(args)
@@ -75,21 +119,21 @@ def main(argv: list[str] | None = None) -> dict:
         )
         classifier.template = args.template
         base_path = classifier.clip.name_or_path
+        classifier.rep_logits, classifier.dataset = args.rep_logits, data.name
     else:  # zero-shot CLIP with the dataset's template
         base_path = args.model_name_or_path or "openai/clip-vit-base-patch16"
-        clip = CLIPModel.from_pretrained(base_path)
+        base = load_base_model(base_path)  # CLIP, MetaCLIP 2, SigLIP or SigLIP 2, from its config
         classifier = maple_peft.PromptClassifier(
-            clip, AutoTokenizer.from_pretrained(base_path), class_names, template=args.template or data.template
+            base, AutoTokenizer.from_pretrained(base_path), class_names, template=args.template or data.template
         )
-        try:
-            classifier.image_processor = AutoImageProcessor.from_pretrained(base_path)
-        except (OSError, ValueError):
-            logger.warning(f"No image processor config in {base_path}; using CLIP's 224-px defaults")
+        classifier.image_processor, why_default = load_image_processor(base_path, base.config)
+        if why_default:
+            logger.warning(why_default)
     if args.tokenizer_name_or_path:
         classifier.tokenizer = AutoTokenizer.from_pretrained(args.tokenizer_name_or_path)
     classifier.text_batch_size = args.text_batch_size
     classifier.set_class_names(class_names)  # tokenized again with the tokenizer, template and chunk size set above
-    dataset = ImageClassificationDataset(records, CLIPTransforms.from_processor(classifier.image_processor).test())
+    dataset = ImageClassificationDataset(records, image_transforms(classifier.image_processor).test())
     loader = DataLoader(dataset, batch_size=args.eval_batch_size, num_workers=args.num_workers)
     classifier = accelerator.prepare_model(classifier.eval(), evaluation_mode=True)
     result = evaluate_classifier(accelerator, classifier, accelerator.prepare(loader), class_names, desc=args.subset)
@@ -104,14 +148,21 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"{data.name} ({args.subset}): accuracy {result['accuracy']:.2f}%, macro-F1 {result['macro_f1']:.2f}%")
     if accelerator.is_main_process:
         if args.output is not None:
-            atomic_write_json(args.output, result)
-            logger.info(f"Wrote {args.output}")
+            run_dir = write_result_json(args.output, result)  # in a run folder: removed with the run
+            logger.info(f"Wrote {args.output}" + (f" (recorded in {run_dir}'s evaluations.json)" if run_dir else ""))
         print(json.dumps({k: result[k] for k in ("accuracy", "macro_f1", "num_images", "num_classes")}))
     return result
 
 
 if __name__ == "__main__":
     try:
-        main()
-    except (OSError, ValueError) as error:  # missing files, bad options, an adapter of another backbone
-        sys.exit(f"error: {error}")
+        main(ARGS)
+    except (
+        OSError,
+        ValueError,
+        TypeError,
+        RunLockError,
+    ) as error:  # missing files, bad options, another backbone, a busy run
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process under `accelerate launch`
+            print(f"error: {command_line_error(error, build_parser())}", file=sys.stderr)
+        sys.exit(2)

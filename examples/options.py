@@ -1,7 +1,11 @@
 """The command-line options of the example scripts: declared once, read from the command line or a YAML file.
 
 A YAML file's keys are the options' names, and its values are checked like command-line values (types, choices), so
-a bad recipe fails before any work. Boolean options have a `--no_` form that turns a YAML `true` off.
+a bad recipe fails before any work. Boolean options have a `--no_` form that turns a YAML `true` off. Options are
+spelled like transformers' examples (`--output_dir`); `--output-dir` works too. An option error is one line.
+
+This module imports no torch or transformers: the scripts parse their options before those slow imports, so that
+`--help` and option errors come back at once.
 """
 
 from __future__ import annotations
@@ -14,7 +18,29 @@ from typing import Any
 
 import yaml
 
+from maple_peft_cli import CommandParser, command_line_message
+
 SETTINGS = ("base2novel", "all", "cross_dataset")
+VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
+OBJECTIVES = ("ce", "src", "kgcoop", "mmrl")
+#: The options each objective declares (`maple_peft.OBJECTIVES[name].options`, mirrored here so that `--help` needs
+#: no torch; a test checks that both say the same): name -> (type, default, help).
+OBJECTIVE_OPTIONS: dict[str, dict[str, tuple[type, Any, str]]] = {
+    "src": {
+        "text_weight": (float, 25.0, "L1 to the frozen text features"),
+        "image_weight": (float, 10.0, "L1 to the frozen image features"),
+        "logits_weight": (float, 1.0, "KL to the frozen logits"),
+    },
+    "kgcoop": {
+        "kg_weight": (float, 8.0, "weight of 1 - mean cos(text, frozen text)"),
+        "kg_template": (str, "the dataset's template", "template of the frozen text"),
+    },
+    "mmrl": {"reg_weight": (float, 1.0, "weight of each cosine regularization term")},
+}
+MMRL_OPTIONS = ("n_rep", "rep_dim", "rep_layers", "alpha")
+
+PACKAGED_BUILDERS = ("imagefolder", "audiofolder", "csv", "json", "parquet", "arrow", "text", "webdataset")
+"""`--dataset_name` values that name a `datasets` builder for local files, not a Hub dataset."""
 
 MAY_CHANGE_ON_RESUME = (
     "config", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "stop_after_epoch", "report_to",
@@ -55,29 +81,49 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=None, help="a CoOp benchmark (eurosat, imagenet, ...), with --data_root")
     group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
-    group.add_argument("--dataset_name", default=None, help="a 🤗 dataset id, or 'imagefolder' with --data_dir")
+    group.add_argument(
+        "--dataset_name",
+        default=None,
+        help="a 🤗 dataset id (e.g. timm/eurosat-rgb), or 'imagefolder' with --data_dir",
+    )
     group.add_argument("--data_dir", default=None)
     group.add_argument("--image_column", default="image")
     group.add_argument("--label_column", default="label")
     group.add_argument("--train_split", default="train")
     group.add_argument("--test_split", default="test")
     group.add_argument("--class_name_map", default=None, help="JSON dict or 'old new' lines cleaning class names")
+    group.add_argument(
+        "--dataset_registry",
+        default=None,
+        help="YAML file of Hub datasets (names, template, split) beside the built-in",
+    )
 
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of `examples/train.py` (`description`: the script's help text)."""
-    p = argparse.ArgumentParser(
+    p = CommandParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
     )
     p.add_argument("--config", help="YAML file of defaults (keys are these options); the command line overrides it")
     g = p.add_argument_group("model")
     g.add_argument("--model_name_or_path", default="openai/clip-vit-base-patch16")
     g.add_argument("--tokenizer_name_or_path", default=None, help="defaults to --model_name_or_path")
-    g.add_argument("--variant", default="maple", choices=["maple", "maple_shared", "ivlp", "language", "vision"])
+    g.add_argument("--variant", default="maple", choices=VARIANTS)
     g.add_argument("--n_ctx", type=int, default=2)
     g.add_argument("--n_ctx_vision", type=int, default=None)
-    g.add_argument("--depth", type=int, default=9)
+    g.add_argument("--depth", type=int, default=None, help="prompt depth (default 9; cocoop: 1; not used by mmrl)")
     g.add_argument("--prompt_init", default="a photo of a", help="'none' for a random context")
+    g.add_argument(
+        "--vision_pool_prompts",
+        action=BooleanFlag,
+        default=False,
+        help="SigLIP / SigLIP 2: let the attention-pooling head see the vision prompts (default: removed before it)",
+    )
+    g = p.add_argument_group("MMRL (variant mmrl; unset: MMRL's defaults)")
+    g.add_argument("--n_rep", type=int, default=None, help="representation tokens (5)")
+    g.add_argument("--rep_dim", type=int, default=None, help="their width (512)")
+    g.add_argument("--rep_layers", type=int, nargs="*", default=None, help="1-based layers (the last 7 text layers)")
+    g.add_argument("--alpha", type=float, default=None, help="weight of the class path in the fused logits (0.7)")
     add_data_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--setting", default="base2novel", choices=SETTINGS)
@@ -86,6 +132,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--num_workers", type=int, default=min(8, os.cpu_count() or 1), help="data loading processes")
     g = p.add_argument_group("optimization")
     g.add_argument("--seed", type=int, default=1)
+    g.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"], help="sgd (MaPLe, CoOp...) or adamw (MMRL)")
     g.add_argument("--lr", type=float, default=0.0035)
     g.add_argument("--momentum", type=float, default=0.9)
     g.add_argument("--weight_decay", type=float, default=5e-4)
@@ -98,10 +145,18 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
     g.add_argument("--text_batch_size", type=int, default=256, help="class prompts encoded at once")
     g.add_argument("--gradient_checkpointing", action=BooleanFlag, default=False, help="bounded text memory")
-    g = p.add_argument_group("self-regulating prompts (PromptSRC; 0 / unset: off)")
-    g.add_argument("--text_weight", type=float, default=0.0, help="L1 to frozen CLIP's text features (PromptSRC: 25)")
-    g.add_argument("--image_weight", type=float, default=0.0, help="L1 to frozen CLIP's image features (10)")
-    g.add_argument("--logits_weight", type=float, default=0.0, help="KL to frozen CLIP's logits (1)")
+    g.add_argument(
+        "--crop_scale",
+        type=float,
+        nargs=2,
+        default=[0.08, 1.0],
+        help="area range of the random resized crop (MMRL: 0.5 1)",
+    )
+    g = p.add_argument_group("objective (default: mmrl for variant mmrl, src when a PromptSRC weight is > 0, else ce)")
+    g.add_argument("--objective", default=None, choices=OBJECTIVES, help="ce, src (PromptSRC), kgcoop or mmrl")
+    for objective, options in OBJECTIVE_OPTIONS.items():
+        for name, (kind, default, text) in options.items():
+            g.add_argument(f"--{name}", type=kind, default=None, help=f"{objective}: {text} ({default})")
     g.add_argument("--gpa_mean", type=float, default=None, help="Gaussian prompt aggregation: mean epoch (1-based)")
     g.add_argument("--gpa_std", type=float, default=None, help="Gaussian prompt aggregation: std in epochs")
     g = p.add_argument_group("run")
@@ -131,6 +186,25 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         parser.error(f"--config {path} holds a {type(values).__name__}; it must map option names to values")
     actions = {action.dest: action for action in parser._actions if action.dest not in ("help", "config")}
+    overrides = values.pop(DATASET_OVERRIDES, None)
+    if overrides is not None:
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            parser.error(
+                f"--config {path}: {DATASET_OVERRIDES} must map dataset names to options, e.g. "
+                "{eurosat: {reg_weight: 0.01}}"
+            )
+        values[DATASET_OVERRIDES] = {
+            str(name): _checked_values(parser, f"{path} ({DATASET_OVERRIDES}: {name})", dict(options), actions)
+            for name, options in overrides.items()
+        }
+    checked = _checked_values(parser, path, {k: v for k, v in values.items() if k != DATASET_OVERRIDES}, actions)
+    return {**values, **checked}
+
+
+def _checked_values(
+    parser: argparse.ArgumentParser, path: str, values: dict[str, Any], actions: dict[str, argparse.Action]
+) -> dict[str, Any]:
+    """YAML values checked like command-line values: known keys, types and choices."""
     for key, value in values.items():
         action = actions.get(key)
         if action is None:
@@ -142,6 +216,13 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
             continue
         if isinstance(action, BooleanFlag):
             ok, wanted = isinstance(value, bool), "true or false"
+        elif action.nargs == "*" and action.type is int:
+            ok = isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            wanted = "a list of whole numbers"
+        elif action.nargs == 2 and action.type is float:
+            ok = isinstance(value, list) and len(value) == 2
+            ok = ok and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+            wanted = "a list of two numbers"
         elif action.nargs == "*":
             ok, wanted = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of names"
         elif action.type is int:
@@ -162,13 +243,93 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
     return values
 
 
+DATASET_OVERRIDES = "dataset_overrides"
+"""A recipe's key mapping dataset names to options of their own (as the original code bases' per-dataset configs):
+they apply after the recipe and before the command line."""
+
+
+def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each option's name in Python (`output_dir`) -> its command-line flag (`--output_dir`), for error messages.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the script's parser.
+    """
+    return {action.dest: action.option_strings[0] for action in parser._actions if action.option_strings}
+
+
+def command_line_error(error: BaseException | str, parser: argparse.ArgumentParser) -> str:
+    """An error of the Python API as the script's user should read it: one line, in terms of its options.
+
+    Args:
+        error (`BaseException` or `str`): the error.
+        parser (`argparse.ArgumentParser`): the script's parser (its options name the Python arguments).
+    """
+    return command_line_message(" ".join(str(error).split()) or type(error).__name__, option_flags(parser))
+
+
+def _one_data_source(first: argparse.Namespace, values: dict[str, Any]) -> None:
+    """The command line's data source replaces the recipe's: `--dataset_name` drops the YAML's `dataset`, and
+    `--dataset` drops its `dataset_name` / `data_dir` (a recipe names one source; the user may point at another)."""
+    if first.dataset_name is not None and first.dataset is None:
+        values.pop("dataset", None)
+    if first.dataset is not None and first.dataset_name is None:
+        values.pop("dataset_name", None)
+        values.pop("data_dir", None)
+
+
+def objective_of(args: argparse.Namespace) -> str:
+    """The objective a run trains with: `--objective`, else `mmrl` for variant mmrl, `src` when a PromptSRC weight is
+    given (all of them 0 is plain cross-entropy), `ce` otherwise."""
+    if args.objective:
+        return args.objective
+    if args.variant == "mmrl":
+        return "mmrl"
+    if any(getattr(args, name) is not None for name in OBJECTIVE_OPTIONS["src"]):
+        return "src"
+    return "ce"
+
+
+def _check_method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Options of another objective or variant are refused rather than silently ignored."""
+    objective = objective_of(args)
+    for other, options in OBJECTIVE_OPTIONS.items():
+        given = [name for name in options if getattr(args, name) is not None]
+        if other != objective and given:
+            parser.error(
+                f"--{given[0]} is an option of --objective {other}, but this run trains with --objective "
+                f"{objective}; drop it or pass --objective {other}"
+            )
+    if (objective == "mmrl") != (args.variant == "mmrl"):
+        parser.error(
+            f"--objective {objective} with --variant {args.variant}: MMRL's loss trains MMRL's representation tokens; "
+            "use --variant mmrl with --objective mmrl (its default), or another objective"
+        )
+    given = [name for name in MMRL_OPTIONS if getattr(args, name) is not None]
+    if given and args.variant != "mmrl":
+        parser.error(f"--{given[0]} is an option of --variant mmrl, not of --variant {args.variant}")
+    low, high = args.crop_scale
+    if not 0 < low <= high <= 1:
+        parser.error(f"--crop_scale {low} {high} must be 0 < min <= max <= 1, e.g. 0.08 1.0")
+
+
 def parse_args(argv: list[str] | None = None, *, description: str | None = None) -> argparse.Namespace:
     """The options of `examples/train.py`, from `argv` (default: the command line) and the `--config` YAML file."""
     parser = build_parser(description)
     first, _ = parser.parse_known_args(argv)
     if first.config:
-        parser.set_defaults(**yaml_defaults(parser, first.config))
+        values = yaml_defaults(parser, first.config)
+        overrides = values.pop(DATASET_OVERRIDES, None) or {}
+        _one_data_source(first, values)
+        parser.set_defaults(**values)
+        dataset = first.dataset or first.dataset_name or values.get("dataset") or values.get("dataset_name")
+        if dataset in overrides:  # the recipe's values for this dataset; the command line still wins
+            parser.set_defaults(**overrides[dataset])
     args = parser.parse_args(argv)
+    if args.dataset and args.dataset_name:
+        parser.error(
+            f"--dataset {args.dataset} (a CoOp benchmark) and --dataset_name {args.dataset_name} (a 🤗 dataset) are "
+            "both set; pass one of them (given on the command line, it replaces the --config file's)"
+        )
     if args.prompt_init is not None and str(args.prompt_init).lower() == "none":
         args.prompt_init = None
     for name in ("num_shots", "epochs", "batch_size", "eval_batch_size", "gradient_accumulation_steps", "seed"):
@@ -177,10 +338,17 @@ def parse_args(argv: list[str] | None = None, *, description: str | None = None)
     for name in ("num_workers", "warmup_epochs", "text_batch_size", "checkpoints_total_limit"):
         if getattr(args, name) < (1 if name in ("text_batch_size", "checkpoints_total_limit") else 0):
             parser.error(f"--{name} {getattr(args, name)} is out of range")
+    if args.warmup_epochs >= args.epochs:
+        parser.error(
+            f"--warmup_epochs {args.warmup_epochs} leaves no epoch of the cosine schedule in --epochs {args.epochs}; "
+            f"use --warmup_epochs {args.epochs - 1} or fewer"
+        )
     if not (args.lr > 0 and math.isfinite(args.lr)):
         parser.error(f"--lr {args.lr} must be a positive number")
     if args.setting == "cross_dataset" and not args.eval_datasets:
         parser.error("--setting cross_dataset needs --eval_datasets (e.g. dtd eurosat ucf101)")
+    _check_method_options(parser, args)
+    args.objective = objective_of(args)  # recorded resolved, in checkpoints and metrics
     if (args.gpa_mean is None) != (args.gpa_std is None):
         parser.error("Gaussian prompt aggregation needs both --gpa_mean and --gpa_std (or neither)")
     if args.push_to_hub and not args.hub_model_id:

@@ -15,21 +15,32 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+# the command-line / YAML options; this imports neither torch nor transformers
+from options import MAY_CHANGE_ON_RESUME, PACKAGED_BUILDERS, build_parser, command_line_error, parse_args
+
+if __name__ == "__main__":  # --help and option errors answer at once, before the slow imports below
+    ARGS = parse_args(description=__doc__)
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
-from options import MAY_CHANGE_ON_RESUME, parse_args  # the command-line / YAML options
 from peft import get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import AutoImageProcessor, AutoTokenizer, CLIPModel
+from transformers import AutoTokenizer
 
 import maple_peft
+from maple_peft.adapter_card import method_name
+from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
+from maple_peft.hub import check_sources, check_writable_cache
+from maple_peft.loading import load_base_model, load_image_processor
+from maple_peft.numerics import flush_denormal
 from maple_peft.training.checkpointing import (
     differing_options,
     last_good_checkpoint,
@@ -40,10 +51,11 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import CLIPTransforms, ImageClassificationDataset
+from maple_peft.training.data import ImageClassificationDataset, image_transforms
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     evaluate_classifier,
+    image_batch,
     load_experiment_data,
     load_experiment_data_from_args,
 )
@@ -64,43 +76,125 @@ from maple_peft.training.run_dir import (
 from maple_peft.training.schedule import build_scheduler
 
 logger = logging.getLogger("maple_peft.train")
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
-class TqdmHandler(logging.StreamHandler):
-    """Console log lines written above the progress bar instead of through it."""
+class RunFailed(Exception):
+    """The run failed after it started: the console and the log have said why (the log with the traceback)."""
+
+
+class ConsoleHandler(logging.StreamHandler):
+    """Console log lines, written above the progress bar instead of through it, without tracebacks (one line per
+    record: the traceback of an error goes to training_log.txt only); errors go to stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        tqdm.write(self.format(record), file=sys.stdout)
+        saved = record.exc_info, record.exc_text
+        record.exc_info = record.exc_text = None
+        try:
+            tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.ERROR else sys.stdout)
+        finally:
+            record.exc_info, record.exc_text = saved
 
 
 def setup_logging(accelerator: Accelerator, output_dir: Path) -> None:
-    handlers: list[logging.Handler] = [TqdmHandler()]
+    handlers: list[logging.Handler] = [ConsoleHandler()]
     if accelerator.is_main_process:
         handlers.append(logging.FileHandler(output_dir / LOG_FILE, encoding="utf-8"))
-    logging.basicConfig(
-        format="%(asctime)s %(levelname)s %(message)s", level=logging.INFO, handlers=handlers, force=True
-    )
+    logging.basicConfig(format=LOG_FORMAT, level=logging.INFO, handlers=handlers, force=True)
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # its per-file checkpoint lines
     if not accelerator.is_main_process:
         logger.setLevel(logging.ERROR)
 
 
-def eval_splits(args: argparse.Namespace, data: Any) -> dict[str, tuple[Any, list[str], str]]:
-    """name -> (test records, class names, zero-shot template) for every evaluated split or target dataset."""
+def quiet_console(args: argparse.Namespace) -> None:
+    """Third-party messages known to be harmless filtered at their source; progress bars on a terminal only."""
+    quiet_known_messages()
+    if not progress_bars_wanted():
+        disable_library_progress_bars()
+    if args.dataset_name in PACKAGED_BUILDERS:  # a local folder: no "Downloading data: 36/36 files" bars
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def check_sources_and_caches(args: argparse.Namespace) -> None:
+    """The model and dataset exist locally or can be fetched, and the caches they go to can be written: one line
+    now instead of a traceback after minutes of retries."""
+    sources = {
+        "--model_name_or_path": (args.model_name_or_path, "model"),
+        "--tokenizer_name_or_path": (args.tokenizer_name_or_path, "model"),
+    }
+    if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
+        sources["--dataset_name"] = (args.dataset_name, "dataset")
+    check_sources(sources)
+    if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
+        import datasets
+
+        check_writable_cache(datasets.config.HF_DATASETS_CACHE, "the datasets cache (HF_DATASETS_CACHE)")
+
+
+def gpa_summary(aggregator: GaussianPromptAggregator) -> str:
+    """The aggregation in one readable line: the epochs that carry 99% of the weight, with their weights."""
+    weights = {entry["epoch"]: entry["weight"] for entry in aggregator.history()}
+    kept, total = [], 0.0
+    for epoch, weight in sorted(weights.items(), key=lambda item: -item[1]):
+        if total >= 0.99 or len(kept) == 10:
+            break
+        kept.append(epoch)
+        total += weight
+    kept.sort()
+    shown = ", ".join(f"{epoch}: {weights[epoch]:.3g}" for epoch in kept)
+    return (
+        f"Gaussian prompt aggregation (mean {aggregator.mean:g}, std {aggregator.std:g}): the adapter is the weighted "
+        f"average of the {len(weights)} epochs' adapters; epochs {shown} carry {100 * total:.1f}% of the weight"
+    )
+
+
+def eval_splits(args: argparse.Namespace, data: Any) -> dict[str, tuple[Any, list[str], str, str]]:
+    """name -> (test records, class names, zero-shot template, dataset) for every evaluated split or target dataset."""
     if args.setting == "base2novel":
         splits = {subset: data.test.class_subset(subset) for subset in ("base", "novel")}
-        return {name: (records, list(records.class_names), data.template) for name, records in splits.items()}
-    splits = {data.name: (data.test, data.class_names, data.template)}
+        return {
+            name: (records, list(records.class_names), data.template, data.name) for name, records in splits.items()
+        }
+    splits = {data.name: (data.test, data.class_names, data.template, data.name)}
     for target in args.eval_datasets:
         other = load_experiment_data(dataset=target, data_root=args.data_root)
-        splits[other.name] = (other.test, other.class_names, other.template)
+        splits[other.name] = (other.test, other.class_names, other.template, other.name)
     return splits
 
 
-def evaluate_all(accelerator, model, tokenizer, splits, transforms, args, *, zero_shot: bool) -> dict[str, dict]:
-    """Accuracy on every split: the adapter's prompts, or zero-shot CLIP with the dataset's template."""
+def method_config(args: argparse.Namespace, data: Any) -> dict[str, Any]:
+    """The MaPLeConfig options of the variant: MMRL's representation tokens, on the dataset's template."""
+    if args.variant != "mmrl":
+        return {"n_ctx": args.n_ctx, "n_ctx_vision": args.n_ctx_vision, "depth": args.depth}
+    options = {name: getattr(args, name) for name in ("n_rep", "rep_dim", "rep_layers", "alpha")}
+    return {**{k: v for k, v in options.items() if v is not None}, "template": data.template}
+
+
+def build_objective(args: argparse.Namespace, classifier: Any, data: Any) -> Any:
+    """The training objective the recipe names (`--objective`), from the options it declares."""
+    objective = maple_peft.OBJECTIVES[args.objective]
+    options = {option.name: getattr(args, option.name) for option in objective.options}
+    options = {name: value for name, value in options.items() if value is not None}
+    if args.objective == "kgcoop" and "kg_template" not in options:
+        options["kg_template"] = data.template  # KgCoOp's frozen text is on the dataset's hand-written template
+    return objective.from_options(classifier, **options)
+
+
+def build_optimizer(args: argparse.Namespace, params: list) -> torch.optim.Optimizer:
+    """SGD with momentum (MaPLe, CoOp, CoCoOp, PromptSRC, KgCoOp) or AdamW (MMRL), with weight decay."""
+    if args.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    return torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+
+
+def evaluate_all(
+    accelerator, model, tokenizer, splits, transforms, args, *, zero_shot: bool, method: str
+) -> dict[str, dict]:
+    """Accuracy on every split: the adapter's prompts (`method`), or zero-shot CLIP with the dataset's template."""
     results = {}
-    for name, (records, class_names, template) in splits.items():
+    for name, (records, class_names, template, source) in splits.items():
         dataset = ImageClassificationDataset(records, transforms.test())
         loader = DataLoader(dataset, batch_size=args.eval_batch_size, num_workers=args.num_workers)
         classifier = maple_peft.PromptClassifier(
@@ -109,8 +203,9 @@ def evaluate_all(accelerator, model, tokenizer, splits, transforms, args, *, zer
             class_names,
             template=template if zero_shot else None,
             text_batch_size=args.text_batch_size,
+            dataset=source,  # MMRL's test-time rule: its fused logits on the classes of its training dataset only
         )
-        label = f"{'zero-shot ' if zero_shot else ''}{name}"
+        label = f"{'zero-shot CLIP' if zero_shot else method} {name}"
         results[name] = evaluate_classifier(
             accelerator, classifier, accelerator.prepare(loader), class_names, desc=label
         )
@@ -148,8 +243,11 @@ def save_checkpoint(accelerator: Accelerator, params: list, output_dir: Path, tr
         logger.info(f"Saved {path} (epoch {trainer_state['epoch']}, step {trainer_state['step']})")
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv, description=__doc__)
+@flush_denormal()  # subnormal floats are zero on CPU (they slow arithmetic down many times)
+def main(args: argparse.Namespace | list[str] | None = None) -> dict:
+    if not isinstance(args, argparse.Namespace):  # an argument list, as on the command line
+        args = parse_args(args, description=__doc__)
+    quiet_console(args)
     output_dir = Path(args.output_dir)
     started = time.time()
     # Options as recorded in checkpoints and metrics (a JSON round trip, so they compare equal after resuming).
@@ -162,6 +260,7 @@ def main(argv: list[str] | None = None) -> dict:
     # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept)
     resume_here = checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
     check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
+    check_sources_and_caches(args)
     if checkpoint is not None:
         resume_state = read_trainer_state(checkpoint)
         changed = differing_options(resume_state["options"], options, MAY_CHANGE_ON_RESUME)
@@ -175,26 +274,28 @@ def main(argv: list[str] | None = None) -> dict:
     train_records = data.train.few_shot(args.num_shots, seed=args.seed)
     if args.setting == "base2novel":
         train_records = train_records.class_subset("base")
+    counts = train_records.class_counts()
+    shots_used = {"min": min(counts), "max": max(counts)}  # fewer than --num_shots where a class has fewer images
     tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     set_seed(args.seed)  # the prompts' random initialization
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(args.model_name_or_path)
-    except (OSError, ValueError):
-        image_processor = None
-    transforms = CLIPTransforms.from_processor(image_processor)
+    base_model = load_base_model(args.model_name_or_path)  # CLIP, MetaCLIP 2, SigLIP or SigLIP 2, from its config
+    image_processor, why_default = load_image_processor(args.model_name_or_path, base_model.config)
+    if why_default:
+        logger.warning(why_default)
+    transforms = image_transforms(image_processor, scale=tuple(args.crop_scale))
     train_names = list(train_records.class_names)
     peft_config = maple_peft.MaPLeConfig(
-        n_ctx=args.n_ctx,
-        n_ctx_vision=args.n_ctx_vision,
-        depth=args.depth,
+        **method_config(args, data),
         prompt_init=args.prompt_init,
         variant=args.variant,
+        vision_pool_prompts=args.vision_pool_prompts,
         tokenizer_name_or_path=tokenizer_path,
         class_names=train_names,  # saved with the adapter: PromptClassifier.from_pretrained classifies among them
+        dataset=data.name,
     )
-    model = get_peft_model(CLIPModel.from_pretrained(args.model_name_or_path), peft_config)
-    for _, class_names, template in splits.values():  # the evaluated class names fit CLIP's context too
+    model = get_peft_model(base_model, peft_config)
+    for _, class_names, template, _ in splits.values():  # the evaluated class names fit the text context too
         for zero_shot_template in (None, template):
             maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
     classifier = maple_peft.PromptClassifier(
@@ -204,10 +305,8 @@ def main(argv: list[str] | None = None) -> dict:
         text_batch_size=args.text_batch_size,
         gradient_checkpointing=args.gradient_checkpointing,
     )
-    # the training loss: cross-entropy, plus PromptSRC's self-regulating terms when their weights are > 0
-    loss_fn = maple_peft.SelfRegularizedLoss(
-        classifier, text_weight=args.text_weight, image_weight=args.image_weight, logits_weight=args.logits_weight
-    )
+    # the training objective: cross-entropy, PromptSRC's, KgCoOp's or MMRL's loss (a module holding the classifier)
+    loss_fn = build_objective(args, classifier, data)
     aggregator = None
     if args.gpa_mean is not None:
         aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
@@ -224,12 +323,9 @@ def main(argv: list[str] | None = None) -> dict:
         ),
     )
     num_processes = accelerator.num_processes  # a checkpoint's batch positions and schedule are per process
-    if len(train_records) // num_processes < args.batch_size:
-        raise ValueError(
-            f"{len(train_records)} training images shared by {num_processes} process(es) but "
-            f"batch_size={args.batch_size}: the last incomplete batch is dropped, so no step would run; lower "
-            "batch_size (or the number of processes)."
-        )
+    # Dassl's rule, which every original recipe trains with: the last incomplete batch is dropped, unless the images
+    # do not fill one batch (KgCoOp's batch of 128 on EuroSAT's 80 base images): then that one batch is the epoch
+    drop_last = len(train_records) // num_processes >= args.batch_size
     if resume_state is not None and resume_state.get("num_processes", 1) != num_processes:
         raise ValueError(
             f"The checkpoint {checkpoint} was written by a run on {resume_state.get('num_processes', 1)} "
@@ -241,11 +337,11 @@ def main(argv: list[str] | None = None) -> dict:
         lock.acquire()
         try:  # again under the lock: another run may have finished in the folder since the first check
             check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
-        except ValueError:
+            clear_previous_run(output_dir, keep_checkpoints=resume_here)  # only what a run wrote
+            remove_incomplete_checkpoints(output_dir)
+        except BaseException:
             lock.release()
             raise
-        clear_previous_run(output_dir, keep_checkpoints=resume_here)
-        remove_incomplete_checkpoints(output_dir)
         mark_running(output_dir)
     accelerator.wait_for_everyone()
     setup_logging(accelerator, output_dir)
@@ -254,10 +350,17 @@ def main(argv: list[str] | None = None) -> dict:
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
         )
         logger.info(f"{data.name}: {len(data.class_names)} classes; evaluating on {list(splits)}")
+        logger.info(f"split: {data.split_note}")
         trainable, total = model.get_nb_trainable_parameters()
         logger.info(
             f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
         )
+        logger.info(f"objective: {loss_fn.describe()}")
+        if not drop_last:
+            logger.warning(
+                f"{len(train_records)} training images per epoch ({num_processes} process(es)) do not fill one batch of "
+                f"{args.batch_size}: each epoch is one step on all of them (Dassl's rule, as the original recipes)"
+            )
 
         # ---- training data, optimizer, schedule ------------------------------------------------------------------
         train_set = EpochSeededDataset(
@@ -268,12 +371,12 @@ def main(argv: list[str] | None = None) -> dict:
             train_set,
             batch_size=args.batch_size,
             shuffle=True,
-            drop_last=True,
+            drop_last=drop_last,
             num_workers=args.num_workers,
             generator=loader_generator,
         )
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+        optimizer = build_optimizer(args, params)
         # the loss module holds the classifier: preparing it puts the whole step under DDP and autocast
         loss_fn, optimizer, train_loader = accelerator.prepare(loss_fn, optimizer, train_loader)
         steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
@@ -301,7 +404,9 @@ def main(argv: list[str] | None = None) -> dict:
                 TRACKER_DIR, config={k: v for k, v in options.items() if not isinstance(v, list)}
             )
         progress = tqdm(
-            total=steps_per_epoch * args.epochs, initial=global_step, disable=not accelerator.is_local_main_process
+            total=steps_per_epoch * args.epochs,
+            initial=global_step,
+            disable=not (accelerator.is_local_main_process and progress_bars_wanted()),
         )
         for epoch in range(start_epoch, args.epochs):
             set_seed(args.seed + epoch)  # the epoch's shuffling and augmentations do not depend on resuming
@@ -313,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict:
             batches.set_epoch(epoch)  # also the epoch of the per-image augmentation seeds (EpochSeededDataset)
             for batch_index, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
                 with accelerator.accumulate(loss_fn):
-                    out = loss_fn(batch["pixel_values"], batch["labels"])
+                    out = loss_fn(image_batch(batch), batch["labels"])
                     loss = out.loss
                     all_losses = accelerator.gather(loss.detach()[None])
                     if not torch.isfinite(all_losses).all():
@@ -358,15 +463,18 @@ def main(argv: list[str] | None = None) -> dict:
 
         if aggregator is not None:  # the adapter evaluated, saved and described is the Gaussian-weighted average
             aggregator.apply(model)
-            logger.info(f"Gaussian prompt aggregation: {aggregator.history()}")
+            logger.info(gpa_summary(aggregator))
 
         # ---- evaluation: the adapter, and zero-shot CLIP as the baseline row ----------------------------------------
         model.eval()
-        results = evaluate_all(accelerator, model, tokenizer, splits, transforms, args, zero_shot=False)
+        method = method_name(model.peft_config["default"].to_dict(), options)
+        results = evaluate_all(accelerator, model, tokenizer, splits, transforms, args, zero_shot=False, method=method)
         zero_shot = None
         if args.zero_shot_baseline:
             with model.disable_adapter():
-                zero_shot = evaluate_all(accelerator, model, tokenizer, splits, transforms, args, zero_shot=True)
+                zero_shot = evaluate_all(
+                    accelerator, model, tokenizer, splits, transforms, args, zero_shot=True, method=method
+                )
         accelerator.log({f"eval/{name}_accuracy": r["accuracy"] for name, r in results.items()}, step=global_step)
         metrics = build_run_metrics(
             base_model=args.model_name_or_path,
@@ -379,9 +487,15 @@ def main(argv: list[str] | None = None) -> dict:
             peft_config=model.peft_config["default"].to_dict(),
             time_seconds=round(time.time() - started, 2),
             zero_shot_results=zero_shot,
+            split_source=data.split_source,  # tables never average two splits of one benchmark
+            split_note=data.split_note,
+            benchmark=data.benchmark,
+            shots_used=shots_used,
         )
         if "harmonic_mean" in metrics:
-            logger.info(f"HM {metrics['harmonic_mean']:.2f}")
+            zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")
+            baseline = "" if zero_shot_hm is None else f" (zero-shot CLIP: HM {zero_shot_hm:.2f})"
+            logger.info(f"{method}: HM of base and novel {metrics['harmonic_mean']:.2f}{baseline}")
 
         # ---- the results, written last -----------------------------------------------------------------------------
         accelerator.wait_for_everyone()
@@ -398,11 +512,16 @@ def main(argv: list[str] | None = None) -> dict:
             logger.info(f"Wrote {output_dir}")
         accelerator.end_training()
     except BaseException as error:
+        where = f"; the traceback is in {output_dir / LOG_FILE}" if accelerator.is_main_process else ""
+        reason = command_line_error(error, build_parser()).rstrip(".")
         logger.error(
-            f"The run failed: {type(error).__name__}: {error}", exc_info=not isinstance(error, KeyboardInterrupt)
+            f"The run failed: {type(error).__name__}: {reason}{where}",
+            exc_info=not isinstance(error, KeyboardInterrupt),
         )
         if accelerator.is_main_process:
             mark_failed(output_dir, error)
+        if isinstance(error, Exception):
+            raise RunFailed(str(error)) from error
         raise
     finally:
         lock.release()
@@ -415,7 +534,7 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as error:
             logger.error(
                 f"Pushing to the Hub failed ({type(error).__name__}: {error}). The run is saved in {output_dir}; push "
-                f"it later with: maple-peft push {output_dir} --hub_model_id {args.hub_model_id}"
+                f"it later with: maple-peft push {output_dir} --hub-model-id {args.hub_model_id}"
             )
             sys.exit(1)
     return metrics
@@ -423,6 +542,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 if __name__ == "__main__":
     try:
-        main()
-    except (ValueError, FileNotFoundError, RuntimeError) as error:  # the log file (if any) holds the traceback
-        sys.exit(f"error: {error}")
+        main(ARGS)
+    except RunFailed:  # the console and training_log.txt have said why
+        sys.exit(1)
+    except (ValueError, OSError, RuntimeError) as error:  # refused before any work: one line, exit code 2
+        if os.environ.get("RANK", "0") == "0":  # once, not once per process under `accelerate launch`
+            print(f"error: {command_line_error(error, build_parser())}", file=sys.stderr)
+        sys.exit(2)

@@ -1,4 +1,4 @@
-"""Registration of MaPLe with PEFT: the `PeftType` member, the tuner mapping and the "How to use" card section.
+"""Registration of MaPLe with PEFT: the `PeftType` member, the tuner mapping and the card of a saved adapter.
 
 `register()` is called once by `import maple_peft`; it is idempotent (a re-import points PEFT at the current classes).
 """
@@ -64,7 +64,8 @@ def add_loading_section(
         )
     section = (
         "\n## How to use\n\n"
-        "This is a MaPLe (multi-modal prompt learning) adapter for CLIP. Import `maple_peft` before loading it: the "
+        "This is a MaPLe (multi-modal prompt learning) adapter for a CLIP-family model. Import `maple_peft` before "
+        "loading it: the "
         "import registers the method with PEFT.\n\n"
         "```python\n"
         "import maple_peft  # registers MaPLe with PEFT: import it before loading\n\n"
@@ -73,7 +74,7 @@ def add_loading_section(
         'print(clf.predict_proba("image.jpg", top_k=3))  # [{"label": ..., "score": ...}, ...], best first\n'
         "```\n\n"
         f"From the command line: `maple-peft predict --adapter {adapter} image.jpg`. Step by step: "
-        f'`model = PeftModel.from_pretrained(CLIPModel.from_pretrained("{base}"), "{adapter}")`, then '
+        f'`model = PeftModel.from_pretrained(AutoModel.from_pretrained("{base}"), "{adapter}")`, then '
         "`maple_peft.PromptClassifier(model, tokenizer, class_names)`.\n"
     )
     match = re.match(r"^---\n.*?\n---\n", text, flags=re.DOTALL)
@@ -81,8 +82,44 @@ def add_loading_section(
     path.write_text(text[:cut] + section + text[cut:], encoding="utf-8")
 
 
+def _versions() -> dict[str, str | None]:
+    import peft
+    import torch
+    import transformers
+
+    from .version import __version__
+
+    return {"maple_peft": __version__, "peft": peft.__version__, "transformers": transformers.__version__,
+            "torch": torch.__version__}  # fmt: skip
+
+
+def write_adapter_card(readme: str | os.PathLike, config: object, base_model: str | None) -> bool:
+    """Write the card of a saved MaPLe adapter (`maple_peft.adapter_card`) unless `readme` is someone else's.
+
+    A missing card, or one written by this function earlier (it carries `GENERATED_MARKER`), is (re)written; any
+    other README.md (a training run's card, the user's own) is left to PEFT's update.
+
+    Args:
+        readme (`str` or `os.PathLike`): the card's path.
+        config (`MaPLeConfig`): the adapter's config (its variant, shape and class names are described).
+        base_model (`str`, *optional*): the base model's name or path, as the user gave it.
+
+    Returns:
+        `bool`: whether the card was written.
+    """
+    from .adapter_card import GENERATED_MARKER, render_adapter_card
+
+    path = Path(readme)
+    if path.exists() and GENERATED_MARKER not in path.read_text(encoding="utf-8", errors="replace"):
+        return False
+    text = render_adapter_card(config.to_dict(), base_model, config.class_names, versions=_versions())
+    path.write_text(text, encoding="utf-8")
+    return True
+
+
 def _patch_peft_model_card() -> None:
-    """Make the card of every saved MaPLe adapter say to `import maple_peft` first (idempotent)."""
+    """Make `save_pretrained` of a MaPLe adapter write a real card (method, base model, classes, how to use) instead of
+    PEFT's generic template; a card that is not ours gets PEFT's update and a "How to use" section (idempotent)."""
     from peft import PeftModel
 
     original = PeftModel.create_or_update_model_card
@@ -90,15 +127,18 @@ def _patch_peft_model_card() -> None:
         return
 
     def create_or_update_model_card(self, output_dir: str) -> None:
-        original(self, output_dir)
         configs = [c for c in self.peft_config.values() if getattr(c, "peft_type", None) == PeftType.MAPLE]
-        if configs:
-            base = getattr(self.get_base_model(), "name_or_path", None)
-            active = self.peft_config.get(self.active_adapter)
-            class_names = active.class_names if getattr(active, "peft_type", None) == PeftType.MAPLE else None
-            add_loading_section(
-                os.path.join(output_dir, "README.md"), base_model=base if base else None, class_names=class_names
-            )
+        if not configs:
+            return original(self, output_dir)
+        active = self.peft_config.get(self.active_adapter)
+        config = active if getattr(active, "peft_type", None) == PeftType.MAPLE else configs[0]
+        base = getattr(self.get_base_model(), "name_or_path", None) or None
+        readme = os.path.join(output_dir, "README.md")
+        if write_adapter_card(readme, config, base):
+            return
+        original(self, output_dir)
+        class_names = active.class_names if getattr(active, "peft_type", None) == PeftType.MAPLE else None
+        add_loading_section(readme, base_model=base, class_names=class_names)
 
     create_or_update_model_card._maple_peft = True
     PeftModel.create_or_update_model_card = create_or_update_model_card

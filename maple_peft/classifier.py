@@ -4,106 +4,50 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from transformers.utils import ModelOutput
 
+from .backbones import Backbone, backbone_of
+from .class_text import ClassTextEncoder, TokenizedPrompts, active_maple_config, base_model_of
 from .config import MaPLeConfig
-from .layer import MaPLeLayer, MaPLeTextPromptLayer
+from .layer import MaPLeRepresentationLayer, MaPLeTextPromptLayer
 from .loading import load_image
-from .prompts import check_class_names, format_prompts, prompt_template, tokenize_prompts
-from .shared_prefix import (
-    PrefixCache,
-    active_text_n_ctx,
-    common_prefix_length,
-    encode_prefix,
-    encode_suffixes,
-    shared_prefix_unsupported,
-)
+from .numerics import flush_denormal
+from .prompts import prompt_template
+
+__all__ = ["ClassifierOutput", "PromptClassifier", "TokenizedPrompts", "active_maple_config", "base_model_of"]
+
+#: MMRL's fixed logit scale (its code multiplies the cosines by 100, not by CLIP's learned scale).
+MMRL_LOGIT_SCALE = 100.0
+REP_LOGITS = ("auto", "fusion", "class")
 
 
-def _pooled(output: Any) -> torch.Tensor:
-    # transformers >= 5 returns a ModelOutput whose pooler_output is projected; older versions return the tensor
-    return output if isinstance(output, torch.Tensor) else output.pooler_output
+@dataclass
+class ClassifierOutput(ModelOutput):
+    """What `PromptClassifier.outputs` returns: the logits and the features they come from.
 
-
-def unwrap_clip(model: nn.Module) -> nn.Module:
-    """The `CLIPModel` inside a `PeftModel` (with the adapter layers injected), or `model` itself."""
-    if hasattr(model, "get_base_model"):
-        model = model.get_base_model()
-    if not hasattr(model, "text_model") or not hasattr(model, "vision_model"):
-        raise TypeError(
-            f"PromptClassifier needs a transformers CLIPModel (optionally wrapped by PEFT), got {type(model).__name__}."
-        )
-    return model
-
-
-def active_maple_config(model: nn.Module) -> MaPLeConfig | None:
-    """The config of the MaPLe adapter whose prompts `model` uses now, or None (no adapter, or adapters disabled)."""
-    clip = unwrap_clip(model)
-    configs = getattr(clip, "peft_config", None) or {}
-    for module in clip.modules():
-        if isinstance(module, MaPLeLayer):
-            name = module.prompt_adapter()
-            if name is not None:
-                return configs.get(name)
-    return None
-
-
-class TokenizedPrompts(NamedTuple):
-    """The class prompts, tokenized and planned for encoding.
-
-    Attributes:
-        input_ids (`torch.LongTensor`): `(n_classes, longest)` token ids, right-padded.
-        chunks (`list[tuple[torch.Tensor, torch.Tensor]]`): the encoding plan: `(rows, ids)` groups of prompts of
-            equal length, each trimmed to that length (no padding) and at most `text_batch_size` prompts.
-        inverse (`torch.LongTensor`): puts the features of the concatenated chunks back in class order.
-        prefix_length (`int`): the number of leading tokens all prompts share.
+    Args:
+        logits (`torch.Tensor`): `(batch, n_classes)`, exactly `classifier(images)`.
+        image_features (`torch.Tensor`): `(batch, embed_dim)`, L2-normalized (MMRL: the class token's).
+        text_features (`torch.Tensor`): `(n_classes, embed_dim)`, or `(batch, n_classes, embed_dim)` for CoCoOp
+            (one set per image), L2-normalized.
+        logits_class (`torch.Tensor`, *optional*): MMRL: the class path's logits, `100 * cos(image, text)`.
+        logits_rep (`torch.Tensor`, *optional*): MMRL: the representation path's logits.
+        image_rep_features (`torch.Tensor`, *optional*): MMRL: the normalized representation features of the images.
     """
 
-    input_ids: torch.Tensor
-    chunks: list[tuple[torch.Tensor, torch.Tensor]]
-    inverse: torch.Tensor
-    prefix_length: int
-
-
-def _checksum(tensors: Sequence[torch.Tensor]) -> tuple[float, ...]:
-    """Two cheap sums per tensor (plain and position-weighted): any change of values shows in one of them."""
-    if not tensors:
-        return ()
-    with torch.no_grad():
-        sums = []
-        for tensor in tensors:
-            flat = tensor.detach().flatten().double()
-            weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.float64)
-            sums.append(torch.stack([flat.sum(), (flat * weights).sum()]))
-        return tuple(torch.cat(sums).tolist())
-
-
-def _check_pixel_values(pixel_values: Any) -> None:
-    if not isinstance(pixel_values, torch.Tensor):
-        raise TypeError(
-            f"pixel_values must be a torch.Tensor of shape (batch, 3, height, width), got {type(pixel_values).__name__}"
-            "; use clf.predict(images) for PIL images or paths."
-        )
-    if not pixel_values.is_floating_point():
-        raise TypeError(
-            f"pixel_values has dtype {pixel_values.dtype}, but CLIP needs normalized floating-point pixel values; "
-            "preprocess the images with the model's image processor (e.g. "
-            "CLIPImageProcessor(...)(images=images, return_tensors='pt').pixel_values), or use clf.predict(images)."
-        )
-    if pixel_values.ndim != 4:
-        raise ValueError(
-            f"pixel_values has shape {tuple(pixel_values.shape)}; it must be (batch, channels, height, width)."
-        )
-    if pixel_values.shape[0] == 0:
-        raise ValueError(
-            f"pixel_values is an empty batch (shape {tuple(pixel_values.shape)}); pass at least one image."
-        )
+    logits: torch.FloatTensor | None = None
+    image_features: torch.FloatTensor | None = None
+    text_features: torch.FloatTensor | None = None
+    logits_class: torch.FloatTensor | None = None
+    logits_rep: torch.FloatTensor | None = None
+    image_rep_features: torch.FloatTensor | None = None
 
 
 def _is_single_image(images: Any) -> bool:
@@ -113,45 +57,58 @@ def _is_single_image(images: Any) -> bool:
 
 
 class PromptClassifier(nn.Module):
-    """Classifies images among class names with a (MaPLe-adapted) CLIP.
+    """Classifies images among class names with an adapted (or plain) CLIP-family dual encoder.
 
     Class names become prompts (`"a photo of a {name}."` for the default adapter, see `maple_peft.format_prompts`),
-    tokenized once and encoded in groups of prompts of equal length, each trimmed to that length, so that no padding
-    is encoded (exact: CLIP's causal text encoder pools at the end-of-text token). The token prefix that all prompts
-    share (`<start> ctx_1 .. ctx_n of a`) is encoded once and reused by every class (`shared_prefix`, see
-    `maple_peft.shared_prefix`), which about halves the text cost. Text is encoded in chunks of at most
-    `text_batch_size` prompts; with `gradient_checkpointing=True` the chunks' activations are recomputed in the
-    backward pass, so training memory stays bounded for thousands of classes.
+    whose text features come from the class-text encoder (`clf.text_encoder`, a `maple_peft.ClassTextEncoder`):
+    tokenized once and, for the causal text encoders (CLIP, MetaCLIP 2), encoded in groups of prompts of equal length,
+    each trimmed at its end-of-text token, with the token prefix that all prompts share (`<start> ctx_1 .. ctx_n of a`)
+    encoded once and reused by every class (`shared_prefix`, see `maple_peft.shared_prefix`), which about halves the
+    text cost. SigLIP's bidirectional text encoder pools the last position of a prompt padded to 64 tokens, so its
+    prompts are encoded whole. Text is encoded in chunks of at most `text_batch_size` prompts; with
+    `gradient_checkpointing=True` the chunks' activations are recomputed in the backward pass, so training memory stays
+    bounded for thousands of classes.
+
+    Logits are the family's (`maple_peft.backbones`): `exp(logit_scale) * cos(image, text)`, plus `logit_bias` for
+    SigLIP; `predict_proba` reports the family's usual scores (softmax over the classes for CLIP and MetaCLIP 2, an
+    independent sigmoid per class for SigLIP and SigLIP 2, as transformers' zero-shot pipeline does).
 
     Text-feature cache: in train mode the text features are recomputed at every call, with gradients. In eval mode
-    they are computed once and reused while all of these stay the same: the class names and template, which adapter
-    the text layers use (other active adapter, adapters disabled), `shared_prefix`, the identity, storage and in-place
-    version counter of every text-tower parameter, and a checksum (sum and position-weighted sum) of the values of the
-    active text prompts and of every trainable text-tower parameter. The checksum catches values replaced without an
-    in-place operation (`param.data = ...`, `torch.nn.utils.vector_to_parameters`); it costs two reductions over the
-    prompt tensors per call, nothing next to encoding the prompts. Frozen base weights replaced through `.data` are
-    caught by their storage address only; call `set_class_names(clf.class_names)` to force a recomputation.
+    they are computed once and reused while nothing that changes them changes (the tokenizer, template, class names,
+    chunk size, backbone, active adapter and the values of the text tower's parameters and prompts: see
+    `maple_peft.ClassTextEncoder`); call `set_class_names(clf.class_names)` to force a recomputation.
+
+    Images: `clf(pixel_values)` with the image processor's `pixel_values`; SigLIP 2 (NaFlex) takes the processor's whole
+    output, `clf(**inputs)` or `clf(inputs)` (`pixel_values`, `pixel_attention_mask`, `spatial_shapes`).
 
     `PromptClassifier.from_pretrained(adapter)` builds a classifier from a saved adapter in one call (base model,
     tokenizer, image processor and the class names saved with the adapter); `predict` and `predict_proba` then take
     PIL images, paths or URLs.
 
     Args:
-        model (`PeftModel` or `CLIPModel`): the adapted model (or a plain CLIP for zero-shot classification).
-        tokenizer: the CLIP tokenizer.
+        model (`PeftModel` or a dual encoder): the adapted model (or a plain `CLIPModel`, `MetaClip2Model`,
+            `SiglipModel` or `Siglip2Model` for zero-shot classification).
+        tokenizer: the base model's tokenizer.
         class_names (`Sequence[str]`): the class names (`_` becomes a space). Names must be strings, give distinct
-            prompts, contain none of CLIP's special tokens and fit CLIP's 77 tokens in their prompt.
+            prompts, contain none of the tokenizer's special tokens and fit the text encoder's context (77 tokens for
+            CLIP, 64 for SigLIP) in their prompt.
         template (`str`, *optional*): a prompt template with one `{}`, overriding the adapter's (e.g. a dataset's
             zero-shot template for plain CLIP).
         text_batch_size (`int`, defaults to 256): number of prompts encoded at once.
         gradient_checkpointing (`bool`, *keyword-only*, defaults to `False`): recompute the text activations in the
             backward pass (training only).
         shared_prefix (`bool`, *keyword-only*, defaults to `True`): encode the prompts' common prefix once. It is used
-            whenever the model allows it (a transformers CLIP text tower without forward hooks, no attention dropout
-            or transformers gradient checkpointing in training; `shared_prefix_reason()` says why not otherwise) and
-            gives the same features up to float rounding. `False` always runs the text tower's own forward.
+            whenever the model allows it (a causal text tower of transformers, CLIP or MetaCLIP 2, without forward
+            hooks, no attention dropout or transformers gradient checkpointing in training; `shared_prefix_reason()`
+            says why not otherwise) and gives the same features up to float rounding. `False` always runs the text tower's own forward.
         image_processor (*keyword-only*, *optional*): the image processor `predict` and `predict_proba` use when
             they are not given one (kept as `clf.image_processor`; `from_pretrained` sets it to the base model's).
+        rep_logits (`str`, *keyword-only*, defaults to `"auto"`): MMRL adapters: `"fusion"` (`alpha * class logits +
+            (1 - alpha) * representation logits`), `"class"` (the class path only) or `"auto"`: as the original
+            evaluates, the fusion on the classes the adapter was trained on (its saved `class_names`, and its saved
+            `dataset` when both it and `dataset` are known), the class path elsewhere (novel classes, other datasets,
+            ImageNet's shifted variants).
+        dataset (`str`, *keyword-only*, *optional*): the name of the dataset being classified, for `rep_logits="auto"`.
 
     Example:
 
@@ -176,21 +133,26 @@ class PromptClassifier(nn.Module):
         gradient_checkpointing: bool = False,
         shared_prefix: bool = True,
         image_processor: Any = None,
+        rep_logits: str = "auto",
+        dataset: str | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(text_batch_size, bool) or not isinstance(text_batch_size, int) or text_batch_size < 1:
-            raise ValueError(f"text_batch_size={text_batch_size!r} must be an integer >= 1.")
+        backbone_of(model)  # an unsupported model is refused here, naming the supported families
+        if rep_logits not in REP_LOGITS:
+            raise ValueError(f"rep_logits={rep_logits!r} is not one of {REP_LOGITS}.")
+        self.rep_logits = rep_logits
+        self.dataset = dataset
         self.model = model
-        self.tokenizer = tokenizer
-        self.template = template
-        self.text_batch_size = text_batch_size
-        self.gradient_checkpointing = gradient_checkpointing
-        self.shared_prefix = shared_prefix
+        self.text_encoder = ClassTextEncoder(
+            model,
+            tokenizer,
+            class_names,
+            template,
+            text_batch_size,
+            gradient_checkpointing=gradient_checkpointing,
+            shared_prefix=shared_prefix,
+        )
         self.image_processor = image_processor
-        self._cache: tuple[Any, torch.Tensor] | None = None
-        self._tokenized: tuple[str, TokenizedPrompts] | None = None
-        self.class_names: list[str] = []
-        self.set_class_names(class_names)
 
     @classmethod
     def from_pretrained(
@@ -204,7 +166,7 @@ class PromptClassifier(nn.Module):
     ) -> PromptClassifier:
         """A ready classifier from a saved MaPLe adapter (a Hub id or a folder), in eval mode.
 
-        Reads the adapter's `adapter_config.json`, loads the base `CLIPModel` it names (or `base_model_name_or_path`),
+        Reads the adapter's `adapter_config.json`, loads the base model it names (or `base_model_name_or_path`),
         the adapter (`PeftModel.from_pretrained`), the base model's tokenizer (`AutoTokenizer`) and image processor
         (`AutoImageProcessor`; CLIP's default preprocessing at the model's image size, with a warning, when the base
         has none), and classifies among the class names saved with the adapter unless `class_names` is given.
@@ -216,15 +178,15 @@ class PromptClassifier(nn.Module):
             adapter_name_or_path (`str` or `os.PathLike`): Hub id or local folder of the adapter.
             class_names (`Sequence[str]`, *optional*): the classes to recognize; defaults to the adapter's
                 `class_names` (those it was trained on).
-            base_model_name_or_path (`str` or `os.PathLike`, *optional*): the CLIP to load the adapter on; defaults
+            base_model_name_or_path (`str` or `os.PathLike`, *optional*): the base model to load the adapter on; defaults
                 to the one the adapter's config names (`base_model_name_or_path`).
             adapter_name (`str`, defaults to `"default"`): the name the adapter gets in the `PeftModel`.
             model_kwargs: `revision`, `subfolder`: where the adapter is in its repository. `base_model_revision`:
                 the base model's revision; defaults to the `revision` recorded in the adapter's config when the base
                 model is the one it names (as `AutoPeftModel` does). `token`, `cache_dir`, `force_download`,
                 `local_files_only`, `proxies`: used for every download (adapter, base model, tokenizer, image
-                processor). Everything else (`dtype`/`torch_dtype`, `device_map`, `attn_implementation`, ...) goes to
-                `CLIPModel.from_pretrained`.
+                processor). Everything else (`dtype`/`torch_dtype`, `device_map`, `attn_implementation`, ...) goes to the base model's
+                `from_pretrained`.
 
         Returns:
             `PromptClassifier` with `image_processor` set, in eval mode.
@@ -254,9 +216,71 @@ class PromptClassifier(nn.Module):
         classifier = cls(loaded.model, loaded.tokenizer, loaded.class_names, image_processor=loaded.image_processor)
         return classifier.eval()
 
+    # ---- the model and the text side (delegated to the class-text encoder) ------------------------------------------
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The dual encoder (inside the `PeftModel`): a `CLIPModel`, `MetaClip2Model`, `SiglipModel` or
+        `Siglip2Model`."""
+        return base_model_of(self.model)
+
     @property
     def clip(self) -> nn.Module:
-        return unwrap_clip(self.model)
+        """The dual encoder, as `base_model` (the name predates the other CLIP-family backbones)."""
+        return self.base_model
+
+    @property
+    def backbone(self) -> Backbone:
+        """The description of the base model's family (pooling, logits, scores, image inputs)."""
+        return backbone_of(self.model)
+
+    @property
+    def class_names(self) -> list[str]:
+        """The classes, in the order of the logits' columns."""
+        return self.text_encoder.class_names
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.text_encoder.tokenizer
+
+    @tokenizer.setter
+    def tokenizer(self, value: Any) -> None:
+        self.text_encoder.tokenizer = value
+
+    @property
+    def template(self) -> str | None:
+        """The prompt template given to the classifier (`None`: the adapter's)."""
+        return self.text_encoder.template
+
+    @template.setter
+    def template(self, value: str | None) -> None:
+        self.text_encoder.template = value
+
+    @property
+    def text_batch_size(self) -> int:
+        return self.text_encoder.text_batch_size
+
+    @text_batch_size.setter
+    def text_batch_size(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"text_batch_size={value!r} must be an integer >= 1.")
+        self.text_encoder.text_batch_size = value
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return self.text_encoder.gradient_checkpointing
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        self.text_encoder.gradient_checkpointing = value
+
+    @property
+    def shared_prefix(self) -> bool:
+        return self.text_encoder.shared_prefix
+
+    @shared_prefix.setter
+    def shared_prefix(self, value: bool) -> None:
+        self.text_encoder.shared_prefix = value
 
     def set_class_names(self, class_names: Sequence[str]) -> None:
         """Classify among other classes from now on (e.g. novel classes at test time).
@@ -268,155 +292,199 @@ class PromptClassifier(nn.Module):
 
         Raises:
             `TypeError`: a name is not a string.
-            `ValueError`: the list is empty, a name is blank or contains one of CLIP's special tokens, two names give
-                the same prompt, or a prompt is longer than CLIP's 77 tokens.
+            `ValueError`: the list is empty, a name is blank or holds a special token of the tokenizer, two names give
+                the same prompt, or a prompt is longer than the text encoder's context.
         """
-        names = check_class_names(class_names)
-        template = self.current_template()
-        tokenized = self._tokenize_names(names, template)
-        self.class_names = names
-        self._tokenized = (template, tokenized)
-        self._cache = None
+        self.text_encoder.set_class_names(class_names)
 
     def current_template(self) -> str:
         """The template the prompts are made with now (the adapter's, unless one was passed)."""
-        return self.template if self.template is not None else prompt_template(active_maple_config(self.model))
+        return self.text_encoder.current_template()
 
     @property
     def prompts(self) -> list[str]:
-        return format_prompts(None, self.class_names, template=self.current_template())
+        return self.text_encoder.prompts
 
     def input_ids(self) -> torch.Tensor:
-        """The tokenized prompts, `(n_classes, longest)`, re-tokenized only when the template changes."""
-        return self._tokenize().input_ids
-
-    def _tokenize_names(self, class_names: list[str], template: str) -> TokenizedPrompts:
-        prompts = format_prompts(None, class_names, template=template)
-        input_ids = tokenize_prompts(self.tokenizer, prompts, class_names)
-        lengths = ((input_ids == self.tokenizer.eos_token_id).int().argmax(dim=-1) + 1).tolist()
-        chunks, inverse = self._plan(input_ids, lengths)
-        return TokenizedPrompts(input_ids, chunks, inverse, common_prefix_length(input_ids, lengths))
-
-    def _tokenize(self) -> TokenizedPrompts:
-        """The tokenized prompts and their encoding plan, re-made only when the template changes."""
-        template = self.current_template()
-        if self._tokenized is None or self._tokenized[0] != template:
-            self._tokenized = (template, self._tokenize_names(self.class_names, template))
-        return self._tokenized[1]
-
-    def _plan(
-        self, input_ids: torch.Tensor, lengths: list[int]
-    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
-        # Prompts are grouped by length (up to the end-of-text token) and each group is trimmed to that length, so no
-        # padding token is encoded at all. Exact: the text encoder is causal and pools at the end-of-text token.
-        order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-        chunks, start = [], 0
-        while start < len(order):
-            stop = start + 1
-            while (
-                stop < len(order)
-                and lengths[order[stop]] == lengths[order[start]]
-                and stop - start < self.text_batch_size
-            ):
-                stop += 1
-            rows = torch.tensor(order[start:stop])
-            chunks.append((rows, input_ids[rows, : lengths[order[start]]]))
-            start = stop
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-        return chunks, inverse
-
-    def _fingerprint(self, clip: nn.Module) -> tuple:
-        text_params = [p for part in (clip.text_model, clip.text_projection) for p in part.parameters()]
-        versions = tuple((id(p), p._version, p.data_ptr()) for p in text_params)
-        layers = [m for m in clip.text_model.modules() if isinstance(m, MaPLeLayer)]
-        adapters = tuple(m.prompt_adapter() for m in layers)
-        watched = {id(p): p for p in text_params if p.requires_grad}
-        for module in layers:
-            name = module.prompt_adapter()
-            if name is not None and isinstance(module, MaPLeTextPromptLayer):
-                watched.setdefault(id(module.maple_ctx[name]), module.maple_ctx[name])
-        tokenized = self._tokenize()
-        return versions, adapters, _checksum(list(watched.values())), id(tokenized), self.shared_prefix
-
-    def _encode(self, input_ids: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
-        features = _pooled(self.clip.get_text_features(input_ids=input_ids))
-        return features / features.norm(dim=-1, keepdim=True) if normalize else features
+        """The tokenized prompts, `(n_classes, length)`, re-tokenized only when the template or tokenizer changes."""
+        return self.text_encoder.input_ids()
 
     def shared_prefix_reason(self) -> str | None:
         """Why the text features are not computed with the shared-prefix encoding now, or None when they are."""
-        if not self.shared_prefix:
-            return "shared_prefix=False"
-        clip = self.clip
-        return shared_prefix_unsupported(clip, self._tokenize().prefix_length, active_text_n_ctx(clip))
-
-    def _encode_suffixes(self, cache: PrefixCache, ids: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
-        features = encode_suffixes(self.clip, cache, ids)
-        return features / features.norm(dim=-1, keepdim=True) if normalize else features
+        return self.text_encoder.shared_prefix_reason()
 
     def encode_class_prompts(self, *, normalize: bool = True) -> torch.Tensor:
         """The text features of the classes computed now, with the model as it is (no cache), `(n_classes,
-        projection_dim)`: the same exact trimmed / shared-prefix encoding as `text_features()`.
+        embed_dim)`: the same exact encoding as `text_features()`.
 
         Args:
             normalize (`bool`): L2-normalize them (as `text_features()` does); `False` gives the projected features
                 before normalization, e.g. to average them over several templates.
         """
-        return self._compute_text_features(self.clip, normalize=normalize)
-
-    def _compute_text_features(self, clip: nn.Module, *, normalize: bool = True) -> torch.Tensor:
-        device = clip.text_projection.weight.device
-        input_ids, chunks, inverse, prefix_length = self._tokenize()
-        use_checkpoint = self.gradient_checkpointing and torch.is_grad_enabled()
-        if self.shared_prefix_reason() is None:
-            cache = encode_prefix(clip, input_ids[:1, :prefix_length].to(device))
-            encode = lambda ids: self._encode_suffixes(cache, ids[:, prefix_length:], normalize=normalize)  # noqa: E731
-        else:
-            encode = lambda ids: self._encode(ids, normalize=normalize)  # noqa: E731
-        features = []
-        for _, ids in chunks:
-            ids = ids.to(device)
-            features.append(checkpoint(encode, ids, use_reentrant=False) if use_checkpoint else encode(ids))
-        return torch.cat(features)[inverse.to(device)]
+        return self.text_encoder.encode(normalize=normalize)
 
     def text_features(self) -> torch.Tensor:
-        """L2-normalized text features of the classes, `(n_classes, projection_dim)`."""
-        clip = self.clip
-        if clip.training:
-            self._cache = None
-            return self._compute_text_features(clip)
-        key = self._fingerprint(clip)
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self._compute_text_features(clip))
-        return self._cache[1]
+        """L2-normalized text features of the classes, `(n_classes, embed_dim)` (cached in eval mode)."""
+        return self.text_encoder.features()
 
-    def image_features(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """L2-normalized image features, `(batch, projection_dim)`.
+    # ---- the image side and the logits ------------------------------------------------------------------------------
+
+    def image_inputs(
+        self,
+        pixel_values: torch.Tensor | Mapping[str, torch.Tensor] | None,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+    ) -> torch.Tensor | Mapping[str, torch.Tensor]:
+        """One image batch from the classifier's arguments: the `pixel_values` tensor, or a mapping of the family's
+        image inputs (the processor's output passed whole, or its parts passed as keywords)."""
+        if isinstance(pixel_values, Mapping):
+            if pixel_attention_mask is not None or spatial_shapes is not None:
+                raise ValueError(
+                    "Pass the image inputs once: either the processor's whole output (clf(inputs)) or its parts as "
+                    "keywords (clf(**inputs)), not both."
+                )
+            return pixel_values
+        if pixel_attention_mask is None and spatial_shapes is None:
+            return pixel_values
+        extra = {"pixel_attention_mask": pixel_attention_mask, "spatial_shapes": spatial_shapes}
+        unexpected = [
+            key for key, value in extra.items() if value is not None and key not in self.backbone.vision_inputs
+        ]
+        if unexpected:
+            raise ValueError(
+                f"{unexpected} were given, but {self.backbone.display_name} takes only "
+                f"{list(self.backbone.vision_inputs)}."
+            )
+        return {"pixel_values": pixel_values, **{key: value for key, value in extra.items() if value is not None}}
+
+    def image_features(
+        self,
+        pixel_values: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+        normalize: bool = True,
+    ) -> torch.Tensor:
+        """L2-normalized image features, `(batch, embed_dim)`.
 
         Args:
-            pixel_values (`torch.FloatTensor`): `(batch, 3, height, width)` images preprocessed by the image
-                processor (floating point, normalized).
+            pixel_values (`torch.FloatTensor` or mapping): images preprocessed by the model's image processor
+                (floating point, normalized): `(batch, 3, height, width)`, or for SigLIP 2 `(batch, patches,
+                3 * patch_size**2)`; or the processor's whole output (a dict / `BatchFeature`).
+            pixel_attention_mask (`torch.Tensor`, *keyword-only*, *optional*): SigLIP 2's patch mask.
+            spatial_shapes (`torch.LongTensor`, *keyword-only*, *optional*): SigLIP 2's patch grid per image.
             interpolate_pos_encoding (`bool`, *keyword-only*): interpolate the position embeddings for images of
-                another size than the model's.
+                another size than the model's (CLIP, MetaCLIP 2, SigLIP).
+            normalize (`bool`, *keyword-only*, defaults to `True`): L2-normalize them; `False` gives the projected
+                (CLIP) or head-pooled (SigLIP) features as the model returns them.
         """
-        _check_pixel_values(pixel_values)
-        features = _pooled(
-            self.clip.get_image_features(pixel_values=pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        inputs = self.image_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
+        features = self.backbone.image_features(
+            self.base_model, inputs, interpolate_pos_encoding=interpolate_pos_encoding
         )
-        return features / features.norm(dim=-1, keepdim=True)
+        return features / features.norm(dim=-1, keepdim=True) if normalize else features
 
-    def forward(self, pixel_values: torch.Tensor, *, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """Logits `logit_scale.exp() * cos(image, class prompt)`, shape `(batch, n_classes)`.
+    def logits(self, image_features: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        """The family's logits from normalized features (`maple_peft.backbones.Backbone.logits`)."""
+        return self.backbone.logits(self.base_model, image_features, text_features)
+
+    def conditioned_text_features(self, image_features: torch.Tensor) -> torch.Tensor:
+        """CoCoOp: the normalized text features of every class for every image, `(batch, n_classes, embed_dim)`: the
+        context shifted by the meta-net's output for each image's normalized features.
 
         Args:
-            pixel_values (`torch.FloatTensor`): `(batch, 3, height, width)` preprocessed images.
-            interpolate_pos_encoding (`bool`, *keyword-only*): see `image_features`.
+            image_features (`torch.Tensor`): `(batch, embed_dim)` normalized image features.
         """
-        image = self.image_features(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding)
+        layer = self.base_model.get_submodule(self.backbone.token_embedding)
+        name = layer.prompt_adapter() if isinstance(layer, MaPLeTextPromptLayer) else None
+        if name is None or not layer.has_meta_net(name):
+            raise ValueError("The active adapter has no meta-net: conditioned text features are CoCoOp's.")
+        return self.text_encoder.encode(condition=layer.meta_shift(name, image_features))
+
+    def uses_fusion(self, config: MaPLeConfig | None = None) -> bool:
+        """Whether MMRL's fused logits are the classifier's logits now (see `rep_logits`)."""
+        config = config if config is not None else active_maple_config(self.model)
+        if self.rep_logits != "auto":
+            return self.rep_logits == "fusion"
+        same_classes = config is not None and config.class_names is not None
+        same_classes = same_classes and list(config.class_names) == list(self.class_names)
+        if self.dataset is not None and config is not None and config.dataset is not None:
+            return same_classes and self.dataset == config.dataset
+        return same_classes
+
+    def _representation_outputs(self, inputs: Any, config: MaPLeConfig, **extra: Any) -> ClassifierOutput:
+        """MMRL: the class path (the class token) and the representation path (its tokens' mean through
+        `post_layernorm` and `proj_rep`) from one pass of the vision tower, both against the same text features."""
+        base, backbone = self.base_model, self.backbone
+        vision = backbone.image_outputs(base, inputs, **extra)
+        image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
+        owner = next(
+            m for m in base.vision_model.modules() if isinstance(m, MaPLeRepresentationLayer) and m.maple_proj_rep
+        )
+        proj_rep = owner.maple_proj_rep[owner.prompt_adapter()]
+        tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
+        rep = tokens.mean(dim=1) @ proj_rep.to(tokens.dtype)
+        rep = rep / rep.norm(dim=-1, keepdim=True)
         text = self.text_features()
-        scale = self.clip.logit_scale.exp()
-        return scale.to(image.dtype) * image @ text.to(image.dtype).t()
+        logits_class = backbone.logits(base, image, text, scale=MMRL_LOGIT_SCALE)
+        logits_rep = backbone.logits(base, rep, text, scale=MMRL_LOGIT_SCALE)
+        fused = config.alpha * logits_class + (1 - config.alpha) * logits_rep
+        return ClassifierOutput(
+            logits=fused if self.uses_fusion(config) else logits_class,
+            image_features=image,
+            text_features=text,
+            logits_class=logits_class,
+            logits_rep=logits_rep,
+            image_rep_features=rep,
+        )
+
+    def outputs(
+        self,
+        pixel_values: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> ClassifierOutput:
+        """The logits and the features they come from (what the losses need), for every variant: the class features
+        shared by all images, CoCoOp's per-image text features, MMRL's two paths.
+
+        Args:
+            pixel_values, pixel_attention_mask, spatial_shapes, interpolate_pos_encoding: see `image_features`.
+        """
+        inputs = self.image_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
+        extra = {"interpolate_pos_encoding": interpolate_pos_encoding}
+        config = active_maple_config(self.model)
+        if config is not None and config.num_rep_tokens:
+            return self._representation_outputs(inputs, config, **extra)
+        image = self.image_features(inputs, **extra)
+        if config is not None and config.conditional:
+            text = self.conditioned_text_features(image)
+        else:
+            text = self.text_features()
+        return ClassifierOutput(logits=self.logits(image, text), image_features=image, text_features=text)
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
+        *,
+        pixel_attention_mask: torch.Tensor | None = None,
+        spatial_shapes: torch.Tensor | None = None,
+        interpolate_pos_encoding: bool = False,
+    ) -> torch.Tensor:
+        """Logits `exp(logit_scale) * cos(image, class prompt)` (plus `logit_bias` for SigLIP; MMRL: see
+        `rep_logits`), `(batch, n_classes)`.
+
+        Args:
+            pixel_values, pixel_attention_mask, spatial_shapes, interpolate_pos_encoding: see `image_features`.
+        """
+        return self.outputs(
+            pixel_values,
+            pixel_attention_mask=pixel_attention_mask,
+            spatial_shapes=spatial_shapes,
+            interpolate_pos_encoding=interpolate_pos_encoding,
+        ).logits
 
     @contextmanager
     def _evaluating(self) -> Iterator[None]:
@@ -441,23 +509,27 @@ class PromptClassifier(nn.Module):
             )
         if len(images) == 0:
             raise ValueError("images is empty; pass at least one image (a PIL image, a path or a URL).")
-        clip = self.clip
-        weight = clip.visual_projection.weight
-        with self._evaluating(), torch.no_grad():
+        backbone = self.backbone
+        weight = next(self.base_model.vision_model.parameters())
+        # subnormal floats are flushed to zero on CPU while predicting (they slow arithmetic down many times)
+        with self._evaluating(), torch.no_grad(), flush_denormal():
             for start in range(0, len(images), batch_size):
                 batch = [load_image(image) for image in images[start : start + batch_size]]
-                pixel_values = processor(images=batch, return_tensors="pt")["pixel_values"]
-                yield self(pixel_values.to(weight.device, weight.dtype)).float().softmax(dim=-1)
+                processed = processor(images=batch, return_tensors="pt")
+                inputs = {key: processed[key].to(weight.device) for key in backbone.vision_inputs}
+                inputs["pixel_values"] = inputs["pixel_values"].to(weight.dtype)
+                yield backbone.probabilities(self(inputs))
 
     def predict(self, images: Any | Sequence[Any], processor: Any = None, *, batch_size: int = 64) -> list[str] | str:
         """The predicted class name of each image.
 
-        Runs in eval mode (text features computed once) and restores the previous mode of every module afterwards.
+        Runs in eval mode (text features computed once), with subnormal floats flushed to zero on CPU, and restores
+        the previous mode of every module and the previous floating-point setting afterwards.
 
         Args:
             images: a list of images, each a PIL image, a local path or an `http(s)://` URL (or a numpy array the
                 processor accepts); a single image gives a single name.
-            processor (*optional*): the image processor (a CLIP processor or image processor); defaults to
+            processor (*optional*): the image processor (the base model's processor or image processor); defaults to
                 `clf.image_processor`.
             batch_size (`int`, *keyword-only*, defaults to 64): images processed at once.
 
@@ -481,10 +553,12 @@ class PromptClassifier(nn.Module):
         top_k: int | None = None,
         batch_size: int = 64,
     ) -> list[list[dict[str, Any]]] | list[dict[str, Any]]:
-        """The class probabilities of each image, as transformers' image-classification pipelines return them.
+        """The class scores of each image, as transformers' image-classification pipelines return them.
 
-        Each image gets a list `[{"label": class_name, "score": probability}, ...]` sorted by decreasing score (the
-        softmax of the logits over all classes).
+        Each image gets a list `[{"label": class_name, "score": score}, ...]` sorted by decreasing score: the family's
+        usual scores, the softmax of the logits over all classes for CLIP and MetaCLIP 2, the sigmoid of each class's
+        logit for SigLIP and SigLIP 2 (independent per class: they need not sum to 1), as transformers' zero-shot
+        image-classification pipeline reports them.
 
         Args:
             images: as for `predict`; a single image gives a single list.
@@ -531,7 +605,7 @@ class PromptClassifier(nn.Module):
         if not hasattr(model, "peft_config") or not hasattr(model, "save_pretrained"):
             raise TypeError(
                 f"save_pretrained needs a classifier whose model is a PeftModel, got {type(model).__name__}; a plain "
-                "CLIP has no adapter to save."
+                "base model has no adapter to save."
             )
         config = model.peft_config.get(model.active_adapter)
         if not isinstance(config, MaPLeConfig):

@@ -1,10 +1,26 @@
-"""The `maple-peft` console command."""
+"""The `maple-peft` console command: what each subcommand does, once its arguments are parsed.
+
+The arguments are parsed by the top-level module `maple_peft_cli` (the console script's entry point), which imports
+only the standard library, so that `--help` and option errors come back at once; it then calls `run`. `main` here is
+the same command, for `python -m maple_peft.cli` and for tests.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+
+from maple_peft_cli import command_line_message, one_line, single_class_message
+
+from .console import quiet_known_messages
+
+#: Parameters of the Python API named in error messages -> the `maple-peft predict` flags that set them.
+PREDICT_FLAGS = {
+    "adapter_name_or_path": "--adapter",
+    "base_model_name_or_path": "--base-model",
+    "class_names": "--classes",
+}
 
 
 def _error(message: str) -> None:
@@ -29,22 +45,49 @@ def _convert_official(args: argparse.Namespace) -> int:
         return 2
     from transformers import CLIPConfig, CLIPModel
 
+    from .hub import check_sources
+
     try:
-        check_official_checkpoint_fits(converted, CLIPConfig.from_pretrained(args.base_model))
+        check_sources({"--base-model": (args.base_model, "model"), "--tokenizer": (args.tokenizer, "model")})
+    except OSError as error:
+        _error(one_line(error))
+        return 2
+    mmrl_options = {"rep_layers": args.rep_layers, "alpha": args.alpha, "template": args.template}
+    try:
+        clip_config = CLIPConfig.from_pretrained(args.base_model)
+    except (OSError, ValueError) as error:
+        _error(f"--base-model {args.base_model}: {str(error).strip().splitlines()[0]}")
+        return 2
+    try:  # widths, depth and MMRL's options, still before the base model is loaded
+        check_official_checkpoint_fits(converted, clip_config, **mmrl_options)
+    except ValueError as error:
+        _error(" ".join(str(error).split()))
+        return 2
+    try:
         base = CLIPModel.from_pretrained(args.base_model)
     except (OSError, ValueError) as error:
         _error(f"--base-model {args.base_model}: {str(error).strip().splitlines()[0]}")
         return 2
     try:
         model = peft_model_from_official(
-            base, converted, prompt_init=args.prompt_init, tokenizer_name_or_path=args.tokenizer
+            base,
+            converted,
+            prompt_init=args.prompt_init,
+            tokenizer_name_or_path=args.tokenizer,
+            class_names=args.class_names,
+            dataset=args.dataset,
+            **mmrl_options,
         )
         model.save_pretrained(output)
     except (OSError, ValueError) as error:
         _error(str(error).strip().splitlines()[0])
         return 1
     config = model.peft_config["default"]
-    shape = f"variant={config.variant}, n_ctx={config.n_ctx}, depth={config.depth}"
+    if config.variant == "mmrl":
+        shape = f"variant=mmrl, n_rep={config.n_rep}, rep_dim={config.rep_dim}, rep_layers={config.rep_layers}"
+        shape += f", alpha={config.alpha}, template={config.template!r}"
+    else:
+        shape = f"variant={config.variant}, n_ctx={config.n_ctx}, depth={config.depth}"
     if config.variant == "ivlp":
         shape += f", n_ctx_vision={config.num_vision_tokens}"
     print(f"Converted {args.checkpoint} ({converted.source} checkpoint: {shape}) to {output}")
@@ -52,17 +95,51 @@ def _convert_official(args: argparse.Namespace) -> int:
 
 
 def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    return command_line_message(one_line(error), PREDICT_FLAGS)
 
 
-def _positive_int(text: str) -> int:
+def check_device(device: str) -> str:
+    """Checks that torch knows `device` and that this machine and torch build have it, before any model is loaded.
+
+    Args:
+        device (`str`): e.g. `"cpu"`, `"cuda"`, `"cuda:1"`, `"mps"`.
+
+    Returns:
+        `str`: the device, as given.
+
+    Raises:
+        `ValueError`: naming the device, why it cannot be used, and the devices that can.
+    """
+    import torch
+
+    def backend(kind: str):
+        return getattr(torch.backends, "mps", None) if kind == "mps" else getattr(torch, kind, None)
+
+    def count(module) -> int:
+        return module.device_count() if hasattr(module, "device_count") else 1
+
+    available = ["cpu"]
+    for kind in ("cuda", "mps", "xpu"):
+        module = backend(kind)
+        if module is not None and module.is_available():
+            available += [kind] + [f"{kind}:{index}" for index in range(1, count(module))]
+    hint = f"use one of: {', '.join(available)}"
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
-    return value
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError(f"--device {device}: torch knows no such device; {hint}.") from None
+    if parsed.type == "cpu":
+        return device
+    if parsed.type == "meta":
+        raise ValueError(f"--device {device} holds no data and cannot classify images; {hint}.")
+    module = backend(parsed.type)
+    if module is None or not hasattr(module, "is_available") or not module.is_available():
+        no_cuda = parsed.type == "cuda" and torch.version.cuda is None and torch.version.hip is None
+        why = f"this torch build ({torch.__version__}) has no CUDA support" if no_cuda else "no such device here"
+        raise ValueError(f"--device {device}: {why}; {hint}.")
+    if parsed.index is not None and parsed.index >= count(module):
+        raise ValueError(f"--device {device}: this machine has {count(module)} {parsed.type} device(s); {hint}.")
+    return device
 
 
 def _predict(args: argparse.Namespace) -> int:
@@ -93,15 +170,25 @@ def _classify_images(args: argparse.Namespace) -> int:
         try:
             with open(args.classes_file, encoding="utf-8") as handle:
                 class_names = [line.strip() for line in handle if line.strip()]
-        except OSError as err:
+        except (OSError, UnicodeDecodeError) as err:
             print(f"error: cannot read --classes-file {args.classes_file}: {_one_line(err)}", file=sys.stderr)
             return 2
         if not class_names:
             print(f"error: --classes-file {args.classes_file} holds no class names (one per line).", file=sys.stderr)
             return 2
-    try:
+        if len(class_names) == 1 and not args.allow_single_class:
+            message = single_class_message(f"--classes-file {args.classes_file}", class_names[0])
+            print(f"error: {message}", file=sys.stderr)
+            return 2
+    try:  # everything that can be checked before the model is loaded, then the model
+        if args.device is not None:
+            check_device(args.device)
         if class_names is None:
             from peft import PeftConfig
+
+            from .hub import check_sources
+
+            check_sources({"--adapter": (args.adapter, "model")})
 
             config = PeftConfig.from_pretrained(args.adapter)
             if getattr(config, "class_names", None) is None:
@@ -116,7 +203,7 @@ def _classify_images(args: argparse.Namespace) -> int:
         )
         if args.device is not None:
             classifier.to(args.device)
-    except (OSError, ValueError, TypeError, RuntimeError) as err:
+    except (OSError, ValueError, TypeError, RuntimeError) as err:  # nothing can be classified: one line, code 2
         print(f"error: {_one_line(err)}", file=sys.stderr)
         return 2
 
@@ -205,7 +292,7 @@ def _push(args: argparse.Namespace) -> int:
     try:
         url = push_run(args.run_dir, args.hub_model_id, private=args.private)
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {command_line_message(str(error), {'output_dir': 'RUN_DIR'})}", file=sys.stderr)
         return 2
     except Exception as error:  # network, authentication, permissions: one line, no traceback
         print(
@@ -217,52 +304,29 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    import maple_peft  # noqa: F401 - registers the method with PEFT
+def run(args: argparse.Namespace) -> int:
+    """Runs the subcommand of parsed `maple-peft` arguments (see `maple_peft_cli.build_parser`); returns the exit code.
 
-    parser = argparse.ArgumentParser(prog="maple-peft", description="Tools for MaPLe adapters.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser(
-        "convert-official",
-        help="Convert a checkpoint of the original MaPLe, PromptSRC or IVLP code into a PEFT adapter folder.",
-    )
-    convert.add_argument("checkpoint", help="the model.pth.tar-N file written by the original code")
-    convert.add_argument("--base-model", required=True, help="the CLIP it was trained on (Hub id or directory)")
-    convert.add_argument("--output-dir", required=True, help="where to write the adapter")
-    convert.add_argument("--prompt-init", default="a photo of a", help="the ctx_init it was trained with")
-    convert.add_argument("--tokenizer", default=None, help="tokenizer for --prompt-init (defaults to --base-model)")
-    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
-    predict = commands.add_parser(
-        "predict",
-        help="Classify images with a saved adapter (Hub id or folder).",
-        description="Prints one line per image: the path, then the top-k labels and scores, tab-separated (or JSON "
-        "lines with --json). An unreadable image gives one error line on stderr and the others are still classified; "
-        "the exit code is 1 if any image failed, 2 if nothing could be classified, 0 otherwise.",
-    )
-    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files or http(s) URLs")
-    predict.add_argument("--adapter", required=True, help="the adapter (Hub id or directory)")
-    classes = predict.add_mutually_exclusive_group()
-    classes.add_argument(
-        "--classes",
-        nargs="+",
-        help="class names (default: those saved with the adapter); end the list with -- when IMAGE follows",
-    )
-    classes.add_argument("--classes-file", help="a text file with one class name per line")
-    predict.add_argument("--top-k", type=_positive_int, default=1, help="number of labels per image (default 1)")
-    predict.add_argument("--json", action="store_true", help="print JSON lines: {'image', 'predictions'}")
-    predict.add_argument("--base-model", default=None, help="the base CLIP (default: the one the adapter names)")
-    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
-    predict.add_argument("--device", default=None, help="e.g. cuda; default: CPU")
-    push = commands.add_parser("push", help="Upload a finished training run folder to the Hugging Face Hub.")
-    push.add_argument("run_dir", help="the run folder written by examples/train.py")
-    push.add_argument("--hub_model_id", required=True, help="the model repository, user/name")
-    push.add_argument("--private", action="store_true", help="create the repository as private")
-    args = parser.parse_args(argv)
+    Args:
+        args (`argparse.Namespace`): the parsed arguments.
+    """
+    quiet_known_messages()
     if args.command == "predict":
         return _predict(args)
     if args.command == "push":
         return _push(args)
     return _convert_official(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`maple-peft` with `argv` (default: the command line); returns the exit code.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments after `maple-peft`.
+    """
+    import maple_peft_cli
+
+    return maple_peft_cli.main(argv)
 
 
 if __name__ == "__main__":

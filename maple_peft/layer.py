@@ -1,17 +1,27 @@
-"""The wrapper layers that carry MaPLe's prompts, one class per tower.
+"""The wrapper layers that carry the prompts, one class per place they enter a CLIP-family dual encoder.
 
-Each wrapper sits on one CLIP module at one prompt depth `i`:
+Each wrapper sits on one module of the model at one prompt depth `i` (the module paths come from the backbone's
+description, `maple_peft.backbones`):
 
-* `MaPLeTextPromptLayer` wraps `token_embedding` (depth 0: its output gets the context at positions `1 .. n_ctx`,
-  before the position embeddings are added) or text encoder layer `i > 0` (its input gets `P_i` at those positions).
-* `MaPLeVisionPromptLayer` wraps the vision embeddings (depth 0: `n_ctx` prompt tokens are appended after
-  `[CLS, patches]` + position embeddings, before `pre_layrnorm`) or vision encoder layer `i > 0` (the last `n_ctx`
-  tokens of its input are replaced). Its prompts are either its own parameters (IVLP, VPT) or the projection of the
-  text prompt of the same depth by a coupling `Linear(d_text, d_vision)` (MaPLe).
+* `MaPLeTextPromptLayer` wraps `token_embedding` (depth 0: its output gets the context at positions
+  `start .. start + n_ctx - 1`, right after the tokenizer's leading special tokens, before the position embeddings are
+  added) or text encoder layer `i > 0` (its input gets `P_i` at those positions).
+* `MaPLeVisionPromptLayer` wraps the vision embeddings (depth 0: `n_ctx` prompt tokens are appended after the
+  embedded image tokens, i.e. after `[CLS, patches]` + position embeddings and before `pre_layrnorm` for CLIP, after
+  the patches for SigLIP) or vision encoder layer `i > 0` (the last `n_ctx` tokens of its input are replaced). Its
+  prompts are either its own parameters (IVLP, VPT) or the projection of the text prompt of the same depth by a
+  coupling `Linear(d_text, d_vision)` (MaPLe).
+* `MaPLeVisionHeadLayer` wraps SigLIP's attention-pooling head when the head must not see the prompts
+  (`MaPLeConfig.vision_pool_prompts=False`): it removes them (and their mask entries) before the head.
+
+`extend_pixel_attention_mask` is the forward pre-hook that SigLIP 2's vision tower needs: its attention mask covers
+the patches, so the appended prompt tokens get mask entries of 1.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -24,16 +34,28 @@ MERGE_ERROR = (
 )
 
 
-def replace_text_prompt(hidden_states: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-    """`hidden_states` with positions `1 .. n_ctx` (right after the start token) set to `prompt`.
+def replace_text_prompt(hidden_states: torch.Tensor, prompt: torch.Tensor, start: int = 1) -> torch.Tensor:
+    """`hidden_states` with positions `start .. start + n_ctx - 1` (right after the leading special tokens) set to
+    `prompt`.
 
     Args:
         hidden_states (`torch.Tensor`): `(batch, seq, d)` text token embeddings or hidden states.
-        prompt (`torch.Tensor`): `(n_ctx, d)` the prompt of one depth; cast to the dtype of `hidden_states`.
+        prompt (`torch.Tensor`): `(n_ctx, d)` the prompt of one depth, or `(batch, n_ctx, d)` one prompt per row;
+            cast to the dtype of `hidden_states`.
+        start (`int`): the first prompt position (1 after CLIP's start token, 0 for SigLIP's tokenizer).
     """
-    n_ctx = prompt.shape[0]
+    n_ctx = prompt.shape[-2]
+    prompt = prompt.to(hidden_states.dtype)
+    if prompt.ndim == 2:
+        prompt = prompt.unsqueeze(0)
+    prompt = prompt.expand(hidden_states.shape[0], -1, -1)
+    return torch.cat([hidden_states[:, :start], prompt, hidden_states[:, start + n_ctx :]], dim=1)
+
+
+def append_prompt(hidden_states: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
+    """`hidden_states` `(batch, seq, d)` followed by the `(n_ctx, d)` prompt (the same for every row)."""
     prompt = prompt.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-    return torch.cat([hidden_states[:, :1], prompt, hidden_states[:, 1 + n_ctx :]], dim=1)
+    return torch.cat([hidden_states, prompt], dim=1)
 
 
 def unwrap(module: nn.Module | None) -> nn.Module | None:
@@ -103,48 +125,109 @@ class MaPLeTextPromptLayer(MaPLeLayer):
         init (`torch.Tensor`): initial value of the prompt, shape `(n_ctx, d_text)`.
     """
 
-    adapter_layer_names = ("maple_ctx",)
+    adapter_layer_names = ("maple_ctx", "maple_meta_linear1", "maple_meta_linear2")
+    other_param_names = ("maple_n_ctx", "maple_prompt_start")
 
-    def __init__(self, base_layer: nn.Module, adapter_name: str, depth: int, init: torch.Tensor) -> None:
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        depth: int,
+        init: torch.Tensor,
+        start: int = 1,
+        meta_net: tuple[nn.Linear, nn.Linear] | None = None,
+    ) -> None:
         super().__init__(base_layer, adapter_name, depth)
         self.maple_ctx = nn.ParameterDict()
-        self.update_layer(adapter_name, init)
+        # CoCoOp's meta-net, `linear2(relu(linear1(f)))`: one ModuleDict per Linear, so that the saved keys carry no
+        # adapter name (an adapter loads under any name)
+        self.maple_meta_linear1 = nn.ModuleDict()
+        self.maple_meta_linear2 = nn.ModuleDict()
+        self.maple_prompt_start: dict[str, int] = {}
+        # CoCoOp: the per-image shift of the context while the class-text encoder encodes for a batch of images
+        self.maple_condition: torch.Tensor | None = None
+        self.update_layer(adapter_name, init, start, meta_net)
 
-    def update_layer(self, adapter_name: str, init: torch.Tensor) -> None:
+    def update_layer(
+        self,
+        adapter_name: str,
+        init: torch.Tensor,
+        start: int = 1,
+        meta_net: tuple[nn.Linear, nn.Linear] | None = None,
+    ) -> None:
         """Add (or replace) the prompt of `adapter_name`.
 
         Args:
             adapter_name (`str`): the adapter.
             init (`torch.Tensor`): `(n_ctx, d_text)` its initial value, stored on the base layer's device and dtype.
+            start (`int`): the position of its first token (`MaPLeConfig.text_prompt_start`).
+            meta_net (`tuple[nn.Linear, nn.Linear]`, *optional*): CoCoOp's meta-net `(linear1, linear2)`, image
+                features → context shift (depth 0).
         """
         device, dtype = self._base_device_dtype()
         self.maple_ctx[adapter_name] = nn.Parameter(init.detach().clone().to(device=device, dtype=dtype))
+        if meta_net is not None:
+            for container, linear in zip((self.maple_meta_linear1, self.maple_meta_linear2), meta_net):
+                if linear.weight.device.type != "meta":  # meta when loading with low_cpu_mem_usage=True
+                    linear = linear.to(device=device, dtype=dtype)
+                container[adapter_name] = linear
         self.maple_n_ctx[adapter_name] = init.shape[0]
+        self.maple_prompt_start[adapter_name] = start
         self.set_adapter(self.active_adapters)
 
     def prompt(self, adapter_name: str) -> torch.Tensor:
         """The `(n_ctx, d_text)` prompt of `adapter_name` at this depth."""
         return self.maple_ctx[adapter_name]
 
-    @staticmethod
-    def _insert(hidden_states: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
-        n_ctx = prompt.shape[0]
-        if hidden_states.shape[1] < n_ctx + 2:
-            raise ValueError(
-                f"The text sequence has {hidden_states.shape[1]} tokens, too short for {n_ctx} prompt tokens after "
-                "the start token; tokenize the prompts made by maple_peft.format_prompts."
+    def has_meta_net(self, adapter_name: str) -> bool:
+        """Whether `adapter_name` shifts its context per image (CoCoOp)."""
+        return adapter_name in self.maple_meta_linear1
+
+    def meta_shift(self, adapter_name: str, image_features: torch.Tensor) -> torch.Tensor:
+        """CoCoOp's shift of the context for each image, `linear2(relu(linear1(f)))`, `(n_images, d_text)`.
+
+        Args:
+            adapter_name (`str`): the adapter.
+            image_features (`torch.Tensor`): `(n_images, embed_dim)` normalized image features.
+        """
+        linear1, linear2 = self.maple_meta_linear1[adapter_name], self.maple_meta_linear2[adapter_name]
+        return linear2(torch.relu(linear1(image_features.to(linear1.weight.dtype))))
+
+    def rows_prompt(self, adapter_name: str, rows: int) -> torch.Tensor:
+        """The prompt written into `rows` sequences: `(n_ctx, d_text)`, or with a CoCoOp condition `(rows, n_ctx,
+        d_text)`: `ctx + shift_i` for the rows of image `i` (the rows are image-major, `rows // n_images` each)."""
+        prompt = self.maple_ctx[adapter_name]
+        shift = self.maple_condition
+        if shift is None:
+            return prompt
+        if rows % shift.shape[0]:
+            raise RuntimeError(
+                f"{rows} text sequences cannot be split among the {shift.shape[0]} images of the condition; encode "
+                "the class prompts through maple_peft.ClassTextEncoder."
             )
-        return replace_text_prompt(hidden_states, prompt)
+        shifted = prompt.unsqueeze(0) + shift.to(prompt.dtype).unsqueeze(1)
+        return shifted.repeat_interleave(rows // shift.shape[0], dim=0)
+
+    def _insert(self, hidden_states: torch.Tensor, adapter_name: str) -> torch.Tensor:
+        prompt = self.rows_prompt(adapter_name, hidden_states.shape[0])
+        start = self.maple_prompt_start[adapter_name]
+        n_ctx = prompt.shape[-2]
+        if hidden_states.shape[1] < start + n_ctx + 1:
+            raise ValueError(
+                f"The text sequence has {hidden_states.shape[1]} tokens, too short for {n_ctx} prompt tokens at "
+                f"positions {start}..{start + n_ctx - 1} and the class name; tokenize the prompts made by "
+                "maple_peft.format_prompts."
+            )
+        return replace_text_prompt(hidden_states, prompt, start)
 
     def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         adapter_name = self.prompt_adapter()
         if adapter_name is None:
             return self.base_layer(x, *args, **kwargs)
-        prompt = self.maple_ctx[adapter_name]
         if self.depth == 0:
             # token embeddings come out of the wrapped embedding; position embeddings are added after this
-            return self._insert(self.base_layer(x, *args, **kwargs), prompt)
-        return self.base_layer(self._insert(x, prompt), *args, **kwargs)
+            return self._insert(self.base_layer(x, *args, **kwargs), adapter_name)
+        return self.base_layer(self._insert(x, adapter_name), *args, **kwargs)
 
     def __repr__(self) -> str:
         return "maple." + super().__repr__()
@@ -245,13 +328,235 @@ class MaPLeVisionPromptLayer(MaPLeLayer):
             return self.base_layer(x, *args, **kwargs)
         prompt = self.prompt(adapter_name)
         if self.depth == 0:
-            # x are pixel values; the embeddings are [CLS, patches] + position embeddings
-            hidden_states = self.base_layer(x, *args, **kwargs)
-            prompt = prompt.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
-            return torch.cat([hidden_states, prompt], dim=1)
+            # x are pixel values; the embeddings are [CLS, patches] + position embeddings (CLIP) or patches + position
+            # embeddings (SigLIP)
+            return append_prompt(self.base_layer(x, *args, **kwargs), prompt)
         n_ctx = prompt.shape[0]
-        prompt = prompt.to(x.dtype).unsqueeze(0).expand(x.shape[0], -1, -1)
-        return self.base_layer(torch.cat([x[:, :-n_ctx], prompt], dim=1), *args, **kwargs)
+        return self.base_layer(append_prompt(x[:, :-n_ctx], prompt), *args, **kwargs)
+
+    def active_n_ctx(self) -> int:
+        """The number of vision prompt tokens the active adapter appends (0 with adapters disabled)."""
+        adapter_name = self.prompt_adapter()
+        return 0 if adapter_name is None else self.maple_n_ctx[adapter_name]
 
     def __repr__(self) -> str:
         return "maple." + super().__repr__()
+
+
+class MaPLeVisionHeadLayer(MaPLeLayer):
+    """SigLIP's attention-pooling head, fed without the vision prompt tokens (`vision_pool_prompts=False`).
+
+    The prompts are the last `n_ctx` tokens of the vision tower's output; they (and their entries of SigLIP 2's
+    attention mask) are removed before the head, so that it pools the image's own tokens only. The layer holds no
+    weights: `maple_n_ctx[adapter]` is the number of tokens removed for the adapter.
+
+    Args:
+        base_layer (`nn.Module`): the vision tower's `head`.
+        adapter_name (`str`): the first adapter.
+        n_ctx (`int`): the number of vision prompt tokens to remove for it.
+    """
+
+    adapter_layer_names = ()
+
+    def __init__(self, base_layer: nn.Module, adapter_name: str, n_ctx: int) -> None:
+        super().__init__(base_layer, adapter_name, depth=-1)
+        self.update_layer(adapter_name, n_ctx)
+
+    def update_layer(self, adapter_name: str, n_ctx: int) -> None:
+        """Remove `n_ctx` trailing tokens before the head when `adapter_name` is active."""
+        self.maple_n_ctx[adapter_name] = n_ctx
+        self.set_adapter(self.active_adapters)
+
+    def forward(self, hidden_state: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        adapter_name = self.prompt_adapter()
+        if adapter_name is not None:
+            n_ctx = self.maple_n_ctx[adapter_name]
+            hidden_state = hidden_state[:, :-n_ctx]
+            if attention_mask is not None:
+                attention_mask = attention_mask[:, :-n_ctx]
+        if attention_mask is None:
+            return self.base_layer(hidden_state)
+        return self.base_layer(hidden_state, attention_mask)
+
+    def extra_repr(self) -> str:
+        return f"removes the vision prompts before the head: {self.maple_n_ctx}"
+
+    def __repr__(self) -> str:
+        return "maple." + super().__repr__()
+
+
+def extend_pixel_attention_mask(
+    vision_model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Forward pre-hook of SigLIP 2's vision tower: give the appended vision prompt tokens mask entries of 1.
+
+    `Siglip2VisionModel.forward(pixel_values, pixel_attention_mask, spatial_shapes)` builds its attention mask (and the
+    pooling head's) from `pixel_attention_mask`, one entry per patch; the depth-0 vision wrapper appends `n_ctx` tokens
+    after the patches, so the mask gets `n_ctx` ones at its end. Registered by `MaPLeModel` with
+    `register_forward_pre_hook(..., with_kwargs=True)`; a no-op while no adapter with vision prompts is active.
+    """
+    embeddings = getattr(vision_model, "embeddings", None)
+    n_ctx = embeddings.active_n_ctx() if isinstance(embeddings, MaPLeVisionPromptLayer) else 0
+    if not n_ctx:
+        return args, kwargs
+
+    def extended(mask: torch.Tensor | None) -> torch.Tensor | None:
+        if mask is None:
+            return None
+        return torch.cat([mask, mask.new_ones(mask.shape[0], n_ctx)], dim=1)
+
+    if "pixel_attention_mask" in kwargs:
+        kwargs = {**kwargs, "pixel_attention_mask": extended(kwargs["pixel_attention_mask"])}
+    elif len(args) > 1:
+        args = (args[0], extended(args[1]), *args[2:])
+    return args, kwargs
+
+
+def _causal_mask_like(mask: torch.Tensor | None, length: int) -> torch.Tensor | None:
+    """A causal attention mask of the kind of `mask` (boolean: True attends; additive: 0 / dtype min) over `length`
+    tokens, for each row of the batch; None stays None (SDPA's causal flag covers any length)."""
+    if mask is None:
+        return None
+    batch, heads = mask.shape[0], mask.shape[1]
+    allowed = torch.ones(length, length, dtype=torch.bool, device=mask.device).tril()
+    if mask.dtype == torch.bool:
+        causal = allowed
+    else:
+        causal = torch.zeros(length, length, dtype=mask.dtype, device=mask.device)
+        causal = causal.masked_fill(~allowed, torch.finfo(mask.dtype).min)
+    return causal.expand(batch, heads, length, length)
+
+
+class MaPLeRepresentationLayer(MaPLeLayer):
+    """MMRL's shared representation tokens at the input of one encoder layer of one tower.
+
+    The representation tokens `R` `(n_rep, rep_dim)` live in the first text layer of the adapter
+    (`maple_rep_tokens`); each layer of `rep_layers` projects them with its own `Linear(rep_dim, d)`
+    (`maple_rep_proj`). At the first layer the projected tokens are inserted right after the first token (text: the
+    start token, vision: the class token), later layers replace them at positions `1 .. n_rep`. Text layers after the
+    first one that are not in `rep_layers` carry the tokens along (no projection). The text tower's causal mask is
+    rebuilt over the longer sequence. The first vision layer also holds `proj_rep` `(d_vision, embed_dim)`
+    (`maple_proj_rep`), which projects the image's representation features.
+
+    Args:
+        base_layer (`nn.Module`): the encoder layer.
+        adapter_name (`str`): the first adapter.
+        depth (`int`): the 0-based index of the layer.
+        tower (`str`): `"text"` or `"vision"`.
+        n_rep (`int`): the number of representation tokens.
+        first (`bool`): the tokens are inserted here (the adapter's first layer of `rep_layers`).
+        proj (`nn.Linear`, *optional*): this layer's projection of the tokens (None: the layer carries them).
+        tokens (`torch.Tensor`, *optional*): the initial `R` (first text layer).
+        proj_rep (`torch.Tensor`, *optional*): the initial `proj_rep` (first vision layer).
+    """
+
+    adapter_layer_names = ("maple_rep_tokens", "maple_rep_proj", "maple_proj_rep")
+    other_param_names = ("maple_n_ctx", "maple_rep_first", "maple_rep_source")
+
+    def __init__(
+        self,
+        base_layer: nn.Module,
+        adapter_name: str,
+        depth: int,
+        tower: str,
+        n_rep: int,
+        first: bool,
+        proj: nn.Linear | None = None,
+        tokens: torch.Tensor | None = None,
+        proj_rep: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__(base_layer, adapter_name, depth)
+        self.tower = tower
+        self.maple_rep_tokens = nn.ParameterDict()
+        self.maple_rep_proj = nn.ModuleDict()
+        self.maple_proj_rep = nn.ParameterDict()
+        self.maple_rep_first: dict[str, bool] = {}
+        # adapter -> the layer holding R (a plain dict, so that nothing is registered twice)
+        self.maple_rep_source: dict[str, MaPLeRepresentationLayer] = {}
+        self.update_layer(adapter_name, n_rep, first, proj, tokens, proj_rep)
+
+    def update_layer(
+        self,
+        adapter_name: str,
+        n_rep: int,
+        first: bool,
+        proj: nn.Linear | None = None,
+        tokens: torch.Tensor | None = None,
+        proj_rep: torch.Tensor | None = None,
+    ) -> None:
+        """Add (or replace) the representation tokens of `adapter_name` at this layer (see the class docstring)."""
+        device, dtype = self._base_device_dtype()
+        if tokens is not None:
+            self.maple_rep_tokens[adapter_name] = nn.Parameter(tokens.detach().clone().to(device=device, dtype=dtype))
+            self.maple_rep_source[adapter_name] = self
+        if proj is not None:
+            if proj.weight.device.type != "meta":
+                proj = proj.to(device=device, dtype=dtype)
+            self.maple_rep_proj[adapter_name] = proj
+        if proj_rep is not None:
+            self.maple_proj_rep[adapter_name] = nn.Parameter(proj_rep.detach().clone().to(device=device, dtype=dtype))
+        self.maple_n_ctx[adapter_name] = n_rep
+        self.maple_rep_first[adapter_name] = first
+        self.set_adapter(self.active_adapters)
+
+    def link(self, adapter_name: str, source: MaPLeRepresentationLayer) -> None:
+        """Take the representation tokens of `adapter_name` from `source` (the adapter's first text layer)."""
+        self.maple_rep_source[adapter_name] = source
+
+    def tokens(self, adapter_name: str) -> torch.Tensor | None:
+        """The projected tokens `(n_rep, d)` this layer writes for `adapter_name`, or None (it carries them)."""
+        if adapter_name not in self.maple_rep_proj:
+            return None
+        source = self.maple_rep_source.get(adapter_name)
+        if source is None:
+            raise RuntimeError(
+                f"The representation tokens of adapter {adapter_name!r} at layer {self.depth} are not linked; create "
+                "the adapter with get_peft_model / PeftModel.from_pretrained."
+            )
+        proj = self.maple_rep_proj[adapter_name]
+        return proj(source.maple_rep_tokens[adapter_name].to(proj.weight.dtype))
+
+    def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        adapter_name = self.prompt_adapter()
+        if adapter_name is None:
+            return self.base_layer(hidden_states, *args, **kwargs)
+        n_rep = self.maple_n_ctx[adapter_name]
+        tokens = self.tokens(adapter_name)
+        if tokens is not None:
+            tokens = tokens.to(hidden_states.dtype).unsqueeze(0).expand(hidden_states.shape[0], -1, -1)
+            rest = 1 if self.maple_rep_first[adapter_name] else 1 + n_rep
+            hidden_states = torch.cat([hidden_states[:, :1], tokens, hidden_states[:, rest:]], dim=1)
+        if self.tower == "text":  # the causal mask over the longer sequence
+            length = hidden_states.shape[1]
+            if args and isinstance(args[0], torch.Tensor) and args[0].shape[-1] != length:
+                args = (_causal_mask_like(args[0], length), *args[1:])
+            mask = kwargs.get("attention_mask")
+            if isinstance(mask, torch.Tensor) and mask.shape[-1] != length:
+                kwargs = {**kwargs, "attention_mask": _causal_mask_like(mask, length)}
+        return self.base_layer(hidden_states, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"tower={self.tower}, depth={self.depth}, n_rep={self.maple_n_ctx}, inserts={self.maple_rep_first}"
+
+    def __repr__(self) -> str:
+        return "maple." + super().__repr__()
+
+
+@contextmanager
+def conditioned(model: nn.Module, shift: torch.Tensor | None) -> Iterator[None]:
+    """CoCoOp: inside the block, the active context of `model`'s depth-0 text layer is shifted per image, `ctx +
+    shift_i` (`shift`: `(n_images, d_text)`), for text batches laid out image-major. None: no shift.
+
+    Args:
+        model (`nn.Module`): the dual encoder with prompt layers injected.
+        shift (`torch.Tensor`, *optional*): the meta-net's output for a batch of images.
+    """
+    layers = [m for m in model.modules() if isinstance(m, MaPLeTextPromptLayer) and m.depth == 0]
+    previous = [layer.maple_condition for layer in layers]
+    for layer in layers:
+        layer.maple_condition = shift
+    try:
+        yield
+    finally:
+        for layer, value in zip(layers, previous):
+            layer.maple_condition = value

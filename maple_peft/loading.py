@@ -1,4 +1,5 @@
-"""Loading a saved MaPLe adapter for classification: its base CLIP, the adapter, tokenizer and image processor.
+"""Loading a saved adapter for classification: its base model (any supported backbone), the adapter, tokenizer and
+image processor.
 
 `PromptClassifier.from_pretrained` builds on `load_for_classification`; `load_image` reads paths and URLs for
 `PromptClassifier.predict`.
@@ -14,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .config import MaPLeConfig
+from .hub import check_sources, local_path_reason
 from .prompts import check_class_names
 
 #: Keyword arguments of `from_pretrained` that every Hub download takes (adapter, base model, tokenizer, processor).
@@ -24,9 +26,9 @@ class LoadedAdapter(NamedTuple):
     """What a classifier needs from a saved adapter.
 
     Attributes:
-        model (`PeftModel`): the base CLIP with the adapter, in eval mode.
+        model (`PeftModel`): the base model with the adapter, in eval mode.
         tokenizer: the base model's tokenizer.
-        image_processor: the base model's image processor (CLIP's defaults when it has none).
+        image_processor: the base model's image processor (its family's defaults when it has none).
         class_names (`list[str]`): the checked class names.
     """
 
@@ -44,20 +46,22 @@ def load_for_classification(
     adapter_name: str = "default",
     **model_kwargs: Any,
 ) -> LoadedAdapter:
-    """Load a saved MaPLe adapter with its base CLIP, tokenizer and image processor, checking everything first.
+    """Load a saved adapter with its base model, tokenizer and image processor, checking everything first.
 
     The arguments, what is checked and the errors are those of `PromptClassifier.from_pretrained`, which wraps this.
 
     Args:
         adapter_name_or_path (`str` or `os.PathLike`): Hub id or local folder of the adapter.
         class_names (`Sequence[str]`, *optional*): the classes; defaults to the adapter's `class_names`.
-        base_model_name_or_path (`str` or `os.PathLike`, *optional*): the CLIP to load the adapter on.
+        base_model_name_or_path (`str` or `os.PathLike`, *optional*): the base model to load the adapter on.
         adapter_name (`str`, defaults to `"default"`): the name the adapter gets in the `PeftModel`.
         model_kwargs: download and loading options (see `PromptClassifier.from_pretrained`).
     """
     from peft import PeftConfig, PeftModel
     from peft.utils.save_and_load import load_peft_weights
-    from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer, CLIPConfig, CLIPModel
+    from transformers import AutoConfig, AutoTokenizer
+
+    from .backbones import backbone_for_config, check_same_family
 
     adapter = os.fspath(adapter_name_or_path)
     hub_kwargs = {key: model_kwargs.pop(key) for key in _HUB_KWARGS if key in model_kwargs}
@@ -68,6 +72,8 @@ def load_for_classification(
         model_kwargs.pop(key, None)
     base_revision = model_kwargs.pop("base_model_revision", None)
 
+    # a misspelled local folder, an unreachable Hub, a read-only cache: one clear error now, not minutes of retries
+    check_sources({"adapter_name_or_path": (adapter, "model")}, **_check_kwargs(hub_kwargs))
     try:
         config = PeftConfig.from_pretrained(adapter, **adapter_kwargs)
     except (OSError, ValueError) as err:
@@ -97,9 +103,17 @@ def load_for_classification(
     if not base:
         raise ValueError(
             f"The adapter config of {adapter!r} names no base model (base_model_name_or_path is empty); pass "
-            "base_model_name_or_path= the CLIP it was trained on (a Hub id such as "
+            "base_model_name_or_path= the model it was trained on (a Hub id such as "
             "'openai/clip-vit-base-patch16' or a local folder)."
         )
+    reason = None if os.path.exists(base) else local_path_reason(base)
+    if reason is not None:
+        raise FileNotFoundError(
+            f"Cannot load the base model {base!r} (named by {base_source}) of the adapter {adapter!r}: no such folder "
+            f"({reason}). Pass base_model_name_or_path= the Hub id or local folder of the CLIP model the adapter was "
+            "trained on."
+        )
+    check_sources({"the base model": (base, "model")}, **_check_kwargs(hub_kwargs))
     base_kwargs = dict(hub_kwargs)
     if base_revision is not None:
         base_kwargs["revision"] = base_revision
@@ -108,36 +122,89 @@ def load_for_classification(
     except (OSError, ValueError) as err:
         raise OSError(
             f"Cannot load the base model {base!r} (named by {base_source}) of the adapter {adapter!r}: {err} Pass "
-            "base_model_name_or_path= the Hub id or local folder of the CLIP model the adapter was trained on."
+            "base_model_name_or_path= the Hub id or local folder of the model the adapter was trained on."
         ) from err
-    if not isinstance(base_config, CLIPConfig):
+    try:
+        backbone = backbone_for_config(base_config)
+    except ValueError as err:
         raise ValueError(
-            f"The base model {base!r} (named by {base_source}) is a {type(base_config).__name__}, not a CLIP "
-            "model; pass base_model_name_or_path= the CLIP model the adapter was trained on."
-        )
+            f"The base model {base!r} (named by {base_source}): {err} Pass base_model_name_or_path= the model the "
+            "adapter was trained on."
+        ) from None
+    check_same_family(config.backbone, backbone, f"{base!r} (named by {base_source})")
     weights = load_peft_weights(adapter, device="cpu", **adapter_kwargs)
     _check_widths(weights, base_config, adapter, base, base_source)
 
-    clip = CLIPModel.from_pretrained(base, **base_kwargs, **model_kwargs)
+    clip = backbone.model_class.from_pretrained(base, config=base_config, **base_kwargs, **model_kwargs)
     model = PeftModel.from_pretrained(
         clip, adapter, adapter_name=adapter_name, is_trainable=False, config=config, **adapter_kwargs
     )
     model.eval()
     tokenizer = _load_tokenizer(AutoTokenizer, base, base_kwargs, config, hub_kwargs)
-    try:
-        image_processor = AutoImageProcessor.from_pretrained(base, **base_kwargs)
-    except (OSError, ValueError) as err:
-        from transformers import CLIPImageProcessor
-
-        size = base_config.vision_config.image_size
+    image_processor, why_default = load_image_processor(base, base_config, **base_kwargs)
+    if why_default is not None:
         warnings.warn(
-            f"The base model {base!r} has no image processor ({str(err).splitlines()[0] if str(err) else err!r}); "
-            f"using CLIPImageProcessor's defaults (OpenAI CLIP normalization) at {size} px. Pass "
-            "processor= to predict() if the model was trained with another preprocessing.",
+            f"{why_default} Pass processor= to predict() if the model was trained with another preprocessing.",
             stacklevel=3,
         )
-        image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return LoadedAdapter(model, tokenizer, image_processor, names)
+
+
+def load_base_model(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
+    """The dual encoder of a checkpoint, of whichever supported family its config names (`CLIPModel`,
+    `MetaClip2Model`, `SiglipModel`, `Siglip2Model`), loaded with that family's class.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): a Hub id or a local folder.
+        kwargs: passed to `from_pretrained` (`revision`, `token`, `cache_dir`, `local_files_only`, `dtype`, ...).
+
+    Raises:
+        `ValueError`: the checkpoint is of another model type, naming it and the supported families.
+    """
+    from transformers import AutoConfig
+
+    from .backbones import backbone_for_config
+
+    config_kwargs = {key: kwargs[key] for key in (*_HUB_KWARGS, "revision") if key in kwargs}
+    config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
+    backbone = backbone_for_config(config)
+    return backbone.model_class.from_pretrained(name_or_path, **kwargs)
+
+
+def load_image_processor(name_or_path: str | os.PathLike, base_config: Any, **kwargs: Any) -> tuple[Any, str | None]:
+    """The image processor saved with a base model, or its family's default preprocessing at the model's size.
+
+    Args:
+        name_or_path (`str` or `os.PathLike`): the base model's Hub id or folder.
+        base_config: the base model's config (its family and image size).
+        kwargs: download options for `AutoImageProcessor.from_pretrained`.
+
+    Returns:
+        `(image_processor, why_default)`: `why_default` is None when the checkpoint's own processor was loaded, else
+        the reason the family's default is used (for a warning).
+    """
+    from transformers import AutoImageProcessor
+
+    from .backbones import backbone_for_config
+
+    try:
+        return AutoImageProcessor.from_pretrained(name_or_path, **kwargs), None
+    except (OSError, ValueError) as err:
+        backbone = backbone_for_config(base_config)
+        processor = backbone.default_image_processor(base_config)
+        size = getattr(base_config.vision_config, "image_size", None)
+        at = f"at {size} px" if size else "at the model's number of patches"
+        reason = (
+            f"The base model {os.fspath(name_or_path)!r} has no image processor "
+            f"({str(err).splitlines()[0] if str(err) else err!r}); using {backbone.display_name}'s default "
+            f"preprocessing ({type(processor).__name__}) {at}."
+        )
+        return processor, reason
+
+
+def _check_kwargs(hub_kwargs: dict) -> dict:
+    """The download options of `from_pretrained` that `check_sources` takes."""
+    return {"cache_dir": hub_kwargs.get("cache_dir"), "local_files_only": bool(hub_kwargs.get("local_files_only"))}
 
 
 def load_image(image: Any) -> Any:
@@ -194,9 +261,9 @@ def _check_widths(
         adapter_vision is not None and adapter_vision != vision_width
     ):
         raise ValueError(
-            f"The adapter {adapter!r} was trained on a CLIP with text width {adapter_text} and vision width "
+            f"The adapter {adapter!r} was trained on a model with text width {adapter_text} and vision width "
             f"{adapter_vision}, but the base model {base!r} (named by {base_source}) has text width {text_width} and "
-            f"vision width {vision_width}; pass base_model_name_or_path= the CLIP model the adapter was trained on."
+            f"vision width {vision_width}; pass base_model_name_or_path= the model the adapter was trained on."
         )
 
 

@@ -1,4 +1,4 @@
-"""`MaPLeModel`: the PEFT tuner that injects MaPLe's prompt wrappers into a transformers `CLIPModel`."""
+"""`MaPLeModel`: the PEFT tuner that injects the prompt wrappers into a CLIP-family dual encoder of transformers."""
 
 from __future__ import annotations
 
@@ -11,64 +11,106 @@ import torch
 from peft.tuners.tuners_utils import BaseTuner
 from torch import nn
 
+from .adapter_name import check_adapter_name
+from .backbones import Backbone, backbone_of, check_same_family
 from .config import COUPLED_VARIANTS, PROMPT_EXTRA_TOKENS, MaPLeConfig
-from .layer import MERGE_ERROR, MaPLeLayer, MaPLeTextPromptLayer, MaPLeVisionPromptLayer, unwrap
+from .layer import (
+    MERGE_ERROR,
+    MaPLeLayer,
+    MaPLeRepresentationLayer,
+    MaPLeTextPromptLayer,
+    MaPLeVisionHeadLayer,
+    MaPLeVisionPromptLayer,
+    extend_pixel_attention_mask,
+    unwrap,
+)
+from .prompts import special_token_ids
 
-TEXT_EMBEDDING = "text_model.embeddings.token_embedding"
-TEXT_LAYER = "text_model.encoder.layers.{}"
-VISION_EMBEDDING = "vision_model.embeddings"
-VISION_LAYER = "vision_model.encoder.layers.{}"
 
+def model_towers(model: nn.Module) -> tuple[Backbone, nn.Module, nn.Module]:
+    """The backbone description and the text and vision towers of `model`, after checking that it is a supported
+    dual encoder built like its family (`embeddings`, then `encoder.layers`, in each tower).
 
-def _clip_parts(model: nn.Module) -> tuple[nn.Module, nn.Module]:
-    """The text and vision towers of `model`, after checking that it is a transformers `CLIPModel`.
+    A subclass of a supported class is accepted when its towers are built like the family's, since the prompt
+    positions, the pooling and the shared-prefix encoding are the family's. Other models are refused, naming their
+    class and the supported families, before anything is injected.
 
-    A subclass of `CLIPModel` is accepted when its towers are built from transformers' CLIP modules
-    (`CLIPTextEmbeddings` and `CLIPVisionEmbeddings` followed by an encoder with `layers`): the prompt positions, the
-    end-of-text pooling and the shared-prefix encoding are those of CLIP. Other dual encoders (SigLIP, AltCLIP, ...)
-    are refused, even where their module names match, because they embed, pool or normalize differently.
+    Args:
+        model (`nn.Module`): the dual encoder (`CLIPModel`, `MetaClip2Model`, `SiglipModel`, `Siglip2Model`).
     """
-    from transformers.models.clip.modeling_clip import CLIPModel, CLIPTextEmbeddings, CLIPVisionEmbeddings
-
-    if not isinstance(model, CLIPModel):
-        raise ValueError(
-            f"MaPLe adapts a transformers CLIPModel (with CLIP's `text_model` and `vision_model`), got "
-            f"{type(model).__name__}; load the base model with CLIPModel.from_pretrained(...)."
-        )
+    backbone = backbone_of(model)
     text_model, vision_model = model.text_model, model.vision_model
-    for tower, expected in ((text_model, CLIPTextEmbeddings), (vision_model, CLIPVisionEmbeddings)):
+    for tower in (text_model, vision_model):
         embeddings = unwrap(getattr(tower, "embeddings", None))
         layers = getattr(getattr(tower, "encoder", None), "layers", None)
-        if not isinstance(embeddings, expected) or not isinstance(layers, nn.ModuleList):
+        if embeddings is None or not isinstance(layers, nn.ModuleList):
             raise ValueError(
-                f"MaPLe adapts a transformers CLIPModel, but the {type(tower).__name__} of this "
-                f"{type(model).__name__} is not built like CLIP's (`embeddings` of type {expected.__name__}, then "
-                "`encoder.layers`); load the base model with CLIPModel.from_pretrained(...)."
+                f"The {type(tower).__name__} of this {type(model).__name__} is not built like {backbone.display_name}'s "
+                f"(`embeddings`, then `encoder.layers`); load the base model with "
+                f"{backbone.model_class_name}.from_pretrained(...)."
             )
-    return text_model, vision_model
+    return backbone, text_model, vision_model
+
+
+def _drops_vision_prompts(backbone: Backbone, config: MaPLeConfig) -> bool:
+    """The adapter removes its vision prompts before the backbone's attention-pooling head."""
+    return backbone.vision_head is not None and bool(config.num_vision_tokens) and not config.vision_pool_prompts
+
+
+def resolve_rep_layers(model: nn.Module, config: MaPLeConfig) -> list[int]:
+    """MMRL's layers (1-based): the config's, or the last 7 text layers (6..12 for ViT-B/16), checked against both
+    towers and the backbone (MMRL's tokens follow CLIP's class token: no such token in SigLIP)."""
+    backbone, text_model, vision_model = model_towers(model)
+    if not backbone.has_class_token():
+        raise ValueError(
+            f"variant='mmrl' does not carry over to {backbone.display_name}: MMRL places its representation tokens "
+            "right after the class token and classifies with the class token's features, and this backbone pools its "
+            "images with an attention head and has no class token. Use CLIP or MetaCLIP 2 (or another variant)."
+        )
+    n_text, n_vision = len(text_model.encoder.layers), len(vision_model.encoder.layers)
+    layers = config.rep_layers or list(range(max(1, n_text - 6), n_text + 1))
+    limit = min(n_text, n_vision)
+    if layers[-1] > limit:
+        raise ValueError(
+            f"rep_layers={layers} but the towers have {n_text} (text) and {n_vision} (vision) layers; use 1-based layer "
+            f"numbers up to {limit}."
+        )
+    return layers
 
 
 def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
     """The names of the modules that `config` wraps in `model`, after validating `depth` against both towers.
 
     Args:
-        model (`transformers.CLIPModel`): the base model.
+        model (`nn.Module`): the base dual encoder.
         config (`MaPLeConfig`): the adapter configuration.
     """
-    text_model, vision_model = _clip_parts(model)
+    backbone, text_model, vision_model = model_towers(model)
     n_text = len(text_model.encoder.layers)
     n_vision = len(vision_model.encoder.layers)
     names: list[str] = []
+    if config.num_rep_tokens:
+        layers = resolve_rep_layers(model, config)
+        # text: every layer from the first one on (the later ones carry the tokens and need the longer causal mask)
+        names += [backbone.text_layer.format(i - 1) for i in range(layers[0], n_text + 1)]
+        return names + [backbone.vision_layer.format(i - 1) for i in layers]
     if config.num_text_tokens:
         if config.depth > n_text:
             raise ValueError(f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}.")
-        names += [TEXT_EMBEDDING] + [TEXT_LAYER.format(i) for i in range(1, config.depth)]
+        names += [backbone.token_embedding] + [backbone.text_layer.format(i) for i in range(1, config.depth)]
     if config.num_vision_tokens:
         if config.depth > n_vision:
             raise ValueError(
                 f"depth={config.depth} but the vision encoder has {n_vision} layers; use depth <= {n_vision}."
             )
-        names += [VISION_EMBEDDING] + [VISION_LAYER.format(i) for i in range(1, config.depth)]
+        names += [backbone.vision_embeddings] + [backbone.vision_layer.format(i) for i in range(1, config.depth)]
+        if _drops_vision_prompts(backbone, config):
+            if getattr(vision_model, "head", None) is None:
+                raise ValueError(
+                    f"This {backbone.display_name} vision tower has no pooling head (vision_use_head=False), so its "
+                    "image features are not the dual encoder's; use a checkpoint with the head."
+                )
+            names.append(backbone.vision_head)
     return names
 
 
@@ -77,66 +119,111 @@ def _target_regex(names: list[str]) -> str:
 
 
 def _depth_of(key: str) -> int:
-    return 0 if key in (TEXT_EMBEDDING, VISION_EMBEDDING) else int(key.rsplit(".", 1)[1])
+    last = key.rsplit(".", 1)[1]
+    return int(last) if last.isdigit() else 0
 
 
-def resolve_prompt_init_token_ids(config: MaPLeConfig, model: nn.Module) -> list[int] | None:
-    """Tokenize `config.prompt_init` (once) and return its first `n_ctx` token ids, without start/end tokens.
-
-    Args:
-        config (`MaPLeConfig`): the adapter configuration; its `prompt_init_token_ids` are returned when set.
-        model (`transformers.CLIPModel`): the base model, whose `name_or_path` locates the tokenizer when
-            `config.tokenizer_name_or_path` is unset.
-    """
-    if config.prompt_init is None or not config.num_text_tokens:
-        return None
-    if config.prompt_init_token_ids is not None:
-        return list(config.prompt_init_token_ids)
+def _load_tokenizer(config: MaPLeConfig, model: nn.Module, why: str) -> Any:
     source = config.tokenizer_name_or_path or getattr(model, "name_or_path", None) or None
     if not source:
         raise ValueError(
-            f"prompt_init={config.prompt_init!r} must be tokenized to initialize the context, but the base model has "
-            "no `name_or_path` to load its tokenizer from; pass MaPLeConfig(tokenizer_name_or_path=...) (a Hub id or "
-            "a directory with the CLIP tokenizer), or prompt_init=None for a random initialization."
+            f"{why}, but the base model has no `name_or_path` to load its tokenizer from; pass "
+            "MaPLeConfig(tokenizer_name_or_path=...) (a Hub id or a directory with the base model's tokenizer), or "
+            "prompt_init=None for a random initialization."
         )
     from transformers import AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as error:
         raise ValueError(
-            f"Could not load a tokenizer from {source!r} to tokenize prompt_init={config.prompt_init!r}: {error}. "
-            "Pass MaPLeConfig(tokenizer_name_or_path=...) pointing to the CLIP tokenizer."
+            f"Could not load a tokenizer from {source!r} ({why}): {error}. Pass MaPLeConfig(tokenizer_name_or_path=...) "
+            "pointing to the base model's tokenizer."
         ) from error
-    ids = tokenizer(config.prompt_init)["input_ids"]
-    body = [i for i in ids if i not in (tokenizer.bos_token_id, tokenizer.eos_token_id)]
-    if len(body) < config.n_ctx:
-        raise ValueError(
-            f"prompt_init={config.prompt_init!r} has {len(body)} tokens but n_ctx={config.n_ctx}; use a longer "
-            f"prompt_init, n_ctx <= {len(body)}, or prompt_init=None."
-        )
-    max_length = model.text_model.config.max_position_embeddings
-    if len(body) + PROMPT_EXTRA_TOKENS > max_length:
-        raise ValueError(
-            f"prompt_init={config.prompt_init!r} has {len(body)} tokens, too many for the text encoder's "
-            f"{max_length}-token context: a class prompt also needs the start token, at least one class-name token, "
-            f"'.' and the end token; use a prompt_init of at most {max_length - PROMPT_EXTRA_TOKENS} tokens."
-        )
-    return body[: config.n_ctx]
 
 
-def _check_text_fits(config: MaPLeConfig, text_model: nn.Module, *, token_ids: list[int] | None = None) -> None:
+def leading_special_tokens(tokenizer: Any, text: str = "a") -> int:
+    """The number of special tokens `tokenizer` puts before a text: where the text prompts start (1 for CLIP's and
+    MetaCLIP 2's start token, 0 for SigLIP's tokenizer).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+        text (`str`): any text without special tokens.
+    """
+    ids = tokenizer(text)["input_ids"]
+    special = special_token_ids(tokenizer)
+    count = 0
+    while count < len(ids) and ids[count] in special:
+        count += 1
+    return count
+
+
+def resolve_text_tokens(config: MaPLeConfig, model: nn.Module) -> tuple[list[int] | None, int | None]:
+    """Tokenize `config.prompt_init` (once): its first `n_ctx` token ids without special tokens, and the position
+    where text prompts start (the number of special tokens the tokenizer puts first).
+
+    Saved values in the config are returned as they are. Without `prompt_init` the tokenizer is loaded only when
+    `tokenizer_name_or_path` names one; otherwise the family's released tokenizer decides the start.
+
+    Args:
+        config (`MaPLeConfig`): the adapter configuration.
+        model (`nn.Module`): the base model, whose `name_or_path` locates the tokenizer when
+            `config.tokenizer_name_or_path` is unset.
+
+    Returns:
+        `(prompt_init_token_ids, text_prompt_start)`; both None for adapters without text prompts.
+    """
+    if not config.num_text_tokens:
+        return None, None
+    backbone = backbone_of(model)
+    token_ids, start = config.prompt_init_token_ids, config.text_prompt_start
+    needs_ids = config.prompt_init is not None and token_ids is None
+    if not needs_ids and start is not None:
+        return token_ids, start
+    if not needs_ids and not config.tokenizer_name_or_path:
+        return token_ids, backbone.text_prompt_start
+    why = (
+        f"prompt_init={config.prompt_init!r} must be tokenized to initialize the context"
+        if needs_ids
+        else "the tokenizer decides where the text prompts start"
+    )
+    tokenizer = _load_tokenizer(config, model, why)
+    if start is None:
+        start = leading_special_tokens(tokenizer)
+    if needs_ids:
+        special = special_token_ids(tokenizer)
+        body = [i for i in tokenizer(config.prompt_init)["input_ids"] if i not in special]
+        if len(body) < config.n_ctx:
+            raise ValueError(
+                f"prompt_init={config.prompt_init!r} has {len(body)} tokens but n_ctx={config.n_ctx}; use a longer "
+                f"prompt_init, n_ctx <= {len(body)}, or prompt_init=None."
+            )
+        # besides prompt_init, a class prompt holds the leading special tokens, a class-name token, '.' and the end
+        limit = backbone.max_text_length(model.config) - start - (PROMPT_EXTRA_TOKENS - 1)
+        if len(body) > limit:
+            raise ValueError(
+                f"prompt_init={config.prompt_init!r} has {len(body)} tokens, too many for the text encoder's "
+                f"{backbone.max_text_length(model.config)}-token context: a class prompt also needs the special "
+                f"tokens, at least one class-name token and '.'; use a prompt_init of at most {limit} tokens."
+            )
+        token_ids = body[: config.n_ctx]
+    return token_ids, start
+
+
+def _check_text_fits(
+    config: MaPLeConfig, backbone: Backbone, model: nn.Module, *, token_ids: list[int] | None = None
+) -> None:
     """Refuse an `n_ctx` and prompt token ids (`token_ids`, else the config's) that the text encoder cannot take."""
     if not config.num_text_tokens:
         return
-    max_length = text_model.config.max_position_embeddings
+    max_length = backbone.max_text_length(model.config)
     if config.n_ctx + PROMPT_EXTRA_TOKENS > max_length:
         raise ValueError(
             f"n_ctx={config.n_ctx} does not fit in the text encoder's {max_length}-token context: a class prompt also "
-            f"needs the start token, at least one class-name token, '.' and the end token; use n_ctx <= "
+            f"needs the special tokens, at least one class-name token and '.'; use n_ctx <= "
             f"{max_length - PROMPT_EXTRA_TOKENS}."
         )
-    vocab_size = unwrap(text_model.embeddings.token_embedding).num_embeddings
+    vocab_size = unwrap(model.get_submodule(backbone.token_embedding)).num_embeddings
     ids = token_ids if token_ids is not None else config.prompt_init_token_ids or []
     if any(i >= vocab_size for i in ids):
         raise ValueError(
@@ -240,17 +327,18 @@ def check_adapter_state_dict(
 class MaPLeModel(BaseTuner):
     """MaPLe: Multi-modal Prompt Learning (Khattak et al., CVPR 2023, https://huggingface.co/papers/2210.03117).
 
-    Wraps a transformers `CLIPModel` so that the first `depth` layers of both towers receive learnable prompts; the
-    vision prompts are linear couplings of the text prompts. CLIP itself stays frozen. Created by `get_peft_model`
+    Wraps a CLIP-family dual encoder of transformers (`CLIPModel`, `MetaClip2Model`, `SiglipModel`, `Siglip2Model`;
+    see `maple_peft.backbones`) so that the first `depth` layers of both towers receive learnable prompts; the vision
+    prompts are linear couplings of the text prompts. The base model itself stays frozen. Created by `get_peft_model`
     once `maple_peft` is imported.
 
-    Models other than transformers' `CLIPModel` (and its subclasses with CLIP's towers) are refused before anything is
-    injected. Saved weights are checked whenever they are loaded (`PeftModel.from_pretrained`, `load_adapter`,
+    Models of other families are refused before anything is injected, naming the supported ones; an adapter saved on
+    one family is refused on a base model of another, even when the widths match. Saved weights are checked whenever they are loaded (`PeftModel.from_pretrained`, `load_adapter`,
     `set_peft_model_state_dict`): NaN/inf values, and tensors that the config's variant and depth do not expect or
     that it misses, raise a `ValueError` naming them.
 
     Args:
-        model (`transformers.CLIPModel`): the model to adapt.
+        model (`nn.Module`): the dual encoder to adapt.
         config (`MaPLeConfig`): the adapter configuration.
         adapter_name (`str`): the name of the adapter, `"default"` by default.
         low_cpu_mem_usage (`bool`): create the adapter weights on the meta device (used when loading).
@@ -274,6 +362,8 @@ class MaPLeModel(BaseTuner):
     target_module_mapping: dict[str, list[str]] = {}
 
     def _prepare_adapter_config(self, peft_config: MaPLeConfig, model_config: dict) -> MaPLeConfig:
+        backbone = backbone_of(self.model)
+        check_same_family(peft_config.backbone, backbone, f"({type(self.model).__name__})")
         names = target_module_names(self.model, peft_config)
         regex = _target_regex(names)
         if peft_config.target_modules is not None and peft_config.target_modules != regex:
@@ -282,13 +372,16 @@ class MaPLeModel(BaseTuner):
                 f"variant (here depth={peft_config.depth}, variant={peft_config.variant!r} give {names}); leave "
                 "target_modules unset (a saved adapter_config.json must keep the values it was saved with)."
             )
-        text_model, _ = _clip_parts(self.model)
-        _check_text_fits(peft_config, text_model)
-        token_ids = resolve_prompt_init_token_ids(peft_config, self.model)
-        _check_text_fits(peft_config, text_model, token_ids=token_ids)
+        if peft_config.num_rep_tokens:
+            peft_config.rep_layers = resolve_rep_layers(self.model, peft_config)
+        _check_text_fits(peft_config, backbone, self.model)
+        token_ids, start = resolve_text_tokens(peft_config, self.model)
+        _check_text_fits(peft_config, backbone, self.model, token_ids=token_ids)
         # every check passed: only now is the user's config filled in
         peft_config.target_modules = regex
         peft_config.prompt_init_token_ids = token_ids
+        peft_config.text_prompt_start = start
+        peft_config.backbone = backbone.family
         # the adapter names its base model (as PEFT's get_peft_model / save_pretrained would); a relative local path
         # would point elsewhere when the adapter is loaded from another folder, so local folders are made absolute
         base_name = peft_config.base_model_name_or_path or self.model.__dict__.get("name_or_path") or None
@@ -312,8 +405,8 @@ class MaPLeModel(BaseTuner):
 
     # ---- creation -------------------------------------------------------------------------------------------------
 
-    def _text_init(self, config: MaPLeConfig, depth: int, text_model: nn.Module) -> torch.Tensor:
-        embedding = unwrap(text_model.embeddings.token_embedding)
+    def _text_init(self, config: MaPLeConfig, depth: int, backbone: Backbone) -> torch.Tensor:
+        embedding = unwrap(self.model.get_submodule(backbone.token_embedding))
         width = embedding.weight.shape[1]
         if depth == 0 and config.prompt_init_token_ids is not None:
             ids = torch.tensor(config.prompt_init_token_ids, device=embedding.weight.device)
@@ -344,18 +437,34 @@ class MaPLeModel(BaseTuner):
         **kwargs: Any,
     ) -> None:
         depth = _depth_of(current_key)
-        text_model, vision_model = _clip_parts(self.model)
+        backbone = backbone_of(self.model)
         base = unwrap(target)
-        if current_key.startswith("text_model."):
-            init = self._text_init(peft_config, depth, text_model)
-            if isinstance(target, MaPLeTextPromptLayer):
-                target.update_layer(adapter_name, init)
+        n_ctx = peft_config.num_vision_tokens
+        wanted = MaPLeRepresentationLayer if peft_config.num_rep_tokens else None
+        if isinstance(target, MaPLeLayer) and (wanted is not None) != isinstance(target, MaPLeRepresentationLayer):
+            raise ValueError(
+                f"{current_key} already carries an adapter of another kind ({type(target).__name__}); MMRL's "
+                "representation tokens and the prompts of the other variants cannot share a model. Add the adapter "
+                "to a fresh base model."
+            )
+        if wanted is not None:
+            self._create_representation_layer(peft_config, adapter_name, target, target_name, parent, current_key)
+            return
+        if current_key == backbone.vision_head:
+            if isinstance(target, MaPLeVisionHeadLayer):
+                target.update_layer(adapter_name, n_ctx)
                 return
-            new_module = MaPLeTextPromptLayer(base, adapter_name, depth, init)
+            new_module = MaPLeVisionHeadLayer(base, adapter_name, n_ctx)
+        elif current_key == backbone.token_embedding or current_key.startswith(backbone.text_layer.format("")):
+            init = self._text_init(peft_config, depth, backbone)
+            start = peft_config.text_prompt_start
+            meta_net = self._meta_net(peft_config, backbone) if depth == 0 else None
+            if isinstance(target, MaPLeTextPromptLayer):
+                target.update_layer(adapter_name, init, start, meta_net)
+                return
+            new_module = MaPLeTextPromptLayer(base, adapter_name, depth, init, start, meta_net)
         else:
-            d_text = text_model.config.hidden_size
-            d_vision = vision_model.config.hidden_size
-            n_ctx = peft_config.num_vision_tokens
+            d_text, d_vision = backbone.widths(self.model.config)
             coupling = self._coupling(peft_config, adapter_name, depth, d_text, d_vision)
             init = None
             if peft_config.variant not in COUPLED_VARIANTS:
@@ -364,6 +473,54 @@ class MaPLeModel(BaseTuner):
                 target.update_layer(adapter_name, n_ctx, init=init, coupling=coupling)
                 return
             new_module = MaPLeVisionPromptLayer(base, adapter_name, depth, n_ctx, init=init, coupling=coupling)
+        if adapter_name not in self.active_adapters:
+            new_module.requires_grad_(False)
+        self._replace_module(parent, target_name, new_module, target)
+
+    def _meta_net(self, config: MaPLeConfig, backbone: Backbone) -> tuple[nn.Linear, nn.Linear] | None:
+        """CoCoOp's meta-net: `Linear(embed_dim, embed_dim // 16) -> ReLU -> Linear(embed_dim // 16, d_text)`, fed with
+        the normalized image features (PyTorch's default initialization, as the original)."""
+        if not config.conditional:
+            return None
+        embed_dim = backbone.embed_dim(self.model.config)
+        hidden = max(embed_dim // 16, 1)
+        d_text, _ = backbone.widths(self.model.config)
+        return nn.Linear(embed_dim, hidden), nn.Linear(hidden, d_text)
+
+    def _create_representation_layer(
+        self,
+        config: MaPLeConfig,
+        adapter_name: str,
+        target: nn.Module,
+        target_name: str,
+        parent: nn.Module,
+        current_key: str,
+    ) -> None:
+        """MMRL: a text or vision layer that inserts, replaces or carries the representation tokens."""
+        backbone = backbone_of(self.model)
+        index = _depth_of(current_key)
+        layer_number = index + 1
+        tower = "vision" if current_key.startswith(backbone.vision_layer.format("")) else "text"
+        first = layer_number == config.rep_layers[0]
+        d_text, d_vision = backbone.widths(self.model.config)
+        proj = None
+        if layer_number in config.rep_layers:
+            # each tower's projections start as copies of one freshly initialized Linear, as in the original code
+            templates = self.__dict__.setdefault("_maple_rep_templates", {})
+            key = (adapter_name, tower)
+            if key not in templates:
+                templates[key] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
+            proj = copy.deepcopy(templates[key])
+        tokens = proj_rep = None
+        if first and tower == "text":
+            tokens = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
+        if first and tower == "vision":
+            proj_rep = d_vision**-0.5 * torch.randn(d_vision, backbone.embed_dim(self.model.config))
+        args = (config.n_rep, first, proj, tokens, proj_rep)
+        if isinstance(target, MaPLeRepresentationLayer):
+            target.update_layer(adapter_name, *args)
+            return
+        new_module = MaPLeRepresentationLayer(unwrap(target), adapter_name, index, tower, *args)
         if adapter_name not in self.active_adapters:
             new_module.requires_grad_(False)
         self._replace_module(parent, target_name, new_module, target)
@@ -381,6 +538,7 @@ class MaPLeModel(BaseTuner):
         low_cpu_mem_usage: bool = False,
         **kwargs: Any,
     ) -> None:
+        check_adapter_name(adapter_name)  # before any layer is changed
         super().inject_adapter(
             model,
             adapter_name,
@@ -389,16 +547,37 @@ class MaPLeModel(BaseTuner):
             **kwargs,
         )
         self.__dict__.get("_maple_coupling_templates", {}).pop(adapter_name, None)
+        for key in [key for key in self.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
+            del self.__dict__["_maple_rep_templates"][key]
         self._link(adapter_name)
+        self._register_hooks()
+
+    def _register_hooks(self) -> None:
+        """SigLIP 2: extend the vision tower's `pixel_attention_mask` over the appended prompts (once per model)."""
+        backbone = backbone_of(self.model)
+        if "pixel_attention_mask" not in backbone.vision_inputs or "_maple_hooks" in self.__dict__:
+            return
+        handle = self.model.vision_model.register_forward_pre_hook(extend_pixel_attention_mask, with_kwargs=True)
+        self.__dict__["_maple_hooks"] = [handle]
 
     def _link(self, adapter_name: str) -> None:
-        """Connect each coupled vision layer of `adapter_name` to the text layer of the same depth."""
+        """Connect each coupled vision layer of `adapter_name` to the text layer of the same depth, and each MMRL
+        layer to the layer holding the representation tokens."""
         config = self.peft_config[adapter_name]
+        if config.num_rep_tokens:
+            layers = [m for m in self.model.modules() if isinstance(m, MaPLeRepresentationLayer)]
+            owner = next(m for m in layers if adapter_name in m.maple_rep_tokens)
+            for layer in layers:
+                if adapter_name in layer.maple_n_ctx:
+                    layer.link(adapter_name, owner)
+            return
         if config.variant not in COUPLED_VARIANTS:
             return
-        text_model, vision_model = _clip_parts(self.model)
-        text_layers = [text_model.embeddings.token_embedding, *text_model.encoder.layers[1 : config.depth]]
-        vision_layers = [vision_model.embeddings, *vision_model.encoder.layers[1 : config.depth]]
+        backbone = backbone_of(self.model)
+        text_layers = [self.model.get_submodule(backbone.token_embedding)]
+        text_layers += list(backbone.text_layers(self.model)[1 : config.depth])
+        vision_layers = [self.model.get_submodule(backbone.vision_embeddings)]
+        vision_layers += list(backbone.vision_layers(self.model)[1 : config.depth])
         for text_layer, vision_layer in zip(text_layers, vision_layers):
             owner = vision_layer if config.variant == "maple" else vision_layers[0]
             vision_layer.link(adapter_name, text_layer, owner)
@@ -420,6 +599,8 @@ class MaPLeModel(BaseTuner):
     ) -> nn.Module:
         if merge:
             raise ValueError(MERGE_ERROR)
+        for handle in self.__dict__.pop("_maple_hooks", []):
+            handle.remove()
         for name, module in list(self.model.named_modules()):
             if isinstance(module, MaPLeLayer):
                 parent_name, _, child_name = name.rpartition(".")

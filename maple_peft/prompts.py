@@ -1,16 +1,14 @@
-"""Class prompts: templates, class-name cleaning and tokenization (right padding, trimmed, at most 77 tokens)."""
+"""Class prompts: templates, class-name cleaning and tokenization (right padding, within the model's text length)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from string import Formatter
 from typing import Any
 
 import torch
 
 from .config import MAX_TEXT_LENGTH, MaPLeConfig
-
-#: CLIP's special tokens: a class name containing one would end (or restart) its prompt early.
-CLIP_SPECIAL_TOKENS = ("<|startoftext|>", "<|endoftext|>")
 
 
 def clean_class_name(name: str) -> str:
@@ -45,12 +43,6 @@ def check_class_names(class_names: Sequence[str]) -> list[str]:
             )
         if not clean_class_name(name).strip():
             raise ValueError(f"class_names[{index}]={name!r} is blank; every class needs a name.")
-        for token in CLIP_SPECIAL_TOKENS:
-            if token in name:
-                raise ValueError(
-                    f"class_names[{index}]={name!r} contains CLIP's special token {token!r}, which would cut the "
-                    "prompt short; remove it from the name."
-                )
     return names
 
 
@@ -72,9 +64,12 @@ def prompt_template(config: MaPLeConfig | None) -> str:
 
     Args:
         config (`MaPLeConfig`, *optional*): the adapter's config; `None` gives CLIP's plain `"a photo of a {}."`.
+            Variants without a learned text context use the config's `template` when it has one.
     """
     if config is None:
         return "a photo of a {}."
+    if config.template is not None and not config.num_text_tokens:
+        return config.template
     if config.prompt_init is not None:
         prefix = config.prompt_init.replace("_", " ")
     elif config.num_text_tokens:
@@ -83,6 +78,45 @@ def prompt_template(config: MaPLeConfig | None) -> str:
         prefix = ""
     prefix = prefix.replace("{", "{{").replace("}", "}}")
     return f"{prefix} {{}}." if prefix else "{}."
+
+
+def check_template(template: str) -> str:
+    """Check that `template` is a prompt template: exactly one `{}` (the class name) and no other braces.
+
+    Literal braces are written `{{` and `}}`, as in `str.format`.
+
+    Args:
+        template (`str`): e.g. `"a photo of a {}."`.
+
+    Raises:
+        `TypeError`: `template` is not a string.
+        `ValueError`: no `{}`, several, a named or numbered field (`{x}`, `{0}`), a format spec, or a lone brace.
+    """
+    if not isinstance(template, str):
+        raise TypeError(
+            f"template={template!r} must be a string with one {{}} for the class name, e.g. 'a photo of a {{}}.'"
+        )
+    expected = (
+        "a template holds exactly one {} where the class name goes, and writes any other brace doubled ({{ or }}), "
+        "e.g. 'a photo of a {}.'"
+    )
+    try:
+        fields = [
+            (name, spec, conversion) for _, name, spec, conversion in Formatter().parse(template) if name is not None
+        ]
+    except ValueError as error:  # a lone { or }
+        raise ValueError(f"template={template!r} is not a valid template ({error}); {expected}") from None
+    bad = [
+        f"{{{name}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}}}"
+        for name, spec, conversion in fields
+        if name or spec or conversion
+    ]
+    if bad:
+        raise ValueError(f"template={template!r} has the field {bad[0]}; {expected}")
+    if len(fields) != 1:
+        count = "no {} field" if not fields else f"{len(fields)} {{}} fields"
+        raise ValueError(f"template={template!r} has {count}; {expected}")
+    return template
 
 
 def format_prompts(config: MaPLeConfig | None, class_names: Sequence[str], template: str | None = None) -> list[str]:
@@ -102,12 +136,34 @@ def format_prompts(config: MaPLeConfig | None, class_names: Sequence[str], templ
         ```
     """
     names = check_class_names(class_names)
-    template = template if template is not None else prompt_template(config)
-    if template.count("{}") != 1:
-        raise ValueError(f"template={template!r} must contain exactly one '{{}}' for the class name.")
+    template = check_template(template if template is not None else prompt_template(config))
     prompts = [template.format(clean_class_name(name)) for name in names]
     _refuse_duplicates(prompts, names, prompts)
     return prompts
+
+
+def _special_runs(ids: Sequence[int], special: set[int]) -> tuple[int, bool]:
+    """The number of leading special tokens of `ids`, and whether another special token stands inside the text."""
+    lead = 0
+    while lead < len(ids) and ids[lead] in special:
+        lead += 1
+    end = len(ids)
+    while end > lead and ids[end - 1] in special:
+        end -= 1
+    return lead, any(token in special for token in ids[lead:end])
+
+
+def special_token_ids(tokenizer: Any) -> set[int]:
+    """The ids of the tokenizer's special tokens that begin, end or pad a text (its unknown-piece token is not one of
+    them, unless it doubles as one, as in CLIP's tokenizer where it is the end-of-text token).
+
+    Args:
+        tokenizer: a transformers tokenizer.
+    """
+    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    named = {getattr(tokenizer, f"{name}_token_id", None) for name in ("bos", "eos", "pad", "sep", "cls")}
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return special if unk in named else special - {unk}
 
 
 def tokenize_prompts(
@@ -115,42 +171,58 @@ def tokenize_prompts(
     prompts: Sequence[str],
     class_names: Sequence[str] | None = None,
     max_length: int = MAX_TEXT_LENGTH,
+    *,
+    pad_to_max_length: bool = False,
+    leading_special_tokens: int | None = None,
 ) -> torch.Tensor:
-    """Tokenize prompts with right padding to the longest prompt (never more than `max_length` tokens).
+    """Tokenize prompts with right padding, to the longest prompt or to `max_length`.
 
-    Trimming to the longest prompt is exact for CLIP: its text encoder is causal and pools at the end-of-text
-    token, so the padding after it never reaches the pooled feature.
+    Trimming to the longest prompt is exact for the causal text encoders (CLIP, MetaCLIP 2): they pool at the
+    end-of-text token, so the padding after it never reaches the pooled feature. SigLIP pools the last position of a
+    sequence padded to its maximum length (`pad_to_max_length=True`). Padding is always on the right, whatever the
+    tokenizer's `padding_side` says, so that every prompt has its context at the same positions.
 
     Args:
-        tokenizer: a CLIP tokenizer.
+        tokenizer: the base model's tokenizer.
         prompts (`Sequence[str]`): the prompt texts (from `format_prompts`).
         class_names (`Sequence[str]`, *optional*): the class names behind the prompts, named in errors.
         max_length (`int`): the text encoder's context length.
+        pad_to_max_length (`bool`, *keyword-only*): pad every prompt to `max_length`.
+        leading_special_tokens (`int`, *keyword-only*, *optional*): the number of special tokens every prompt must
+            start with (where an adapter's text prompts start); checked when given.
 
     Returns:
-        `torch.LongTensor` of shape `(len(prompts), longest)`.
+        `torch.LongTensor` of shape `(len(prompts), longest)` (or `max_length`).
 
     Raises:
-        `ValueError`: a prompt is longer than `max_length` tokens, contains a special token inside it, or two prompts
-            give the same tokens (e.g. names differing only in case), so that their classes cannot be told apart.
+        `ValueError`: a prompt is longer than `max_length` tokens, contains a special token of the tokenizer inside
+            it, does not start with the expected special tokens, or two prompts give the same tokens (e.g. names
+            differing only in case), so that their classes cannot be told apart.
     """
     names = list(class_names) if class_names is not None else list(prompts)
     encoded = tokenizer(list(prompts), padding=False, truncation=False)["input_ids"]
-    special = set(getattr(tokenizer, "all_special_ids", None) or [])
+    special = special_token_ids(tokenizer)
     for index, ids in enumerate(encoded):
         if len(ids) > max_length:
             raise ValueError(
-                f"The prompt of class {names[index]!r} ({prompts[index]!r}) has {len(ids)} tokens, more than CLIP's "
-                f"{max_length}; shorten the class name (e.g. with a class-name mapping file)."
+                f"The prompt of class {names[index]!r} ({prompts[index]!r}) has {len(ids)} tokens, more than the text "
+                f"encoder's {max_length}; shorten the class name (e.g. with a class-name mapping file)."
             )
-        if any(token in special for token in ids[1:-1]):
+        lead, inside = _special_runs(ids, special)
+        if inside:
             raise ValueError(
                 f"The prompt of class {names[index]!r} ({prompts[index]!r}) contains a special token of the "
                 "tokenizer inside it, which would cut the prompt short; remove it from the class name."
             )
+        if leading_special_tokens is not None and lead != leading_special_tokens:
+            raise ValueError(
+                f"The tokenizer puts {lead} special token(s) before the text of {prompts[index]!r}, but the adapter's "
+                f"text prompts start at position {leading_special_tokens} (it was created with another tokenizer); "
+                "use the tokenizer of the base model the adapter was trained on."
+            )
     _refuse_duplicates([tuple(ids) for ids in encoded], names, list(prompts))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    longest = max(len(ids) for ids in encoded)
+    longest = max_length if pad_to_max_length else max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), longest), pad_id, dtype=torch.long)
     for index, ids in enumerate(encoded):
         input_ids[index, : len(ids)] = torch.tensor(ids, dtype=torch.long)

@@ -68,3 +68,72 @@ def saved_base(tmp_path_factory) -> str:
     CLIPTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(path)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
     return str(path)
+
+
+# ---- the other CLIP-family backbones: tiny models from their configs, toy tokenizers (tests/fixtures/) -------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAMILIES = ("clip", "metaclip_2", "siglip", "siglip2")
+TOKENIZER_DIRS = {
+    "clip": TOKENIZER_DIR,
+    "metaclip_2": str(FIXTURES / "xlmr-tokenizer"),
+    "siglip": str(FIXTURES / "siglip-tokenizer"),
+    "siglip2": str(FIXTURES / "siglip2-tokenizer"),
+}
+#: SigLIP 2's tiny vision tower: 4-pixel patches, at most 16 of them per image
+SIGLIP2_PATCH, SIGLIP2_PATCHES = 4, 16
+
+
+def tiny_model(family: str = "clip", seed: int = 0, d_text=32, text_layers=3, d_vision=48, vision_layers=4):
+    """A tiny random dual encoder of `family` (unequal tower widths and depths), in eval mode, with a non-trivial
+    logit scale (and bias)."""
+    from transformers import MetaClip2Config, MetaClip2Model, Siglip2Config, Siglip2Model, SiglipConfig, SiglipModel
+
+    if family == "clip":
+        return tiny_clip(seed=seed)
+    torch.manual_seed(seed)
+    text = dict(hidden_size=d_text, intermediate_size=2 * d_text, num_hidden_layers=text_layers, num_attention_heads=4)
+    vision = dict(hidden_size=d_vision, intermediate_size=2 * d_vision, num_hidden_layers=vision_layers)
+    vision["num_attention_heads"] = 4
+    if family == "metaclip_2":
+        text.update(vocab_size=124, bos_token_id=0, pad_token_id=1, eos_token_id=2, projection_dim=16)
+        config = MetaClip2Config(
+            text_config=text, vision_config=dict(vision, image_size=32, patch_size=8), projection_dim=16
+        )
+        model = MetaClip2Model(config)
+    elif family == "siglip":
+        text.update(vocab_size=120, pad_token_id=1, eos_token_id=1, bos_token_id=None, projection_size=d_vision)
+        model = SiglipModel(SiglipConfig(text_config=text, vision_config=dict(vision, image_size=32, patch_size=8)))
+    elif family == "siglip2":
+        text.update(vocab_size=300, pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=d_vision)
+        vision.update(patch_size=SIGLIP2_PATCH, num_patches=SIGLIP2_PATCHES)
+        model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
+    else:
+        raise ValueError(family)
+    with torch.no_grad():
+        model.logit_scale.fill_(2.0)
+        if hasattr(model, "logit_bias"):
+            model.logit_bias.fill_(-1.5)
+    return model.eval()
+
+
+def family_tokenizer(family: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(TOKENIZER_DIRS[family])
+
+
+def family_images(family: str, batch: int = 3, seed: int = 1, padded: bool = True):
+    """An image batch as the family's image processor gives it: `pixel_values` (CLIP, MetaCLIP 2, SigLIP), or SigLIP 2's
+    dict of patches, `pixel_attention_mask` and `spatial_shapes` (with `padded`, images of several aspect ratios:
+    the later ones use fewer patches, the rest is padding)."""
+    generator = torch.Generator().manual_seed(seed)
+    if family != "siglip2":
+        return torch.randn(batch, 3, 32, 32, generator=generator)
+    shapes = [(4, 4), (2, 4), (3, 3), (4, 2)] if padded else [(4, 4)] * 4
+    shapes = [shapes[i % len(shapes)] for i in range(batch)]
+    pixel_values = torch.randn(batch, SIGLIP2_PATCHES, 3 * SIGLIP2_PATCH**2, generator=generator)
+    mask = torch.zeros(batch, SIGLIP2_PATCHES, dtype=torch.long)
+    for row, (h, w) in enumerate(shapes):
+        mask[row, : h * w] = 1
+    return {"pixel_values": pixel_values, "pixel_attention_mask": mask, "spatial_shapes": torch.tensor(shapes)}

@@ -1,4 +1,8 @@
-"""benchmarks/bench.py end to end at tiny settings: every section runs, maple_peft and the baseline agree.
+"""benchmarks/bench.py end to end: every section runs, maple_peft and the baseline agree.
+
+By default on the smallest CLIP that runs every section (`--shape tiny`: 9 layers per tower, as MaPLe's depth 9
+needs, widths 32/48, 32 px; one thread), which checks the benchmark's correctness in about a minute; its timings mean
+nothing. The same checks on the ViT-B/16-shaped CLIP the figures are measured on are opt-in: `pytest -m slow`.
 
 The options section adds bf16-autocast training rows only where bf16 is native (CUDA, or a CPU with AVX512-BF16 / AMX);
 `MAPLE_PEFT_BENCH_BF16=0|1` overrides the detection so that both paths run here on any machine.
@@ -6,11 +10,14 @@ The options section adds bf16-autocast training rows only where bf16 is native (
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
 
@@ -36,16 +43,21 @@ FP32_RTOL = 2e-5  # ~170 float32 epsilons: other attention kernels, the baseline
 BF16_RTOL = 5e-2  # ~6 bfloat16 epsilons (2**-7): bf16 autocast against float32
 
 
-def run_bench(tmp_path: Path, *, bf16: str, sections: list[str] | None = None) -> subprocess.CompletedProcess:
-    # a ViT-B/16-shaped CLIP cut to 9 layers per tower (the least MaPLe's depth 9 needs), 2-3 classes, 1 repetition;
-    # each memory configuration is a fresh process, so only one per kind of worker code
-    command = [sys.executable, str(BENCH), "--quick", "--layers", "9", "--train-classes", "2", "3"]
+def run_bench(
+    tmp_path: Path, *, bf16: str, sections: list[str] | None = None, shape: str = "tiny"
+) -> subprocess.CompletedProcess:
+    # 9 layers per tower (the least MaPLe's depth 9 needs), 2-3 classes, 1 repetition; each memory configuration is a
+    # fresh process, so only one per kind of worker code. The tiny shape runs on one thread: its timings mean nothing,
+    # and a busy machine slows many tiny multi-threaded operations down by orders of magnitude.
+    command = [sys.executable, str(BENCH), "--quick", "--shape", shape, "--layers", "9", "--train-classes", "2", "3"]
     command += ["--eval-classes", "3", "--reps", "1", "--eval-images", "4", "--eval-batch-size", "2"]
     command += ["--memory-classes", "3", "--out", str(tmp_path), "--tag", "smoke", "--override", json.dumps(TINY)]
     if sections:
         command += ["--sections", *sections]
     env = {**os.environ, "MAPLE_PEFT_BENCH_BF16": bf16}
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, check=False, env=env)
+    if shape == "tiny":
+        env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, env=env)
 
 
 def assert_options_agree(options: dict, *, bf16_rows: bool) -> None:
@@ -66,9 +78,13 @@ def assert_options_agree(options: dict, *, bf16_rows: bool) -> None:
     assert evaluation["maple_peft bf16-autocast sdpa"]["max_abs_diff_vs_fp32"] is not None
 
 
-def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
+SHAPES = [pytest.param("tiny", id="tiny"), pytest.param("vit-b16", id="vit-b16", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path, shape):
     # the path of a CPU without native bf16: no bf16 training rows (the bf16 path is the next test)
-    done = run_bench(tmp_path, bf16="0")
+    done = run_bench(tmp_path, bf16="0", shape=shape)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
 
@@ -93,19 +109,25 @@ def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path):
     assert "## Targets" in report and "## Training step" in report and (tmp_path / "smoke.png").stat().st_size > 0
 
 
-def test_bench_options_with_bf16_autocast_agree_at_bf16_tolerance(tmp_path):
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bench_options_with_bf16_autocast_agree_at_bf16_tolerance(tmp_path, shape):
     # the path of a CPU with native bf16 (forced): the options section alone adds bf16-autocast training rows,
     # compared at a bf16 tolerance while the float32 rows keep a float32 one
-    done = run_bench(tmp_path, bf16="1", sections=["options"])
+    done = run_bench(tmp_path, bf16="1", sections=["options"], shape=shape)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert set(result["section_seconds"]) == {"options"}
     assert_options_agree(result["options"], bf16_rows=True)
 
 
-def test_bench_refuses_an_invalid_bf16_override_before_any_work(tmp_path):
+def test_bench_refuses_an_invalid_bf16_override_before_any_work(tmp_path, monkeypatch, capsys):
+    # in this process (bench.py's imports are already loaded here): the refusal comes before any model is built
     value = "yes"
-    done = run_bench(tmp_path, bf16=value, sections=["options"])
-    assert done.returncode != 0
-    assert f"MAPLE_PEFT_BENCH_BF16={value!r}" in done.stderr and "use 1" in done.stderr
-    assert not (tmp_path / "smoke.json").exists() and "building the models" not in done.stdout
+    monkeypatch.setenv("MAPLE_PEFT_BENCH_BF16", value)
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit, match=f"MAPLE_PEFT_BENCH_BF16={value!r} is not a valid value; use 1"):
+        bench.main(["--quick", "--shape", "tiny", "--sections", "options", "--out", str(tmp_path), "--tag", "smoke"])
+    assert list(tmp_path.iterdir()) == [] and "building the models" not in capsys.readouterr().out

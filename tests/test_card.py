@@ -66,7 +66,7 @@ def test_card_shows_how_to_load_the_adapter_with_maple_imported_first():
 
     assert "import maple_peft" in text
     assert text.index("import maple_peft") < text.index("PeftModel.from_pretrained")
-    assert f'CLIPModel.from_pretrained("{BASE_MODEL}")' in text
+    assert f'AutoModel.from_pretrained("{BASE_MODEL}")' in text
     assert 'PeftModel.from_pretrained(base, "me/maple-eurosat")' in text
     assert "maple_peft.PromptClassifier(model, tokenizer, class_names)" in text
     assert 'class_names = ["AnnualCrop", "Forest", "River", "Sea Lake", "Highway"]' in text
@@ -87,7 +87,7 @@ def test_card_shows_recipe_results_with_zero_shot_versions_and_citation():
         "| Seed | 1 |",
     ):
         assert row in text
-    assert "Zero-shot CLIP accuracy (%)" in text
+    assert "Zero-shot accuracy (%)" in text
     zs = metrics["zero_shot"]["results"]["base"]
     assert f"| Base | 66.67 | 66.67 | {zs['accuracy']:.2f} | {zs['macro_f1']:.2f} | 6 | 3 |" in text
     assert "| Novel | 50.00 | 50.00 | 50.00 | 50.00 | 4 | 2 |" in text
@@ -104,7 +104,7 @@ def test_card_shows_recipe_results_with_zero_shot_versions_and_citation():
 def test_card_without_zero_shot_has_no_zero_shot_column():
     text = render_model_card(_metrics(zero_shot=False))
 
-    assert "Zero-shot CLIP" not in text
+    assert "Zero-shot accuracy" not in text
     assert "| Split | Accuracy (%) | Macro-F1 (%) | Images | Classes |" in text
     assert '"path/to/this/adapter"' in text  # no repo id: a placeholder
     assert "| Prompt depth | 9 |" in text  # the configs default to the ones in metrics.json
@@ -126,7 +126,7 @@ def test_local_base_model_is_kept_out_of_the_hub_metadata(tmp_path):
     text = render_model_card(_metrics(base_model=str(tmp_path)))
 
     assert ModelCard(text).data.base_model is None
-    assert f'CLIPModel.from_pretrained("{tmp_path}")' in text
+    assert f'AutoModel.from_pretrained("{tmp_path}")' in text
 
 
 def test_write_model_card_renders_the_run_directory_with_its_plots(tmp_path):
@@ -206,3 +206,21 @@ def test_card_describes_a_non_default_variant():
     assert "| Variant | ivlp |" in text
     assert "IVLP baseline" in text
     assert "coupling functions that project" not in text
+
+
+def test_cards_name_the_new_methods_and_the_backbone_family():
+    from maple_peft.adapter_card import method_name, render_adapter_card
+
+    assert method_name({"variant": "cocoop", "depth": 1}) == "CoCoOp"
+    assert method_name({"variant": "mmrl"}) == "MMRL"
+    assert method_name({"variant": "language", "depth": 1}, {"objective": "kgcoop"}) == "KgCoOp"
+    assert method_name({"variant": "maple", "depth": 9}, {"objective": "kgcoop"}) == "MaPLe + KgCoOp"
+    assert method_name({"variant": "ivlp", "depth": 9}, {"text_weight": 25.0}) == "PromptSRC"
+    siglip = {**PEFT_CONFIG, "backbone": "siglip2"}
+    text = render_model_card(_metrics(), siglip, {**TRAIN_CONFIG, "objective": "kgcoop", "kg_weight": 8.0})
+    assert "siglip2" in ModelCard(text).data.tags and "The SigLIP 2 base model stays frozen" in text
+    assert "| Objective | `KgCoOp knowledge-guided loss` |" in text and "| Knowledge weight | 8.0 |" in text
+    assert "KgCoOp" in text.split("\n# ")[1].splitlines()[0]  # the title names the method
+    saved = render_adapter_card({"variant": "mmrl", "backbone": "metaclip_2", "n_rep": 5}, "facebook/x", ["a", "b"])
+    assert "for the MetaCLIP 2 model" in saved and "metaclip_2" in ModelCard(saved).data.tags
+    assert "AutoModel.from_pretrained" in saved and "CLIPModel" not in saved

@@ -36,7 +36,7 @@ def test_depth_larger_than_the_vision_tower():
         ({"prompt_init_std": -0.1}, r"prompt_init_std=-0\.1 must be a finite number > 0"),
         ({"prompt_init_token_ids": [320, -5]}, r"prompt_init_token_ids=\[320, -5\] holds negative token ids"),
         ({"variant": "language", "n_ctx_vision": 3}, "n_ctx_vision=3 was given, but variant='language' has no vision"),
-        ({"prompt_init": None, "n_ctx": 74}, "n_ctx=74 does not fit in CLIP's 77-token text context.*n_ctx <= 73"),
+        ({"prompt_init": None, "n_ctx": 74}, "n_ctx=74 does not fit in a 77-token text context.*n_ctx <= 73"),
         ({"n_ctx": 80, "variant": "ivlp"}, "n_ctx=80 does not fit"),
     ],
 )
@@ -85,14 +85,19 @@ def test_prompt_init_longer_than_clip_context_is_refused_at_creation():
         )
 
 
-def test_siglip_model_is_refused_before_anything_is_injected():
-    from transformers import SiglipConfig, SiglipModel
+def test_model_of_an_unsupported_family_is_refused_before_anything_is_injected():
+    from transformers import ChineseCLIPConfig, ChineseCLIPModel
 
-    tower = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
-    siglip = SiglipModel(SiglipConfig(text_config=tower, vision_config=dict(tower, image_size=32, patch_size=8)))
-    with pytest.raises(ValueError, match="MaPLe adapts a transformers CLIPModel .*, got SiglipModel"):
-        get_peft_model(siglip, MaPLeConfig(depth=2, prompt_init=None))
-    assert not any(isinstance(m, MaPLeLayer) for m in siglip.modules())
+    text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=99)
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=32)
+    model = ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=dict(vision, patch_size=8)))
+    with pytest.raises(
+        ValueError,
+        match=r"ChineseCLIPModel \(model_type='chinese_clip'\) is not a supported backbone.*"
+        r"CLIP \(CLIPModel.*MetaCLIP 2 \(MetaClip2Model.*SigLIP \(SiglipModel.*SigLIP 2 \(Siglip2Model",
+    ):
+        get_peft_model(model, MaPLeConfig(depth=2, prompt_init=None))
+    assert not any(isinstance(m, MaPLeLayer) for m in model.modules())
 
 
 def test_clip_model_subclass_with_clip_towers_is_accepted_and_one_with_other_towers_refused(tokenizer, pixel_values):
@@ -109,8 +114,8 @@ def test_clip_model_subclass_with_clip_towers_is_accepted_and_one_with_other_tow
         assert PromptClassifier(model, tokenizer, ["cat", "dog"])(pixel_values).shape == (3, 2)
 
     odd = MyCLIP(clip.config)
-    odd.text_model.embeddings = torch.nn.Identity()
-    with pytest.raises(ValueError, match=r"the CLIPText\w+ of this MyCLIP is not built like CLIP's"):
+    odd.text_model.encoder = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"The CLIPText\w+ of this MyCLIP is not built like CLIP's"):
         get_peft_model(odd, MaPLeConfig(depth=2, prompt_init=None))
 
 
@@ -131,7 +136,7 @@ def test_user_set_target_modules_are_refused():
 
 def test_class_prompt_longer_than_77_tokens(tokenizer):
     long_name = " ".join(["supercalifragilistic"] * 30)
-    with pytest.raises(ValueError, match=r"class 'supercal.*' .* has \d+ tokens, more than CLIP's 77"):
+    with pytest.raises(ValueError, match=r"class 'supercal.*' .* has \d+ tokens, more than the text encoder's 77"):
         tokenize_prompts(tokenizer, [f"a photo of a {long_name}."], [long_name])
     model, _ = make_adapted(depth=2)
     with pytest.raises(ValueError, match="has 1[0-9]{2} tokens"):
@@ -139,7 +144,7 @@ def test_class_prompt_longer_than_77_tokens(tokenizer):
 
 
 def test_not_a_clip_model():
-    with pytest.raises(ValueError, match="adapts a transformers CLIPModel"):
+    with pytest.raises(ValueError, match="Sequential is not a supported backbone"):
         get_peft_model(torch.nn.Sequential(torch.nn.Linear(2, 2)), MaPLeConfig(prompt_init=None))
 
 

@@ -11,6 +11,9 @@ from maple_peft.training.metrics import (
     build_run_metrics,
     classification_metrics,
     harmonic_mean,
+    method_key,
+    method_title,
+    run_split_source,
     summarize_runs,
 )
 
@@ -127,7 +130,12 @@ def test_summarize_runs_takes_the_harmonic_mean_of_the_seed_averages():
 
     base, novel = summary["results"]["base"], summary["results"]["novel"]
     assert (base["accuracy_mean"], novel["accuracy_mean"]) == (pytest.approx(92.0), pytest.approx(70.0))
-    assert (base["accuracy_std"], novel["accuracy_std"]) == (pytest.approx(2.0), pytest.approx(10.0))
+    # the sample standard deviation (n - 1): 90 and 94 give 2.83, not the population's 2.0
+    assert (base["accuracy_std"], novel["accuracy_std"]) == (
+        pytest.approx(2 * math.sqrt(2)),
+        pytest.approx(10 * math.sqrt(2)),
+    )
+    assert summary["std"] == "sample"
     assert base["macro_f1_mean"] == pytest.approx(91.0)
     assert summary["harmonic_mean"] == pytest.approx(2 * 92 * 70 / 162)
     mean_of_hms = (harmonic_mean(90, 60) + harmonic_mean(94, 80)) / 2
@@ -147,9 +155,15 @@ def test_summarize_runs_gives_mean_and_std_per_target_for_cross_dataset():
     summary = summarize_runs(runs)
 
     assert summary["results"]["dtd"]["accuracy_mean"] == pytest.approx(44.0)
-    assert summary["results"]["dtd"]["accuracy_std"] == pytest.approx(np.std([40, 44, 48]))
+    assert summary["results"]["dtd"]["accuracy_std"] == pytest.approx(np.std([40, 44, 48], ddof=1))
     assert summary["results"]["imagenet"] == pytest.approx(
-        {"accuracy_mean": 71.0, "accuracy_std": 1.0, "macro_f1_mean": 71.0, "macro_f1_std": 1.0, "num_runs": 2}
+        {
+            "accuracy_mean": 71.0,
+            "accuracy_std": math.sqrt(2),
+            "macro_f1_mean": 71.0,
+            "macro_f1_std": math.sqrt(2),
+            "num_runs": 2,
+        }
     )
     assert "harmonic_mean" not in summary
 
@@ -166,15 +180,63 @@ def test_summarize_runs_summarizes_zero_shot_when_every_run_has_it():
     ("runs", "message"),
     [
         ([], "empty"),
-        ([_run(1, 90, 60), _run(2, 90, 60, dataset="dtd")], "mix"),
+        ([_run(1, 90, 60), _run(2, 90, 60, dataset="dtd")], r"differ in more than the seed.*dataset: 'eurosat'"),
         ([_run(1, 90, 60), _run(1, 91, 61)], r"seed\(s\) \[1\]"),
         ([{"dataset": "x", "setting": "all"}], r"runs\[0\]: The metrics lack the required field\(s\).*'results'"),
-        ([_run(1, 90, 60), {**_run(2, 90, 60), "base_model": "other"}], "mix base models"),
+        ([_run(1, 90, 60), {**_run(2, 90, 60), "base_model": "other"}], r"base_model: 'clip' \(seed 1\), 'other'"),
     ],
 )
 def test_summarize_runs_rejects_runs_that_cannot_be_averaged(runs, message):
     with pytest.raises(ValueError, match=message):
         summarize_runs(runs)
+
+
+def test_summarize_runs_refuses_runs_that_differ_in_an_option_naming_it():
+    first = {**_run(1, 90, 60), "train_config": {"lr": 0.0035, "epochs": 5, "output_dir": "a", "num_workers": 8}}
+    second = {**_run(2, 92, 62), "train_config": {"lr": 0.002, "epochs": 5, "output_dir": "b", "num_workers": 2}}
+    with pytest.raises(ValueError, match=r"not averaged: lr: 0\.0035 \(seed 1\), 0\.002 \(seed 2\)\.") as error:
+        summarize_runs([first, second])
+    assert "output_dir" not in str(error.value) and "num_workers" not in str(error.value)  # not part of a result
+    # the same options but the seed, the folder and the workers: averaged
+    second["train_config"]["lr"] = 0.0035
+    assert summarize_runs([first, second])["num_runs"] == 2
+
+
+def test_summarize_runs_of_one_seed_has_no_standard_deviation():
+    summary = summarize_runs([_run(1, 90, 60)])
+    assert summary["results"]["base"]["accuracy_std"] is None and summary["results"]["base"]["accuracy_mean"] == 90
+
+
+def test_run_metrics_record_the_split_and_older_files_get_it_from_their_options():
+    run = RunMetrics.from_dict({**_run(1, 90, 60), "split_source": "hub:timm/eurosat-rgb:train/test"})
+    assert run.to_dict()["split_source"] == "hub:timm/eurosat-rgb:train/test"
+    assert run_split_source(run) == "hub:timm/eurosat-rgb:train/test"
+    older = RunMetrics.from_dict({**_run(1, 90, 60), "train_config": {"dataset_name": "timm/eurosat-rgb"}})
+    assert run_split_source(older) == "hub:timm/eurosat-rgb:train/test"
+    assert run_split_source(RunMetrics.from_dict(_run(1, 90, 60))) == "coop"  # a CoOp benchmark's name
+    hub_food = {**_run(1, 90, 60, dataset="food101"), "train_config": {"dataset_name": "food101"}}
+    coop_food = {**_run(2, 90, 60, dataset="food101"), "train_config": {"dataset": "food101"}}
+    with pytest.raises(ValueError, match=r"split_source: 'hub:food101:train/test' \(seed 1\), 'coop' \(seed 2\)"):
+        summarize_runs([hub_food, coop_food])  # the same name, two splits: never averaged
+
+
+def test_method_key_and_title_tell_methods_apart():
+    def run(variant, **options):
+        peft = {"variant": variant, "n_ctx": options.pop("n_ctx", 2), "depth": options.pop("depth", 9)}
+        peft.update(class_names=["a"], base_model_name_or_path="/tmp/x")  # not part of the method
+        return RunMetrics.from_dict({**_run(1, 90, 60), "peft_config": peft, "train_config": options})
+
+    maple, ivlp = method_key(run("maple")), method_key(run("ivlp", n_ctx=4))
+    assert maple != ivlp and "class_names" not in maple and "base_model_name_or_path" not in maple
+    assert method_title(maple) == "MaPLe (2 tokens, depth 9) · base-to-novel · `clip` · CoOp splits"
+    assert method_title(ivlp).startswith("IVLP (4 tokens, depth 9)")
+    src = method_key(run("ivlp", n_ctx=4, text_weight=25, image_weight=10, logits_weight=1, gpa_mean=15, gpa_std=1))
+    assert method_title(src).startswith("PromptSRC (4 tokens, depth 9, losses 25/10/1, GPA 15±1)")
+    assert method_title(method_key(run("language", n_ctx=4, depth=1))).startswith("CoOp (4 tokens, depth 1)")
+    assert method_title(method_key(run("maple", text_weight=25))).startswith("MaPLe + SRC")
+    # two keys with the same title get the option that tells them apart
+    other = {**maple, "prompt_init_std": 0.5}
+    assert method_title(maple, [maple, other]).endswith("prompt_init_std=None")
 
 
 def test_build_run_metrics_fills_versions_and_harmonic_means():

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import options  # noqa: E402
 
+from maple_peft.training.run_dir import RunLock, clear_previous_run  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "examples" / "configs" / "smoke.yaml"
 FAST = ["--no_plots", "--no_zero_shot_baseline"]
@@ -63,7 +65,8 @@ def smoke_args(assets, output_dir, *extra):
 @pytest.fixture(scope="session")
 def smoke_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "smoke"
-    run_script("train.py", *smoke_args(assets, out, "--report_to", "tensorboard", *CHECKPOINTED))
+    result = run_script("train.py", *smoke_args(assets, out, "--report_to", "tensorboard", *CHECKPOINTED))
+    (out.parent / "console.txt").write_text(result.stdout + result.stderr)  # what the user saw
     return out
 
 
@@ -85,10 +88,45 @@ def test_smoke_run_writes_adapter_card_metrics_plots_and_log(smoke_run):
     assert {name for name in plots if name in card} == plots  # the card embeds the plots this run wrote
     log = (smoke_run / "training_log.txt").read_text()
     assert "trainable params: " in log and "epoch 1/3" in log and "epoch 3/3" in log and "epoch 0/" not in log
-    assert "novel: accuracy" in log and "zero-shot novel: accuracy" in log
+    assert "MaPLe novel: accuracy" in log and "zero-shot CLIP novel: accuracy" in log
     assert list(smoke_run.rglob("events.out.tfevents.*"))  # --report_to tensorboard
     for name in ("adapter_model.safetensors", "metrics.json", "training_history.json"):
         assert (smoke_run / name).stat().st_mode & 0o777 == 0o666 & ~_umask()  # the user's umask, not 0600
+
+
+def test_console_shows_our_lines_each_labelled_with_its_model_and_no_known_noise(smoke_run):
+    console = (smoke_run.parent / "console.txt").read_text()
+    lines = [line.split(" INFO ", 1)[-1] for line in console.splitlines()]
+    assert [line.split(":")[0] for line in lines if ": accuracy" in line] == [
+        "MaPLe base", "MaPLe novel", "zero-shot CLIP base", "zero-shot CLIP novel"
+    ]  # fmt: skip
+    assert any(
+        re.fullmatch(r"MaPLe: HM of base and novel \d+\.\d\d \(zero-shot CLIP: HM \d+\.\d\d\)", x) for x in lines
+    )
+    for noise in ("torchvision", "Downloading data", "Generating train split", "is_gradient_checkpointing",
+                  "to make room", "Loading weights", "\r", "%|"):  # fmt: skip
+        assert noise not in console, noise
+    assert "WARNING" not in console and "Traceback" not in console
+
+
+def test_the_readme_run_folder_table_lists_everything_a_run_writes(smoke_run):
+    readme = (REPO / "README.md").read_text()
+    table = readme[readme.index("### What a run folder holds") : readme.index("- **Locking**")]
+    first_cells = [row.split("|")[1] for row in table.splitlines() if row.startswith("| `")]
+    listed = {name.split("/")[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
+    assert {p.name for p in smoke_run.iterdir()} <= listed  # with --report_to tensorboard: maple_peft/ too
+
+
+def test_fewer_images_than_the_shots_asked_for_are_reported_in_log_metrics_and_card(assets, tmp_path):
+    out = tmp_path / "few"
+    result = run_script("train.py", *smoke_args(assets, out, *FAST, "--num_shots", "16", "--epochs", "1",
+                                                 "--warmup_epochs", "0"))  # fmt: skip
+    assert "fewer than num_shots=16 items and keep all they have" in result.stderr  # the data's own warning
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert (metrics["num_shots"], metrics["shots_used"]) == (16, {"min": 6, "max": 6})
+    card = (out / "README.md").read_text()
+    assert "on 6-shot `imagefolder:" in card and "16-shot" not in card
+    assert "16 shots per class were asked for, but no class has that many training images" in card
 
 
 def _umask():
@@ -229,8 +267,8 @@ def test_overwriting_a_finished_run_leaves_only_the_new_run_and_a_failed_push_sa
         env={"HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
-    assert f"The run is saved in {out}" in result.stdout
-    assert f"maple-peft push {out} --hub_model_id me/maple-smoke" in result.stdout
+    assert f"The run is saved in {out}" in result.stderr  # an error line: on stderr
+    assert f"maple-peft push {out} --hub-model-id me/maple-smoke" in result.stderr
     names = {p.name for p in out.iterdir()}
     assert not {n for n in names if n.endswith(".png")}  # --no_plots: the old plots are gone, not kept
     assert "precious.txt" in names and "adapter_model.safetensors" in names
@@ -323,7 +361,9 @@ def test_num_workers_defaults_to_the_machine_and_augmentations_do_not_depend_on_
 
 
 def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smoke_run, assets, tmp_path):
-    out = tmp_path / "eval.json"
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    out = run / "eval.json"  # inside a run folder: recorded, so that overwriting the run removes it
     result = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
                         assets / "data", "--subset", "novel", "--output", out, "--num_workers", "0")  # fmt: skip
     evaluated = json.loads(out.read_text())
@@ -331,12 +371,14 @@ def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smok
     assert evaluated["num_classes"] == 3
     assert evaluated["accuracy"] == pytest.approx(metrics["results"]["novel"]["accuracy"])
     assert not list(REPO.glob("eval_*.json"))  # nothing in the current folder
-    assert re.search(r"novel: +\d+%\|.*\| \d+/1 ", result.stderr)  # the evaluation's progress bar
+    assert "%|" not in result.stderr  # progress bars are drawn on a terminal only, not into a pipe or a file
     assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] == evaluated["accuracy"]
     again = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
                        assets / "data", "--output", out, check=False)  # fmt: skip
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
     assert json.loads(out.read_text()) == evaluated
+    assert [r["path"] for r in json.loads((run / "evaluations.json").read_text())["files"]] == ["eval.json"]
+    assert "eval.json" in clear_previous_run(run, keep_checkpoints=False) and not out.exists()
 
 
 def test_evaluate_refuses_an_adapter_of_another_backbone(smoke_run, assets, tmp_path):
@@ -347,7 +389,7 @@ def test_evaluate_refuses_an_adapter_of_another_backbone(smoke_run, assets, tmp_
     bad = run_script("evaluate.py", "--adapter", smoke_run, "--model_name_or_path", other,
                      "--tokenizer_name_or_path", assets / "tiny-clip", "--dataset_name", "imagefolder",
                      "--data_dir", assets / "data", "--output", tmp_path / "bad.json", check=False)  # fmt: skip
-    assert bad.returncode != 0 and "was trained on a CLIP with text width" in bad.stderr
+    assert bad.returncode != 0 and "was trained on a model with text width" in bad.stderr
     assert not (tmp_path / "bad.json").exists()
 
 
@@ -360,17 +402,21 @@ def test_bad_dataset_columns_and_long_class_names_are_clear_errors(assets, tmp_p
     result = run_script(
         "train.py", *smoke_args(assets, tmp_path / "b", *FAST, "--class_name_map", mapping), check=False
     )
-    assert result.returncode != 0 and "more than CLIP's 77" in result.stderr and "forest very" in result.stderr
+    assert (
+        result.returncode != 0
+        and "more than the text encoder's 77" in result.stderr
+        and "forest very" in result.stderr
+    )
     assert not (tmp_path / "b").exists()
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(assets, tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
-    (out / "run.lock").write_text(f"{os.getpid()}\n")  # this test process stands for a run still writing
-    result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
-    assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
-    assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+    with RunLock(out):  # this test process stands for a run still writing
+        result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
+        assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
 
 
 # PromptSRC's self-regulating terms and Gaussian prompt aggregation on the smoke recipe (GPA mean at epoch 2 of 3)
@@ -399,8 +445,21 @@ def test_self_regulated_run_with_gpa_logs_its_terms_and_saves_the_weighted_avera
     saved, plain = load_file(src_run / "adapter_model.safetensors"), load_file(smoke_run / "adapter_model.safetensors")
     assert not all(torch.equal(saved[k], plain[k]) for k in saved)
     card = (src_run / "README.md").read_text()
-    assert "| Self-regulating loss weights (text / image / logits) | 25 / 10 / 1 |" in card
+    assert card.count("# MaPLe + SRC adapter: ") == 1 and "MaPLe adapter" not in card  # titled by its method
+    assert "| Objective | `PromptSRC self-regulating losses` |" in card  # the objective's declared options:
+    assert "| Self-regulating text weight | 25.0 |" in card and "| Self-regulating logits weight | 1.0 |" in card
     assert "| Gaussian prompt aggregation (mean / std, in epochs) | 2 / 1 |" in card
+
+
+def test_self_regulated_run_logs_the_gpa_weights_readably(src_run):
+    from maple_peft.training.gpa import GaussianPromptAggregator
+
+    log = (src_run / "training_log.txt").read_text()
+    weights = GaussianPromptAggregator(mean=2, std=1, num_epochs=3).weights()
+    shown = ", ".join(f"{epoch}: {weight:.3g}" for epoch, weight in enumerate(weights, start=1))
+    assert "Gaussian prompt aggregation (mean 2, std 1): the adapter is the weighted average of the 3 epochs' " in log
+    assert f"epochs {shown} carry 100.0% of the weight" in log
+    assert "'weight':" not in log and "e-" not in log.split("Gaussian prompt aggregation")[1].splitlines()[0]
 
 
 @pytest.mark.parametrize("checkpoint", ["checkpoint_2", "checkpoint_3"])  # mid-epoch 2; the end of epoch 2
@@ -415,7 +474,7 @@ def test_self_regulated_run_with_gpa_resumed_ends_with_the_same_adapter_and_hist
 
 def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path):
     for extra, message in [
-        (["--text_weight", "-1"], "text_weight=-1.0 must be"),
+        (["--text_weight", "-1"], "error: --text_weight -1.0 must be"),  # in terms of the options
         (["--gpa_mean", "3"], "needs both --gpa_mean and --gpa_std"),
         (["--gpa_mean", "3", "--gpa_std", "0"], "std=0.0 must be > 0"),
     ]:

@@ -1,6 +1,8 @@
-"""The model card (`README.md`) written next to every saved MaPLe adapter.
+"""The model card (`README.md`) of a training run: the method, the recipe, the results.
 
-The card is rendered from the Jinja template `model_cards/adapter_card.md` (shipped as `maple_peft.model_cards`)
+The card is titled by the method the run trained (`maple_peft.adapter_card.method_name`: MaPLe, IVLP, PromptSRC,
+CoOp, VPT-deep, ...) and says how many training images per class were used when fewer existed than asked for. It is
+rendered from the Jinja template `model_cards/adapter_card.md` (shipped as `maple_peft.model_cards`)
 with YAML metadata built by `huggingface_hub.ModelCardData`, so the Hub indexes the adapter as a PEFT adapter of its
 CLIP base model and shows the measured accuracies in its evaluation widget (`model-index`).
 """
@@ -16,12 +18,15 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..adapter_card import is_hub_id, method_citations, method_link, method_name
+from ..backbones import BACKBONES
+from ..objectives import objective_classes, objective_name
 from .metrics import RunMetrics
 
 __all__ = ["CARD_TAGS", "build_model_card", "render_model_card", "write_model_card"]
 
-CARD_TAGS: tuple[str, ...] = ("maple", "prompt-learning", "clip", "peft", "zero-shot-image-classification")
-"""Tags of every MaPLe adapter card."""
+CARD_TAGS: tuple[str, ...] = ("maple", "prompt-learning", "peft", "zero-shot-image-classification")
+"""Tags of every adapter card (besides the method's and the backbone family's)."""
 
 TASK_TYPE = "zero-shot-image-classification"
 TEMPLATE_NAME = "adapter_card.md"
@@ -43,8 +48,11 @@ _VARIANT_DESCRIPTIONS = {
     "ivlp": "learns {prompts} of both the text and the image encoder, independently (the IVLP baseline, no coupling).",
     "language": "learns {prompts} of the text encoder only (language prompting baseline).",
     "vision": "learns {prompts} of the image encoder only (vision prompting baseline).",
+    "cocoop": "learns {prompts} of the text encoder and a small meta-network that shifts them for each image, so "
+    "that the class prompts depend on the image (CoCoOp).",
+    "mmrl": "learns representation tokens shared by both encoders, projected into their later layers, and a "
+    "projection of the image's representation features (MMRL); the class prompts are the hand-written template.",
 }
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 # (row title, where to look, key), in table order: the names train.py and MaPLeConfig write.
 _RECIPE_KEYS: tuple[tuple[str, str, str], ...] = (
@@ -52,6 +60,12 @@ _RECIPE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("Prompt depth", "peft", "depth"),
     ("Prompt initialization", "peft", "prompt_init"),
     ("Variant", "peft", "variant"),
+    ("Backbone family", "peft", "backbone"),
+    ("Representation tokens (n_rep)", "peft", "n_rep"),
+    ("Representation width (rep_dim)", "peft", "rep_dim"),
+    ("Representation layers", "peft", "rep_layers"),
+    ("Fusion weight (alpha)", "peft", "alpha"),
+    ("Class prompt template", "peft", "template"),
     ("Learning rate", "train", "lr"),
     ("Epochs", "train", "epochs"),
     ("Batch size", "train", "batch_size"),
@@ -99,23 +113,41 @@ def _split_title(split: str, setting: str) -> str:
     return split if setting == "cross_dataset" else split.replace("_", " ").capitalize()
 
 
+def _shots(metrics: RunMetrics) -> tuple[str, str]:
+    """(`"16-shot "` or `"6-shot "`, the note when fewer training images per class were used than asked for)."""
+    asked, used = metrics.num_shots, metrics.shots_used
+    if not asked or asked < 0:
+        return "", ""
+    if not used or used["min"] >= asked:
+        return f"{asked}-shot ", ""
+    low, high = used["min"], used["max"]
+    shots = f"{low}-shot " if low == high else f"{low}- to {high}-shot "
+    which = "no class has" if high < asked else "some classes have fewer than"
+    return shots, f"{asked} shots per class were asked for, but {which} that many training images"
+
+
 def _recipe_rows(
     metrics: RunMetrics, peft_config: Mapping[str, Any], train_config: Mapping[str, Any]
 ) -> list[tuple[str, str]]:
+    shots = _cell(metrics.num_shots)
+    if _shots(metrics)[1]:
+        low, high = metrics.shots_used["min"], metrics.shots_used["max"]
+        used = str(low) if low == high else f"{low} to {high}"
+        shots = f"{used} ({metrics.num_shots} asked for; fewer training images available)"
     rows: list[tuple[str, str]] = [
+        ("Method", _escape(method_name(peft_config, train_config))),
         ("Base model", _cell(metrics.base_model)),
         ("Dataset", _cell(metrics.dataset)),
         ("Setting", f"`{metrics.setting}` ({_SETTING_DESCRIPTIONS.get(metrics.setting, 'custom')})"),
-        ("Shots per class", _cell(metrics.num_shots)),
+        ("Shots per class", shots),
         ("Seed", _cell(metrics.seed)),
     ]
     for title, source, key in _RECIPE_KEYS:
         value = (peft_config if source == "peft" else train_config).get(key)
         if value is not None:
             rows.append((title, _cell(value)))
-    weights = [train_config.get(key) for key in ("text_weight", "image_weight", "logits_weight")]
-    if any(weights):  # PromptSRC's self-regulating terms
-        rows.append(("Self-regulating loss weights (text / image / logits)", " / ".join(map(_cell, weights))))
+    objective = objective_classes()[objective_name(train_config, peft_config.get("variant"))]
+    rows += [(title, _cell(value)) for title, value in objective.card_rows(train_config)]
     if train_config.get("gpa_mean") is not None:
         gpa = f"{_cell(train_config['gpa_mean'])} / {_cell(train_config.get('gpa_std'))}"
         rows.append(("Gaussian prompt aggregation (mean / std, in epochs)", gpa))
@@ -218,14 +250,17 @@ def build_model_card(
     if setting == "cross_dataset":
         datasets += [target for target in results if target not in datasets]
     datasets = [name for name in datasets if ":" not in name]  # a local dataset's identity is no Hub dataset id
-    is_hub_id = bool(_HUB_ID.match(base_model)) and not Path(base_model).exists()
-    model_name = repo_id.split("/")[-1] if repo_id else f"maple-{base_model.rstrip('/').split('/')[-1]}-{dataset}"
+    hub_base = is_hub_id(base_model)
+    backbone = BACKBONES.get(peft_config.get("backbone") or "clip", BACKBONES["clip"])
+    method = method_name(peft_config, train_config)
+    slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
+    model_name = repo_id.split("/")[-1] if repo_id else f"{slug}-{base_model.rstrip('/').split('/')[-1]}-{dataset}"
     card_data = ModelCardData(
-        base_model=base_model if is_hub_id else None,
+        base_model=base_model if hub_base else None,
         library_name="peft",
         pipeline_tag=TASK_TYPE,
         license=license,
-        tags=list(CARD_TAGS),
+        tags=list(CARD_TAGS) + [backbone.family] + ([slug] if slug not in CARD_TAGS else []),
         datasets=datasets,
         metrics=["accuracy"],
         model_name=model_name,
@@ -258,7 +293,7 @@ def build_model_card(
             per_class.append({"name": _split_title(split, setting), "rows": rows})
 
     seed_text = f", seed {metrics.seed}" if metrics.seed is not None else ""
-    shots_text = f"{metrics.num_shots}-shot " if metrics.num_shots else ""
+    shots_text, shots_note = _shots(metrics)
     n_ctx, depth = peft_config.get("n_ctx"), peft_config.get("depth")
     variant = peft_config.get("variant") or "maple"
     prompts_text = (
@@ -266,12 +301,12 @@ def build_model_card(
         if n_ctx is not None and depth is not None
         else "prompt tokens in the first layers"
     )
-    base_link = f"[`{base_model}`](https://huggingface.co/{base_model})" if is_hub_id else f"`{base_model}`"
+    base_link = f"[`{base_model}`](https://huggingface.co/{base_model})" if hub_base else f"`{base_model}`"
     description = (
-        f"A [MaPLe](https://arxiv.org/abs/2210.03117) (Multi-modal Prompt Learning, Khattak et al., CVPR 2023) "
-        f"adapter for {base_link}, "
+        f"A {method_link(method)} adapter for {base_link}, "
         f"trained with `maple_peft` on {shots_text}`{dataset}`{seed_text} "
-        f"({_SETTING_DESCRIPTIONS.get(setting, setting)}). CLIP stays frozen; the adapter "
+        f"({_SETTING_DESCRIPTIONS.get(setting, setting)}{'; ' + shots_note if shots_note else ''}). The "
+        f"{backbone.display_name} base model stays frozen; the adapter "
         + _VARIANT_DESCRIPTIONS.get(variant, f"(variant `{variant}`) learns {{prompts}}.").format(prompts=prompts_text)
         + " It holds only these parameters and is loaded on top of the base model with PEFT."
     )
@@ -285,7 +320,7 @@ def build_model_card(
     else:
         results_intro = f"Accuracy on the test images of `{dataset}`."
     if zs_results:
-        results_intro += " Zero-shot CLIP is the same base model with hand-written prompts and no adapter."
+        results_intro += " Zero-shot is the same base model with hand-written prompts and no adapter."
 
     full_config = {"peft_config": peft_config, "train_config": train_config}
     versions = [("maple_peft", metrics.maple_peft_version), *metrics.versions.items()]
@@ -293,9 +328,12 @@ def build_model_card(
     return ModelCard.from_template(
         card_data,
         template_str=template,
-        title=f"MaPLe adapter: {base_model.rstrip('/').split('/')[-1]} on {dataset}",
+        title=f"{method} adapter: {base_model.rstrip('/').split('/')[-1]} on {dataset}",
+        method=method,
+        citations=method_citations(method),
         description=description,
         base_model_id=base_model,
+        family=backbone.display_name,
         adapter_id=repo_id or "path/to/this/adapter",
         class_names_line=_class_names_line(metrics),
         recipe_rows=_recipe_rows(metrics, peft_config, train_config),

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -20,11 +19,11 @@ from typing import Any
 
 import torch
 
-from .run_dir import CHECKPOINTS_DIR, apply_umask, atomic_write_json
+from .run_dir import CHECKPOINT_NAME as _CHECKPOINT_NAME
+from .run_dir import CHECKPOINTS_DIR, TEMPORARY, apply_umask, atomic_write_json, is_run_checkpoint_entry
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
 
 
 def register_adapter_checkpointing(accelerator: Any, model: Any) -> None:
@@ -120,8 +119,9 @@ def list_checkpoints(output_dir: str | Path) -> list[Path]:
 
 
 def remove_incomplete_checkpoints(output_dir: str | Path) -> list[str]:
-    """Removes what an interrupted checkpoint write left in `checkpoints/`: folders without `trainer_state.json`
-    and hidden temporary entries.
+    """Removes what an interrupted checkpoint write left in `checkpoints/`: `checkpoint_<k>` folders without
+    `trainer_state.json` that hold only checkpoint files, and hidden temporary entries (`.<name>.tmp<...>`). Nothing
+    else is removed.
 
     Args:
         output_dir (`str` or `Path`): The run folder.
@@ -135,7 +135,7 @@ def remove_incomplete_checkpoints(output_dir: str | Path) -> list[str]:
         return removed
     for path in sorted(root.iterdir()):
         incomplete = _CHECKPOINT_NAME.match(path.name) and not (path / TRAINER_STATE).is_file()
-        if incomplete or path.name.startswith("."):
+        if (incomplete or TEMPORARY.match(path.name)) and is_run_checkpoint_entry(path):
             shutil.rmtree(path) if path.is_dir() else path.unlink()
             removed.append(path.name)
     return removed

@@ -12,7 +12,16 @@ from typing import Any
 
 import torch
 
-from .data import ImageRecords, dataset_identity, get_benchmark, load_coop_split, load_image_classification
+from .data import (
+    ImageRecords,
+    dataset_identity,
+    find_hub_dataset,
+    get_benchmark,
+    load_coop_split,
+    load_dataset_registry,
+    load_image_classification,
+    split_source_of,
+)
 from .metrics import classification_metrics
 
 # ---- data -------------------------------------------------------------------------------------------------------
@@ -28,6 +37,11 @@ class ExperimentData:
         test: Test records.
         class_names: Class names ordered by label.
         template: The dataset's hand-written zero-shot template (`"a photo of a {}."` when it has none).
+        split_source: Which split the records come from, as recorded with results: `"coop"` (the papers' splits),
+            `"hub:<id>:<train>/<test>"` or `"local:<train>/<test>"` (see `split_source_of`).
+        split_note: The same in a sentence, for logs and cards.
+        benchmark: The benchmark the data stands for (`"eurosat"`), if any: a CoOp benchmark, or a registered Hub
+            dataset.
     """
 
     name: str
@@ -35,6 +49,9 @@ class ExperimentData:
     test: ImageRecords
     class_names: list[str]
     template: str = "a photo of a {}."
+    split_source: str = "coop"
+    split_note: str = ""
+    benchmark: str | None = None
 
 
 def load_experiment_data(
@@ -47,8 +64,13 @@ def load_experiment_data(
     train_split: str = "train",
     test_split: str = "test",
     class_name_map: str | None = None,
+    dataset_registry: str | None = None,
 ) -> ExperimentData:
     """Load a CoOp benchmark (`dataset` + `data_root`) or a 🤗 dataset (`dataset_name`, optional `data_dir`).
+
+    A 🤗 dataset registered in `maple_peft.training.data.registry` (built in, or in the `dataset_registry` YAML file)
+    gets the registry's readable class names, template and columns/splits (for the options left at their defaults:
+    `image`, `label`, `train`, `test`); an explicit `class_name_map` replaces the registry's names.
 
     Raises:
         ValueError: neither or both sources given, fewer than two classes.
@@ -58,16 +80,30 @@ def load_experiment_data(
             f"Pass exactly one of dataset (a CoOp benchmark, got dataset={dataset!r}) and dataset_name (a 🤗 "
             f"dataset, got dataset_name={dataset_name!r})."
         )
+    registry = load_dataset_registry(dataset_registry)
     if dataset:
-        if not data_root:
-            raise ValueError(
-                f"dataset={dataset!r} needs data_root, the folder holding the CoOp dataset folders (got data_root={data_root!r})."
-            )
         spec = get_benchmark(dataset)
+        if not data_root:
+            hub = next((entry for entry in registry.values() if entry.name == spec.name), None)
+            hint = f"; or train on {hub.dataset_id} from the Hub: dataset_name={hub.dataset_id!r}" if hub else ""
+            raise ValueError(
+                f"dataset={dataset!r} needs data_root, the folder holding the CoOp dataset folders (got "
+                f"data_root={data_root!r}; the CoOp layout has the papers' exact splits){hint}."
+            )
         test = load_coop_split(spec.name, data_root, "test")
         train = None if spec.test_only else load_coop_split(spec.name, data_root, "train")
-        data = ExperimentData(spec.name, train, test, list(test.class_names), spec.template)
+        where = spec.split_file or f"the {spec.layout} folders"
+        note = f"CoOp's split ({where}), as in the papers"
+        data = ExperimentData(spec.name, train, test, list(test.class_names), spec.template, "coop", note, spec.name)
     else:
+        hub = find_hub_dataset(dataset_name, data_dir, registry)
+        if hub is not None:  # the registry's values, for the options left at their defaults
+            data_dir = hub.data_dir if data_dir is None else data_dir
+            image_column = hub.image_column if image_column == "image" else image_column
+            label_column = hub.label_column if label_column == "label" else label_column
+            train_split = hub.train_split if train_split == "train" else train_split
+            test_split = hub.test_split if test_split == "test" else test_split
+            class_name_map = hub.class_names if class_name_map is None else class_name_map
         loaded = load_image_classification(
             dataset_name,
             data_dir=data_dir,
@@ -79,7 +115,13 @@ def load_experiment_data(
         )
         # a local folder is named by its folder and class list, not "imagefolder" (runs of different folders differ)
         name = dataset_identity(dataset_name, data_dir, loaded.class_names)
-        data = ExperimentData(name, loaded.train, loaded.test, list(loaded.class_names))
+        source = split_source_of(dataset_name, data_dir, train_split, test_split)
+        note = (hub.split_note if hub else "") or f"the {train_split}/{test_split} splits of {name}"
+        template = hub.template if hub else "a photo of a {}."
+        benchmark = hub.name if hub else None
+        data = ExperimentData(
+            name, loaded.train, loaded.test, list(loaded.class_names), template, source, note, benchmark
+        )
     if len(data.class_names) < 2:
         raise ValueError(
             f"{data.name} has {len(data.class_names)} class(es) ({data.class_names}); at least 2 are needed."
@@ -100,6 +142,17 @@ def load_experiment_data_from_args(args: Any) -> ExperimentData:
 # ---- evaluation -------------------------------------------------------------------------------------------------
 
 
+def image_batch(batch: dict[str, Any]) -> Any:
+    """The images of a collated batch as the classifier and the losses take them: the `pixel_values` tensor, or the
+    dict of a patch-based processor's inputs (SigLIP 2: `pixel_values`, `pixel_attention_mask`, `spatial_shapes`).
+
+    Args:
+        batch (`dict`): a batch of `ImageClassificationDataset` items (`labels` and the image inputs).
+    """
+    images = {key: value for key, value in batch.items() if key != "labels"}
+    return images["pixel_values"] if list(images) == ["pixel_values"] else images
+
+
 @torch.no_grad()
 def evaluate_classifier(
     accelerator: Any, classifier: Any, dataloader: Any, class_names: Sequence[str], *, desc: str = "eval"
@@ -107,20 +160,24 @@ def evaluate_classifier(
     """Accuracy, macro-F1 and per-class accuracy of `classifier` on a prepared dataloader, over all processes.
 
     `gather_for_metrics` drops the samples that distributed sampling duplicates, so every test image counts once. A
-    progress bar (main process only) shows the batches.
+    progress bar (main process, on a terminal only) shows the batches.
 
     Args:
         accelerator (`accelerate.Accelerator`): The accelerator that prepared `dataloader`.
         classifier (`maple_peft.PromptClassifier`): Maps `pixel_values` to logits over `class_names`.
-        dataloader (`torch.utils.data.DataLoader`): Batches of `{"pixel_values", "labels"}`.
+        dataloader (`torch.utils.data.DataLoader`): Batches of `{"pixel_values", "labels"}` (and SigLIP 2's other
+            image inputs).
         class_names (`Sequence[str]`): The class names, in label order.
         desc (`str`): The progress bar's label.
     """
     from tqdm.auto import tqdm
 
+    from ..console import progress_bars_wanted
+
+    bar = accelerator.is_local_main_process and progress_bars_wanted()  # in a log file a bar is noise between lines
     predictions, labels = [], []
-    for batch in tqdm(dataloader, desc=desc, disable=not accelerator.is_local_main_process, leave=False):
-        logits = classifier(batch["pixel_values"])
+    for batch in tqdm(dataloader, desc=desc, disable=not bar, leave=False):
+        logits = classifier(image_batch(batch))
         gathered_predictions, gathered_labels = accelerator.gather_for_metrics(
             (logits.argmax(dim=-1), batch["labels"])
         )

@@ -9,8 +9,10 @@ Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
   "base_model": "openai/clip-vit-base-patch16",
   "dataset": "eurosat",
   "setting": "base2novel",
-  "seed": 1, "num_shots": 16,
+  "seed": 1, "num_shots": 16, "shots_used": {"min": 16, "max": 16},
   "train_config": {}, "peft_config": {},
+  "split_source": "coop", "split_note": "CoOp's split (split_zhou_EuroSAT.json), as in the papers",
+  "benchmark": "eurosat",
   "time_seconds": 123.4,
   "results": {"base": {"accuracy": 97.1, "macro_f1": 96.9, "per_class_accuracy": {}, "num_images": 4200,
                        "num_classes": 5}, "novel": {}},
@@ -19,10 +21,18 @@ Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
 }
 ```
 
-`results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
+`num_shots` is the number of training images per class asked for; `shots_used` the numbers actually used (fewer
+where a class has fewer images). `results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
 per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
 zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
-`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`).
+`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`). `split_source` says which split
+the images came from: `"coop"` (the papers' splits), `"hub:<id>:<train>/<test>"` or `"local:<train>/<test>"`; files
+written before it existed get it from their options (`run_split_source`).
+
+Runs are grouped for tables by `method_key` (everything that defines the method and the protocol: backbone,
+adapter architecture, objective and its weights, setting, shots, kind of split) and, within a table, by dataset and
+split source; `summarize_runs` averages the seeds of one such group and refuses runs that differ in any other option
+that changes a result (`differing_run_options`), listing them.
 
 `RunMetrics` is this schema as a dataclass: `RunMetrics.from_dict` reads and validates a loaded file (the card, the
 plots and `examples/aggregate.py` read runs through it), `to_dict` writes one, and every harmonic mean of the project
@@ -42,13 +52,23 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "RESULT_NEUTRAL_OPTIONS",
     "SETTINGS",
+    "RunGroup",
     "RunMetrics",
     "base_novel_harmonic_mean",
     "build_run_metrics",
     "classification_metrics",
     "collect_versions",
+    "differing_run_options",
+    "group_runs",
     "harmonic_mean",
+    "method_key",
+    "method_name",
+    "method_title",
+    "run_benchmark",
+    "run_split_source",
+    "split_kind",
     "summarize_runs",
 ]
 
@@ -249,13 +269,18 @@ class RunMetrics:
         setting (`str`): One of `SETTINGS`.
         seed (`int | None`): The run's random seed.
         results (`dict[str, dict]`): `{split_or_target: classification_metrics(...)}`; each needs an `accuracy` (%).
-        num_shots (`int | None`): Training images per class (`None` for zero-shot runs).
+        num_shots (`int | None`): Training images per class asked for (`None` for zero-shot runs).
         train_config (`dict`): The training hyper-parameters (JSON-serializable).
         peft_config (`dict`): The adapter configuration, e.g. `MaPLeConfig.to_dict()`.
         time_seconds (`float | None`): Wall-clock time of the run.
         zero_shot_results (`dict[str, dict] | None`): Zero-shot CLIP results on the same splits, if evaluated.
+        shots_used (`dict | None`): `{"min": m, "max": M}`, the training images per class actually used.
         maple_peft_version (`str | None`): The package version that wrote the run.
         versions (`dict[str, str | None]`): Versions of torch, transformers, peft and accelerate.
+        split_source (`str | None`): Which split the images came from (`"coop"`, `"hub:<id>:<train>/<test>"`,
+            `"local:<train>/<test>"`); `None` in files written before it was recorded (see `run_split_source`).
+        split_note (`str | None`): The same in a sentence.
+        benchmark (`str | None`): The benchmark the dataset stands for (`"eurosat"`), if any.
 
     Example:
         ```python
@@ -276,8 +301,12 @@ class RunMetrics:
     peft_config: dict[str, Any] = field(default_factory=dict)
     time_seconds: float | None = None
     zero_shot_results: dict[str, dict[str, Any]] | None = None
+    shots_used: dict[str, int] | None = None
     maple_peft_version: str | None = None
     versions: dict[str, str | None] = field(default_factory=dict)
+    split_source: str | None = None
+    split_note: str | None = None
+    benchmark: str | None = None
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -288,9 +317,21 @@ class RunMetrics:
         self.results = _checked_results(self.results, "results")
         if self.zero_shot_results is not None:
             self.zero_shot_results = _checked_results(self.zero_shot_results, "zero_shot_results")
+        if self.shots_used is not None:
+            used = self.shots_used
+            if not (
+                isinstance(used, Mapping)
+                and all(isinstance(used.get(k), int) and used[k] >= 0 for k in ("min", "max"))
+            ):
+                raise ValueError(f"shots_used={used!r} must be {{'min': int, 'max': int}}, the images per class used.")
+            self.shots_used = {"min": used["min"], "max": used["max"]}
         self.train_config = dict(self.train_config or {})
         self.peft_config = dict(self.peft_config or {})
         self.versions = dict(self.versions or {})
+        for name in ("split_source", "split_note", "benchmark"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"{name}={value!r} must be text (or absent).")
 
     @property
     def harmonic_mean(self) -> float | None:
@@ -314,11 +355,15 @@ class RunMetrics:
             "setting": self.setting,
             "seed": self.seed,
             "num_shots": self.num_shots,
+            **({"shots_used": dict(self.shots_used)} if self.shots_used is not None else {}),
             "train_config": dict(self.train_config),
             "peft_config": dict(self.peft_config),
             "time_seconds": self.time_seconds,
             "results": {name: dict(result) for name, result in self.results.items()},
         }
+        for name in ("split_source", "split_note", "benchmark"):
+            if getattr(self, name) is not None:
+                metrics[name] = getattr(self, name)
         if self.harmonic_mean is not None:
             metrics["harmonic_mean"] = self.harmonic_mean
         if self.zero_shot_results is not None:
@@ -362,8 +407,12 @@ class RunMetrics:
                 peft_config=metrics.get("peft_config") or {},
                 time_seconds=metrics.get("time_seconds"),
                 zero_shot_results=None if zero_shot is None else zero_shot["results"],
+                shots_used=metrics.get("shots_used"),
                 maple_peft_version=metrics.get("maple_peft_version"),
                 versions=metrics.get("versions") or {},
+                split_source=metrics.get("split_source"),
+                split_note=metrics.get("split_note"),
+                benchmark=metrics.get("benchmark"),
             )
         except ValueError as error:
             raise ValueError(f"Invalid metrics: {error}") from error
@@ -396,6 +445,10 @@ def build_run_metrics(
     peft_config: Mapping[str, Any] | None = None,
     time_seconds: float | None = None,
     zero_shot_results: Mapping[str, Mapping[str, Any]] | None = None,
+    split_source: str | None = None,
+    split_note: str | None = None,
+    benchmark: str | None = None,
+    shots_used: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
 
@@ -410,6 +463,11 @@ def build_run_metrics(
         peft_config (`Mapping | None`): The adapter configuration, e.g. `MaPLeConfig.to_dict()`.
         time_seconds (`float | None`): Wall-clock time of the run.
         zero_shot_results (`Mapping[str, Mapping] | None`): Zero-shot CLIP results on the same splits, if evaluated.
+        split_source (`str | None`): Which split the images came from (`ExperimentData.split_source`).
+        split_note (`str | None`): The same in a sentence.
+        benchmark (`str | None`): The benchmark the dataset stands for, if any.
+        shots_used (`Mapping[str, int] | None`): `{"min": m, "max": M}`, the training images per class actually
+            used (fewer than `num_shots` where a class has fewer images).
 
     Returns:
         `dict[str, Any]`: The `metrics.json` dict (`harmonic_mean` present when base and novel were evaluated).
@@ -427,14 +485,316 @@ def build_run_metrics(
         peft_config=dict(peft_config or {}),
         time_seconds=time_seconds,
         zero_shot_results=None if zero_shot_results is None else dict(zero_shot_results),
+        shots_used=None if shots_used is None else dict(shots_used),
         maple_peft_version=__version__,
         versions=collect_versions(),
+        split_source=split_source,
+        split_note=split_note,
+        benchmark=benchmark,
     ).to_dict()
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+# ---- grouping runs: what defines a method and a protocol ------------------------------------------------------------
+
+RESULT_NEUTRAL_OPTIONS: frozenset[str] = frozenset(
+    {
+        "seed",  # what a table averages over
+        # where things are, where they go, what is logged: not what is computed
+        "config", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "stop_after_epoch", "report_to",
+        "plots", "zero_shot_baseline", "push_to_hub", "hub_model_id", "hub_private", "num_workers",
+        "eval_batch_size", "checkpointing_steps", "checkpoints_total_limit", "text_batch_size",
+        "gradient_checkpointing", "data_root", "data_dir", "dataset_registry",
+        # told apart by the table (backbone) and its rows and columns (dataset, split, targets)
+        "model_name_or_path", "tokenizer_name_or_path", "dataset", "dataset_name", "eval_datasets", "train_split",
+        "test_split",
+    }
+)  # fmt: skip
+"""Training options that do not change a run's result (or that tables tell apart otherwise): runs may differ in
+these and still be averaged. Runs that differ in any other option are never averaged."""
+
+_PEFT_NEUTRAL = frozenset(
+    {
+        "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode",
+        "tokenizer_name_or_path", "prompt_init_token_ids", "target_modules", "class_names", "maple_peft_version",
+        "dataset",
+    }
+)  # fmt: skip
+"""Adapter-config fields that record where the model came from, not what it is."""
+
+_OBJECTIVE_DEFAULTS: dict[str, float | str | None] = {
+    "text_weight": 0.0,
+    "image_weight": 0.0,
+    "logits_weight": 0.0,
+    "kg_weight": None,
+    "kg_template": None,
+    "reg_weight": None,
+    "gpa_mean": None,
+    "gpa_std": None,
+}
+"""The training objective's options and their values when absent (plain cross-entropy, no prompt aggregation)."""
+
+_SETTING_TITLES = {
+    "base2novel": "base-to-novel",
+    "all": "few-shot (all classes)",
+    "cross_dataset": "cross-dataset",
+    "zero_shot": "zero-shot",
+}
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable, type-stable form of an option's value (`15` and `15.0` are the same number)."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _canonical(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_canonical(v) for v in value)
+    return repr(value)
+
+
+def run_split_source(run: RunMetrics) -> str:
+    """Which split a run's images came from: its recorded `split_source`, or, for files written before it was
+    recorded, the one its options imply (`"coop"` for `--dataset`, `"hub:<id>:<train>/<test>"` or
+    `"local:<train>/<test>"` for `--dataset_name`).
+
+    Args:
+        run (`RunMetrics`): The run.
+    """
+    if run.split_source:
+        return run.split_source
+    options = run.train_config
+    if options.get("dataset"):
+        return "coop"
+    if options.get("dataset_name"):
+        from .data.registry import split_source_of
+
+        return split_source_of(
+            str(options["dataset_name"]),
+            options.get("data_dir"),
+            str(options.get("train_split") or "train"),
+            str(options.get("test_split") or "test"),
+        )
+    if run.dataset.startswith("imagefolder:"):
+        return "local:train/test"
+    from .data.coop import BENCHMARKS, get_benchmark
+
+    try:
+        return "coop" if get_benchmark(run.dataset).name in BENCHMARKS else f"unrecorded:{run.dataset}"
+    except (KeyError, ValueError):
+        return f"unrecorded:{run.dataset}"
+
+
+def run_benchmark(run: RunMetrics) -> str | None:
+    """The benchmark a run's dataset stands for (`"eurosat"`): recorded, or its CoOp name; `None` for other data.
+
+    Args:
+        run (`RunMetrics`): The run.
+    """
+    if run.benchmark:
+        return run.benchmark
+    if run_split_source(run) != "coop":
+        return None
+    from .data.coop import get_benchmark
+
+    try:
+        return get_benchmark(run.dataset).name
+    except (KeyError, ValueError):
+        return None
+
+
+def split_kind(split_source: str) -> str:
+    """`"coop"`, `"hub"`, `"local"` or `"unrecorded"`: the kind of split a table holds (never two kinds in one).
+
+    Args:
+        split_source (`str`): A `run_split_source` value.
+    """
+    return split_source.split(":", 1)[0] if split_source != "coop" else "coop"
+
+
+def method_key(run: RunMetrics) -> dict[str, Any]:
+    """Everything that defines a run's method and protocol, the key of its table: the backbone (the base model as
+    recorded), the adapter's architecture (every field of its config but where it came from and its class names),
+    the objective and its weights, the setting, the shots and the kind of split.
+
+    Args:
+        run (`RunMetrics`): The run.
+
+    Returns:
+        `dict[str, Any]`: Option name -> value, in a stable order.
+    """
+    key: dict[str, Any] = {
+        "base_model": run.base_model,
+        "setting": run.setting,
+        "num_shots": run.num_shots,
+        "splits": split_kind(run_split_source(run)),
+    }
+    for name in sorted(run.peft_config):
+        if name not in _PEFT_NEUTRAL:
+            key[name] = run.peft_config[name]
+    from ..objectives import objective_name
+
+    for name, default in _OBJECTIVE_DEFAULTS.items():
+        value = run.train_config.get(name)
+        key[name] = default if value is None else value
+    key["objective"] = objective_name(run.train_config, run.peft_config.get("variant"))
+    return key
+
+
+def _key_id(key: Mapping[str, Any]) -> tuple:
+    return tuple((name, _canonical(value)) for name, value in sorted(key.items()))
+
+
+def _number(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+def method_name(key: Mapping[str, Any]) -> str:
+    """The method's short name (`"MaPLe"`, `"IVLP"`, `"CoOp"`, `"PromptSRC"`, `"MaPLe + SRC"`, `"CoCoOp"`, `"KgCoOp"`,
+    `"MMRL"`...), as the cards name it (`maple_peft.adapter_card.method_name`).
+
+    Args:
+        key (`Mapping[str, Any]`): A `method_key` (the adapter's fields and the objective's options).
+    """
+    from ..adapter_card import method_name as card_method_name
+
+    if key.get("variant") is None:
+        return "Prompt learning (method not recorded)"
+    return card_method_name(key, key)
+
+
+def method_title(key: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
+    """A table's title: the method, its prompt shape and objective, the protocol, the backbone and the splits; when
+    another table of `others` would get the same title, the options that tell them apart are added.
+
+    Args:
+        key (`Mapping[str, Any]`): A `method_key`.
+        others (`Sequence[Mapping[str, Any]]`): The keys of the other tables shown beside it.
+
+    Example:
+        ```python
+        >>> method_title({"variant": "maple", "n_ctx": 2, "depth": 9, "setting": "base2novel", "num_shots": 16,
+        ...               "base_model": "openai/clip-vit-base-patch16", "splits": "coop"})
+        'MaPLe (2 tokens, depth 9) · base-to-novel · 16 shots · `openai/clip-vit-base-patch16` · CoOp splits'
+        ```
+    """
+
+    def base_title(k: Mapping[str, Any]) -> str:
+        details = []
+        if k.get("n_ctx") is not None:
+            vision = k.get("n_ctx_vision")
+            tokens = f"{k['n_ctx']}+{vision}" if vision not in (None, k["n_ctx"]) else f"{k['n_ctx']}"
+            details.append(f"{tokens} tokens")
+        if k.get("depth") is not None:
+            details.append(f"depth {k['depth']}")
+        weights = [k.get(w) or 0 for w in ("text_weight", "image_weight", "logits_weight")]
+        if any(weights):
+            details.append("losses " + "/".join(_number(w) for w in weights))
+        if k.get("gpa_mean") is not None:
+            details.append(f"GPA {_number(k['gpa_mean'])}±{_number(k.get('gpa_std'))}")
+        name = method_name(k) + (f" ({', '.join(details)})" if details else "")
+        splits = {"coop": "CoOp splits", "hub": "Hub splits", "local": "local folders"}
+        parts = [
+            name,
+            _SETTING_TITLES.get(str(k.get("setting")), str(k.get("setting"))),
+            f"{k['num_shots']} shots" if k.get("num_shots") else None,
+            f"`{k.get('base_model')}`",
+            splits.get(str(k.get("splits")), f"{k.get('splits')} splits"),
+        ]
+        return " · ".join(part for part in parts if part)
+
+    title = base_title(key)
+    clashing = [o for o in others if _key_id(o) != _key_id(key) and base_title(o) == title]
+    if clashing:
+        differing = sorted(
+            name
+            for name in set(key).union(*clashing)
+            if any(_canonical(o.get(name)) != _canonical(key.get(name)) for o in clashing)
+        )
+        title += " · " + ", ".join(f"{name}={key.get(name)!r}" for name in differing)
+    return title
+
+
+def _comparable_options(run: RunMetrics) -> dict[str, Any]:
+    """Every recorded option that changes a result (the training options but `RESULT_NEUTRAL_OPTIONS`, the adapter
+    config but where it came from), with the backbone, setting, shots, dataset and split."""
+    options: dict[str, Any] = {
+        "base_model": run.base_model,
+        "setting": run.setting,
+        "num_shots": run.num_shots,
+        "dataset": run.dataset,
+        "split_source": run_split_source(run),
+    }
+    options.update({k: v for k, v in run.train_config.items() if k not in RESULT_NEUTRAL_OPTIONS})
+    options.update({f"adapter {k}": v for k, v in run.peft_config.items() if k not in _PEFT_NEUTRAL})
+    for name, default in _OBJECTIVE_DEFAULTS.items():
+        if options.get(name) is None:
+            options[name] = default
+    return options
+
+
+def differing_run_options(runs: Sequence[tuple[str, RunMetrics]]) -> list[str]:
+    """The options that differ between runs that would be averaged, each as `"name: value (label), value (label)"`.
+
+    Args:
+        runs (`Sequence[tuple[str, RunMetrics]]`): Each run with a label naming it in messages (a seed, a folder).
+
+    Returns:
+        `list[str]`: One line per differing option (empty when the runs differ in the seed only).
+    """
+    if len(runs) < 2:
+        return []
+    options = [(label, _comparable_options(run)) for label, run in runs]
+    names = sorted(set().union(*(o for _, o in options)))
+    lines = []
+    for name in names:
+        values = [(label, o.get(name)) for label, o in options]
+        if len({_canonical(value) for _, value in values}) > 1:
+            lines.append(f"{name}: " + ", ".join(f"{value!r} ({label})" for label, value in values))
+    return lines
+
+
+@dataclass
+class RunGroup:
+    """The runs of one table row: one method and protocol (`method`), one dataset, one split.
+
+    Args:
+        method (`dict[str, Any]`): The `method_key` shared by the runs.
+        dataset (`str`): The dataset's identity.
+        split_source (`str`): The split the runs used.
+        runs (`list[tuple[str, RunMetrics]]`): Each run with its label (e.g. the folder it was read from).
+    """
+
+    method: dict[str, Any]
+    dataset: str
+    split_source: str
+    runs: list[tuple[str, RunMetrics]]
+
+
+def group_runs(runs: Sequence[tuple[str, RunMetrics]]) -> list[RunGroup]:
+    """Groups runs by method and protocol (`method_key`), then by dataset and split: the rows of the tables.
+
+    Args:
+        runs (`Sequence[tuple[str, RunMetrics]]`): Each run with a label naming it in messages (e.g. its folder).
+
+    Returns:
+        `list[RunGroup]`: In the order first seen.
+    """
+    groups: dict[tuple, RunGroup] = {}
+    for label, run in runs:
+        key, source = method_key(run), run_split_source(run)
+        group_id = (_key_id(key), run.dataset, source)
+        if group_id not in groups:
+            groups[group_id] = RunGroup(key, run.dataset, source, [])
+        groups[group_id].runs.append((label, run))
+    return list(groups.values())
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (n - 1); `None` for a single value, which has none."""
     array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), float(array.std())  # population std (ddof=0), as the original parse_test_res.py
+    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else None)
 
 
 def _summarize_results(all_results: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -461,18 +821,20 @@ def _summarize_results(all_results: Sequence[Mapping[str, Mapping[str, Any]]]) -
 def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, Any]:
     """Aggregates the `metrics.json` of several seeds of one experiment, the way the MaPLe paper reports them.
 
-    Each split's (or target dataset's) accuracy and macro-F1 are averaged over the runs, with their standard deviation
-    (population std, as the original code's `parse_test_res.py`). When both `"base"` and `"novel"` are present the
-    harmonic mean is computed from the averaged base and novel accuracies, not averaged over per-seed HMs.
+    Each split's (or target dataset's) accuracy and macro-F1 are averaged over the runs, with their sample standard
+    deviation (n - 1; `None` for a single run). When both `"base"` and `"novel"` are present the harmonic mean is
+    computed from the averaged base and novel accuracies, not averaged over per-seed HMs. Runs that differ in anything
+    but the seed (and the options of `RESULT_NEUTRAL_OPTIONS`) are refused, naming the options that differ.
 
     Args:
-        runs (`Sequence[Mapping | RunMetrics]`): Loaded `metrics.json` dicts (or `RunMetrics`) that share `dataset`,
-            `setting` and `base_model`, one per seed.
+        runs (`Sequence[Mapping | RunMetrics]`): Loaded `metrics.json` dicts (or `RunMetrics`) of one method,
+            protocol, dataset and split, one per seed.
 
     Returns:
-        `{"dataset", "setting", "base_model", "num_runs", "seeds", "results": {split: {"accuracy_mean",
-        "accuracy_std", "macro_f1_mean", "macro_f1_std", "num_runs"}}}`, plus `"harmonic_mean"` when base and novel
-        are present and `"zero_shot"` (same layout) when every run has zero-shot results.
+        `{"dataset", "setting", "base_model", "split_source", "split_note", "benchmark", "method", "num_runs",
+        "seeds", "std": "sample", "results": {split: {"accuracy_mean", "accuracy_std", "macro_f1_mean",
+        "macro_f1_std", "num_runs"}}}`, plus `"harmonic_mean"` when base and novel are present and `"zero_shot"`
+        (same layout) when every run has zero-shot results.
 
     Example:
         ```python
@@ -480,8 +842,8 @@ def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, 
         ...          "results": {"base": {"accuracy": b, "macro_f1": b}, "novel": {"accuracy": n, "macro_f1": n}}}
         ...         for s, b, n in [(1, 90.0, 60.0), (2, 94.0, 80.0)]]
         >>> summary = summarize_runs(runs)
-        >>> summary["results"]["base"]["accuracy_mean"], round(summary["harmonic_mean"], 2)
-        (92.0, 79.51)
+        >>> summary["results"]["base"]["accuracy_mean"], summary["results"]["base"]["accuracy_std"]
+        (92.0, 2.8284271247461903)
         ```
     """
     runs = list(runs)
@@ -494,29 +856,33 @@ def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, 
         except ValueError as error:
             raise ValueError(f"runs[{index}]: {error}") from error
     runs = parsed
-    groups = {(run.dataset, run.setting) for run in runs}
-    if len(groups) > 1:
-        raise ValueError(
-            f"Runs mix (dataset, setting) groups {sorted(groups)}; summarize each group separately "
-            "(examples/aggregate.py groups them for you)."
-        )
     seeds = [run.seed for run in runs]
     duplicated = sorted({seed for seed in seeds if seed is not None and seeds.count(seed) > 1})
     if duplicated:
         raise ValueError(
-            f"seed(s) {duplicated} appear in more than one run of {runs[0].dataset}/{runs[0].setting}; "
-            "each seed must be counted once: remove the duplicate run directory."
+            f"seed(s) {duplicated} appear in more than one run of {runs[0].dataset}/{runs[0].setting} with the same "
+            "options; each seed must be counted once: remove the duplicate run directory."
         )
-    base_models = sorted({run.base_model for run in runs})
-    if len(base_models) > 1:
-        raise ValueError(f"Runs mix base models {base_models}; summarize each base model separately.")
+    labels = [f"seed {seed}" if seed is not None else f"run {i + 1}" for i, (seed, _) in enumerate(zip(seeds, runs))]
+    differing = differing_run_options(list(zip(labels, runs)))
+    if differing:
+        raise ValueError(
+            f"Runs of {runs[0].dataset} differ in more than the seed, so they are not averaged: {'; '.join(differing)}. "
+            "Summarize each set of options separately (examples/aggregate.py makes one table per method)."
+        )
 
+    first = runs[0]
     summary: dict[str, Any] = {
-        "dataset": runs[0].dataset,
-        "setting": runs[0].setting,
-        "base_model": runs[0].base_model,
+        "dataset": first.dataset,
+        "setting": first.setting,
+        "base_model": first.base_model,
+        "split_source": run_split_source(first),
+        "split_note": first.split_note,
+        "benchmark": run_benchmark(first),
+        "method": method_key(first),
         "num_runs": len(runs),
         "seeds": seeds,
+        "std": "sample",
     }
     summary.update(_summarize_results([run.results for run in runs]))
     if all(run.zero_shot_results for run in runs):

@@ -1,5 +1,9 @@
 """PNG plots of a training run: loss and learning-rate curves, per-class accuracy, base/novel/HM bars.
 
+A PromptSRC-style run (history entries with `loss_ce`, `loss_text`, ... and `gpa_weight`) also gets a panel of its
+unweighted loss terms and one of the Gaussian prompt aggregation weight of each epoch. The bars are labelled with the
+method's name (MaPLe, PromptSRC, ...), beside zero-shot CLIP.
+
 Matplotlib is an optional dependency (`pip install maple-peft[plots]`). The figures are drawn on matplotlib's Agg
 canvas directly, without `pyplot`, so plotting neither needs a display nor changes the backend of the caller's session.
 """
@@ -10,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..adapter_card import method_name
 from .metrics import RunMetrics
 
 __all__ = [
@@ -25,6 +30,7 @@ MAX_CLASSES_SHOWN = 50
 
 _MAPLE_COLOR = "#1f77b4"
 _ZERO_SHOT_COLOR = "#b0b0b0"
+_TERM_COLORS = ("#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
 def _new_figure(width: float, height: float, *, constrained: bool = True) -> Any:
@@ -73,8 +79,16 @@ def _draw_training_curves(history: Sequence[Mapping[str, Any]]) -> Any:
     if not losses and not lrs:
         raise ValueError("The history has neither 'loss' nor 'lr' values; nothing to plot.")
 
-    figure = _new_figure(8.0, 6.0)
-    loss_axes, lr_axes = figure.subplots(2, 1, sharex=True, height_ratios=[2, 1])
+    term_names = sorted({key for entry in history for key in entry if key.startswith("loss_")})
+    gpa = [(entry["step"], float(entry["gpa_weight"])) for entry in history if entry.get("gpa_weight") is not None]
+    ratios = [2] + ([1.5] if term_names else []) + ([1] if gpa else []) + [1]
+    figure = _new_figure(8.0, 6.0 + 2.0 * (len(ratios) - 2))
+    all_axes = list(figure.subplots(len(ratios), 1, sharex=True, height_ratios=ratios))
+    loss_axes, lr_axes = all_axes[0], all_axes[-1]
+    if term_names:
+        _draw_loss_terms(all_axes[1], history, term_names)
+    if gpa:
+        _draw_gpa_weights(all_axes[-2], gpa)
     if losses:
         steps, values = zip(*losses, strict=True)
         window = max(1, len(values) // 20)
@@ -100,10 +114,35 @@ def _draw_training_curves(history: Sequence[Mapping[str, Any]]) -> Any:
     for entry in history[1:]:
         epoch = entry.get("epoch")
         if epoch is not None and previous_epoch is not None and int(epoch) != int(previous_epoch):
-            for axes in (loss_axes, lr_axes):
+            for axes in all_axes:
                 axes.axvline(entry["step"], color="black", linestyle=":", linewidth=0.8, alpha=0.5)
         previous_epoch = epoch
     return figure
+
+
+def _draw_loss_terms(axes: Any, history: Sequence[Mapping[str, Any]], term_names: Sequence[str]) -> None:
+    """The unweighted terms of the loss (`loss_ce`, `loss_text`, ...), one line each, smoothed like the loss."""
+    positive = True
+    for color, name in zip(_TERM_COLORS * 3, term_names):
+        points = [(entry["step"], float(entry[name])) for entry in history if entry.get(name) is not None]
+        steps, values = zip(*points, strict=True)
+        positive = positive and all(value > 0 for value in values)
+        window = max(1, len(values) // 20)
+        axes.plot(steps, _moving_average(values, window), color=color, linewidth=1.5, label=name.removeprefix("loss_"))
+    if positive:
+        axes.set_yscale("log")
+    axes.set_ylabel("loss terms\n(unweighted)")
+    axes.legend(loc="upper right", ncols=min(4, len(term_names)), fontsize=8)
+    axes.grid(alpha=0.3)
+
+
+def _draw_gpa_weights(axes: Any, gpa: Sequence[tuple[int, float]]) -> None:
+    """The Gaussian prompt aggregation weight of each epoch's adapter, at the epoch's last step."""
+    steps, weights = zip(*gpa, strict=True)
+    axes.plot(steps, weights, color="#d62728", marker="o", linewidth=1, markersize=4)
+    axes.set_ylim(0, max(weights) * 1.15 if max(weights) > 0 else 1)
+    axes.set_ylabel("GPA weight\nof the epoch")
+    axes.grid(alpha=0.3)
 
 
 def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path, *, dpi: int = 120) -> Path:
@@ -112,7 +151,8 @@ def plot_training_curves(history: Sequence[Mapping[str, Any]], path: str | Path,
     Args:
         history (`Sequence[Mapping[str, Any]]`): One dict per logged step with keys `step`, `epoch`, `loss` and `lr`
             (entries without a `loss` or an `lr` are skipped in that panel). Epoch boundaries are marked with dotted
-            lines.
+            lines. Keys `loss_<term>` (PromptSRC's unweighted loss terms) get a panel of their own, and `gpa_weight`
+            (in the last entry of each epoch) one of the Gaussian prompt aggregation weights.
         path (`str | Path`): The PNG file to write (parent directories are created).
         dpi (`int`): Resolution of the PNG.
 
@@ -249,7 +289,7 @@ def _bar_groups(results: Mapping[str, Mapping[str, Any]], hm: float | None) -> d
 def _draw_base_novel_hm(metrics: Mapping[str, Any] | RunMetrics) -> Any:
     run = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_dict(metrics)
     groups = _bar_groups(run.results, run.harmonic_mean)
-    series = [("MaPLe", groups, _MAPLE_COLOR)]
+    series = [(method_name(run.peft_config, run.train_config), groups, _MAPLE_COLOR)]
     if run.zero_shot_results:
         zero_shot = _bar_groups(run.zero_shot_results, run.zero_shot_harmonic_mean)
         series.insert(0, ("zero-shot CLIP", zero_shot, _ZERO_SHOT_COLOR))
@@ -275,7 +315,7 @@ def _draw_base_novel_hm(metrics: Mapping[str, Any] | RunMetrics) -> Any:
 
 
 def plot_base_novel_hm(metrics: Mapping[str, Any] | RunMetrics, path: str | Path, *, dpi: int = 120) -> Path:
-    """Plots grouped accuracy bars (base, novel, HM; or each split / target), MaPLe beside zero-shot CLIP if present.
+    """Plots grouped accuracy bars (base, novel, HM; or each split / target), the method beside zero-shot CLIP.
 
     Args:
         metrics (`Mapping[str, Any] | RunMetrics`): The run's `metrics.json` dict (validated with

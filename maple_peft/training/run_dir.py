@@ -1,18 +1,27 @@
 """The output folder of a training run: safe writes, a lock, status markers, and what "overwrite" clears.
 
-A run folder always describes one run. While a run writes to it, the folder holds `run.lock` (the process id) and a
-`RUNNING` marker; a run that fails leaves `FAILED` (with the error) instead, and a finished run leaves neither. The
-result files (adapter, model card, metrics, history, plots) are written only at the end of a run, after the previous
-ones were removed, so a result file in the folder is always the result of the run that finished last.
+A run folder always describes one run. While a run writes to it, the folder holds `run.lock` (locked with an OS lock
+and holding the process id) and a `RUNNING` marker; a run that fails leaves `FAILED` (with the error) instead, and a
+finished run leaves neither. The result files (adapter, model card, metrics, history, plots) are written only at the
+end of a run, after the previous ones were removed, so a result file in the folder is always the result of the run
+that finished last. Result files that `examples/evaluate.py` writes inside a run folder are recorded in its
+`evaluations.json` and removed with the run.
+
+What a run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
+folders holding only checkpoint files, TensorBoard files in `maple_peft/`); a folder a run writes into that holds
+anything else is refused, and nothing else is ever removed.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 LOCK_FILE = "run.lock"
@@ -22,6 +31,8 @@ LOG_FILE = "training_log.txt"
 CHECKPOINTS_DIR = "checkpoints"
 TRACKER_DIR = "maple_peft"
 """Where `--report_to` trackers log (Accelerate's `project_dir / project_name`)."""
+EVALUATIONS_FILE = "evaluations.json"
+"""The result files `examples/evaluate.py` wrote inside the run folder (path and SHA-256 of each)."""
 RESULT_FILES = (
     "adapter_model.safetensors",
     "adapter_config.json",
@@ -34,8 +45,25 @@ RESULT_FILES = (
 )
 """The files a finished run writes at its end (the plots only when plotting is on)."""
 
-RUN_FILES = (*RESULT_FILES, LOG_FILE, RUNNING_MARKER, FAILED_MARKER, CHECKPOINTS_DIR, TRACKER_DIR)
-"""Everything a run writes into its folder besides the lock; `--overwrite_output_dir` removes exactly these."""
+RUN_FILES = (*RESULT_FILES, LOG_FILE, RUNNING_MARKER, FAILED_MARKER, EVALUATIONS_FILE)
+"""The files at the top of a run folder that `--overwrite_output_dir` removes (with the evaluation results recorded
+in `evaluations.json`, and the run's entries of `RUN_FOLDERS`)."""
+RUN_FOLDERS = (CHECKPOINTS_DIR, TRACKER_DIR)
+"""The folders a run writes into; only the entries recognised as a run's are ever removed from them."""
+
+CHECKPOINT_NAME = re.compile(r"^checkpoint_(\d+)$")
+_CHECKPOINT_FILE = re.compile(
+    r"^(adapter_model\.safetensors|trainer_state\.json|scaler\.pt"
+    r"|(optimizer|scheduler|sampler|dl_state_dict)(_\d+)?\.bin"
+    r"|(random_states|custom_checkpoint)_\d+\.pkl"
+    r"|(model|pytorch_model)(_\d+)?\.(safetensors|bin))$"
+)  # what `accelerator.save_state` and `register_adapter_checkpointing` write into a checkpoint folder
+TEMPORARY = re.compile(r"^\.[^.].*\.tmp\w*$")
+"""The hidden temporary entries of interrupted writes (`atomic_write_text`'s `.<name>.<random>.tmp`)."""
+_TENSORBOARD_FILE = re.compile(r"^events\.out\.tfevents\.")
+_TENSORBOARD_RUN = re.compile(r"^\d+(\.\d+)?$")  # the time-stamped folders of `add_hparams` and Accelerate
+_LONGEST_INSIDE = len("/checkpoints/checkpoint_1000000/.custom_checkpoint_10.pkl.12345678.tmp")
+"""The longest path a run writes below its folder, for the path-length check."""
 
 
 # ---- safe writing -----------------------------------------------------------------------------------------------
@@ -89,6 +117,24 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 # ---- the lock -----------------------------------------------------------------------------------------------------
 
+_HELD_LOCKS: set[int] = set()
+"""The file descriptors of the locks this process holds (closed in forked children, see `_close_held_locks`)."""
+
+
+def _close_held_locks() -> None:
+    # A forked child (a data-loading worker) shares the parent's open lock file, so the lock would stay taken while
+    # the child outlives the run; the child never owns the run, so it closes its copy.
+    for fd in _HELD_LOCKS:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_held_locks)
+
 
 def _process_alive(pid: int) -> bool:
     try:
@@ -97,14 +143,66 @@ def _process_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
+    except (OverflowError, OSError):
+        return False
     return True
 
 
-class RunLock:
-    """An exclusive lock on a run folder: a `run.lock` file holding the owner's process id.
+def _process_command(pid: int) -> str:
+    """The command line of a process of this machine (shortened), or `""` where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return ""
+    command = raw.replace(b"\0", b" ").decode(errors="replace").strip()
+    return command if len(command) <= 100 else command[:97] + "..."
 
-    A second run on the same folder gets a clear error naming the process that holds it; a lock left behind by a
-    process that no longer exists (a killed run) is taken over.
+
+def _lock_content(text: str) -> int | None:
+    """The process id a lock file of ours holds, `None` for an empty one (a run killed while taking it).
+
+    Raises:
+        ValueError: It holds anything else: it is not a lock of this package.
+    """
+    if not text.strip():
+        return None
+    if not re.fullmatch(r"\d{1,10}\s*", text):
+        raise ValueError(text)
+    return int(text)
+
+
+class RunLockError(RuntimeError):
+    """The run folder's lock cannot be taken: another process holds it, or its path is not a lock of this package."""
+
+
+def _check_lock_path(path: Path) -> None:
+    """Refuses a lock path that is not a lock file of this package: a folder, a link, or a file of other content."""
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        kind = "link" if path.is_symlink() else "folder" if path.is_dir() else "special file"
+        raise RunLockError(
+            f"The lock path {path} is a {kind}, not a lock file written by this package; nothing was changed. Move "
+            f"it away (or delete it if it is not yours), or choose another --output_dir."
+        )
+    if path.is_file():
+        try:
+            with open(path, "rb") as handle:
+                text = handle.read(200).decode("utf-8", errors="replace")
+            _lock_content(text)
+        except ValueError:
+            raise RunLockError(
+                f"{path} holds {text[:40]!r}, not a process id: it is not a lock written by this package, so it is "
+                "left alone. Move it away (or delete it if it is not yours), or choose another --output_dir."
+            ) from None
+
+
+class RunLock:
+    """An exclusive lock on a run folder: `run.lock`, locked with an OS lock (`fcntl.flock`) and holding the owner's
+    process id.
+
+    Taking the lock is atomic: of several runs started together on one folder, exactly one gets it. The operating
+    system frees the lock when its process ends, however it ends, so a killed run's lock is taken over; a second run
+    on the same folder gets a clear error naming the process that holds it. A lock path that is a folder, or a file
+    holding anything but a process id, is refused (it is not ours).
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder (created if needed).
@@ -118,41 +216,151 @@ class RunLock:
 
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.path = Path(output_dir) / LOCK_FILE
-        self.acquired = False
+        self._fd: int | None = None
+
+    @property
+    def acquired(self) -> bool:
+        """Whether this object holds the lock."""
+        return self._fd is not None
+
+    def _in_use_error(self) -> RunLockError:
+        try:
+            owner = _lock_content(self.path.read_text(encoding="utf-8", errors="replace"))
+        except (OSError, ValueError):
+            owner = None
+        hint = ""
+        if owner is None:
+            holder = "a process that has not written its id"
+        elif _process_alive(owner):
+            command = _process_command(owner)
+            holder = f"process {owner}" + (f": {command}" if command else "")
+        else:
+            holder = f"process {owner}, which no longer runs on this machine"
+            hint = (
+                " The lock is still held, by a process that run started and that outlives it, or by a run in another "
+                f"container or on another machine sharing this folder: `fuser -v {self.path}` shows the holder; stop "
+                "it to free the folder."
+            )
+        return RunLockError(
+            f"{self.path.parent} is in use by another run ({holder}; lock {self.path}); wait for it to finish, stop "
+            "it, or choose another --output_dir. The operating system frees the lock when the process holding it "
+            f"exits; deleting {LOCK_FILE} would not stop that run.{hint}"
+        )
+
+    def check_free(self) -> None:
+        """Checks, without taking it, that the lock could be taken now (for an early refusal before any work).
+
+        Raises:
+            RunLockError: Another process holds it, or the lock path is not a lock file of this package.
+        """
+        _check_lock_path(self.path)
+        if self._held_by_this_process():
+            return
+        try:
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:
+            return
+        try:
+            if self._try_lock(fd):
+                import fcntl
+
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            else:
+                raise self._in_use_error()
+        finally:
+            os.close(fd)
+
+    def _held_by_this_process(self) -> bool:
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+        except FileNotFoundError:
+            return False
+        for fd in _HELD_LOCKS:
+            opened = os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+                return True
+        return False
+
+    def _try_lock(self, fd: int) -> bool:
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system
+            raise RunLockError(
+                "Locking the run folder needs fcntl.flock (Linux, macOS); run the training script there."
+            ) from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError as error:
+            if error.errno in (errno.EAGAIN, errno.EACCES):
+                return False
+            raise RunLockError(
+                f"Cannot lock {self.path}: {error.strerror}; the file system of --output_dir does not support file "
+                "locks. Choose an --output_dir on a local disk."
+            ) from None
+        return True
 
     def acquire(self) -> None:
         """Takes the lock.
 
         Raises:
-            RuntimeError: Another living process holds it.
+            RunLockError: Another process holds it, or the lock path is not a lock file of this package.
         """
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-            except FileExistsError:
-                try:
-                    owner = int(self.path.read_text(encoding="utf-8").split()[0])
-                except (OSError, ValueError, IndexError):
-                    owner = None
-                if owner is not None and owner != os.getpid() and _process_alive(owner):
-                    raise RuntimeError(
-                        f"{self.path.parent} is in use by another run (process {owner}, see {self.path}); wait for "
-                        "it to finish, stop it, or choose another output_dir."
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(f"{os.getpid()}\n")
-            self.acquired = True
+        if self.acquired:
             return
-        raise RuntimeError(f"Could not take the lock {self.path}; another run is starting on the same folder.")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        for _ in range(20):
+            _check_lock_path(self.path)
+            try:
+                fd = os.open(self.path, flags, 0o666)
+            except OSError as error:
+                if error.errno == errno.ELOOP:  # a link created since the check
+                    _check_lock_path(self.path)
+                raise
+            if not self._try_lock(fd):
+                os.close(fd)
+                raise self._in_use_error()
+            # The previous holder may have removed the file between our open and our lock (it removes it on
+            # release): then we hold a lock on a file nobody else sees; try again on the file that is there now.
+            try:
+                current = os.stat(self.path, follow_symlinks=False)
+                opened = os.fstat(fd)
+                same = (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
+            except FileNotFoundError:
+                same = False
+            if not same:
+                os.close(fd)
+                continue
+            try:
+                _lock_content(os.pread(fd, 200, 0).decode("utf-8", errors="replace"))
+            except ValueError:
+                os.close(fd)
+                _check_lock_path(self.path)  # raises the error naming the content
+                raise
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            self._fd = fd
+            _HELD_LOCKS.add(fd)
+            return
+        raise RunLockError(f"Could not take the lock {self.path}; other runs are starting on the same folder.")
 
     def release(self) -> None:
-        """Removes the lock file if this process holds it."""
-        if self.acquired:
-            self.path.unlink(missing_ok=True)
-            self.acquired = False
+        """Removes the lock file and frees the lock, if this object holds it."""
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        _HELD_LOCKS.discard(fd)
+        try:
+            current = os.stat(self.path, follow_symlinks=False)
+            opened = os.fstat(fd)
+            if (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
+                self.path.unlink()  # while still locked: a process waiting on this file then sees it is gone
+        except FileNotFoundError:
+            pass
+        finally:
+            os.close(fd)
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -162,15 +370,166 @@ class RunLock:
         self.release()
 
 
+# ---- where a run may write -----------------------------------------------------------------------------------------
+
+
+def _pathconf(path: Path, name: str, default: int) -> int:
+    try:
+        value = os.pathconf(path, name)
+    except (OSError, ValueError):
+        return default
+    return value if value and value > 0 else default
+
+
+def check_can_write(output_dir: str | os.PathLike) -> None:
+    """Refuses an output folder that cannot be created or written, before anything is created: a parent that is a
+    file, a name longer than the file system allows, a path longer than the system's limit, a read-only folder or
+    file system.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The run folder (existing or not).
+
+    Raises:
+        ValueError: The folder cannot be created or written; the message says why.
+    """
+    path = Path(output_dir)
+    absolute = Path(os.path.abspath(path))
+    existing = absolute
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    name_max = _pathconf(existing if existing.is_dir() else existing.parent, "PC_NAME_MAX", 255)
+    for part in absolute.parts:
+        size = len(os.fsencode(part))
+        if size > name_max:
+            raise ValueError(
+                f"--output_dir: the name {part[:40]}... is {size} bytes long, but the file system allows at most "
+                f"{name_max} bytes per name; choose a shorter --output_dir."
+            )
+    path_max = _pathconf(existing if existing.is_dir() else existing.parent, "PC_PATH_MAX", 4096)
+    size = len(os.fsencode(str(absolute)))
+    if size + _LONGEST_INSIDE >= path_max:
+        raise ValueError(
+            f"--output_dir {str(path)[:60]}... is {size} bytes long as an absolute path; with the files a run writes "
+            f"inside it (up to {_LONGEST_INSIDE} more), that exceeds the system's limit of {path_max} bytes per "
+            "path. Choose a shorter --output_dir."
+        )
+    if not existing.is_dir():
+        kind = "a file" if existing.is_file() else "not a folder"
+        what = (
+            f"is {kind}"
+            if existing == absolute
+            else f"cannot be created: {existing} is {kind}" + (", not a folder" if existing.is_file() else "")
+        )
+        raise ValueError(f"--output_dir {path} {what}; choose another --output_dir.")
+    try:  # the only sure test: create (and remove) a file where the run will write
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".maple_peft-write-test-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as error:
+        where = "" if existing == absolute else f" (its nearest existing folder {existing})"
+        raise ValueError(
+            f"--output_dir {path} is not writable{where}: {error.strerror or error}. Choose a folder you can write to."
+        ) from None
+
+
+# ---- what a run wrote, and what it did not ------------------------------------------------------------------------
+
+
+def _is_plain_file(path: Path) -> bool:
+    return path.is_file() and not path.is_symlink()
+
+
+def _is_plain_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
+
+
+def is_run_checkpoint_entry(path: Path) -> bool:
+    """Whether an entry of `checkpoints/` was written by a run: a `checkpoint_<k>` folder holding only the files of
+    a checkpoint (complete or interrupted), or a hidden temporary entry of an interrupted write.
+
+    Args:
+        path (`Path`): An entry of a run's `checkpoints/` folder.
+    """
+    if TEMPORARY.match(path.name) and not path.is_symlink():
+        return True
+    if not (CHECKPOINT_NAME.match(path.name) and _is_plain_dir(path)):
+        return False
+    return all(
+        _is_plain_file(entry) and (_CHECKPOINT_FILE.match(entry.name) or TEMPORARY.match(entry.name))
+        for entry in path.iterdir()
+    )
+
+
+def _is_tracker_entry(path: Path) -> bool:
+    """Whether an entry of the tracker folder was written by TensorBoard (`--report_to tensorboard`)."""
+    if _TENSORBOARD_FILE.match(path.name):
+        return _is_plain_file(path)
+    if not (_TENSORBOARD_RUN.match(path.name) and _is_plain_dir(path)):
+        return False
+    return all(
+        _is_plain_file(entry) and (_TENSORBOARD_FILE.match(entry.name) or entry.name == "hparams.yml")
+        for entry in path.iterdir()
+    )
+
+
+def _read_evaluations(run_dir: Path) -> list[dict[str, str]]:
+    """The records of `evaluations.json` (`[]` when there is none).
+
+    Raises:
+        ValueError: The file is not a record written by this package.
+    """
+    path = run_dir / EVALUATIONS_FILE
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        records = data["files"]
+        if not all(isinstance(r["path"], str) and isinstance(r["sha256"], str) for r in records):
+            raise TypeError
+    except (OSError, ValueError, TypeError, KeyError, IndexError):
+        raise ValueError(f"{path} is not a record of the result files evaluate.py wrote") from None
+    return records
+
+
+def foreign_entries(output_dir: str | os.PathLike) -> list[str]:
+    """What a run would write into or remove but did not write: the paths (relative to the folder) that make a
+    folder unfit for a run.
+
+    These are: an entry of `checkpoints/` or of the tracker folder `maple_peft/` not recognised as a run's, a file
+    where a run writes a folder (or the reverse), and an `evaluations.json` that is not a record of this package.
+    Other files at the top of the folder (a user's notes) are not listed: a run never writes or removes them.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The run folder.
+    """
+    path = Path(output_dir)
+    if not path.is_dir():
+        return []
+    found = [f"{name}/" for name in RUN_FILES if _is_plain_dir(path / name)]
+    for name, is_ours in ((CHECKPOINTS_DIR, is_run_checkpoint_entry), (TRACKER_DIR, _is_tracker_entry)):
+        folder = path / name
+        if folder.is_dir():  # (a link to a folder is followed: its entries must be a run's too)
+            found += [f"{name}/{entry.name}" for entry in sorted(folder.iterdir()) if not is_ours(entry)]
+        elif os.path.lexists(folder):
+            found.append(name)
+    try:
+        _read_evaluations(path)
+    except ValueError:
+        found.append(EVALUATIONS_FILE)
+    return found
+
+
 # ---- what a run may find in its folder ----------------------------------------------------------------------------
 
 
 def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: bool) -> None:
-    """Refuses a folder that a run would mix with another one, before anything is created.
+    """Refuses a folder that a run could not write or would mix with another one, before anything is created.
 
-    Without `overwrite`, the folder may be missing, empty, hold only what a failed run left (`training_log.txt`,
-    `FAILED`, tracker logs, a stale lock), or, when resuming, a run's checkpoints and log. Result files of an earlier run
-    (adapter, card, metrics, plots) are only replaced with `overwrite`, even when resuming.
+    The folder must be creatable and writable (`check_can_write`), its lock free, and the folders a run writes into
+    (`checkpoints/`, `maple_peft/`) must hold nothing but a run's files. Without `overwrite`, the folder may be missing,
+    empty, hold only what a failed run left (`training_log.txt`, `FAILED`, tracker logs, a stale lock), or, when
+    resuming, a run's checkpoints and log. Result files of an earlier run (adapter, card, metrics, plots, recorded
+    evaluation results) are only replaced with `overwrite`, even when resuming.
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder.
@@ -178,61 +537,169 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
         resume (`bool`): The run resumes from a checkpoint.
 
     Raises:
-        ValueError: The folder is a file, or holds files that the run would overwrite or mix with.
+        ValueError: The folder cannot be written, or holds files that the run would overwrite or mix with.
+        RunLockError: Another run holds the folder's lock, or its lock path is not a lock file of this package.
     """
     path = Path(output_dir)
-    if path.is_file():
-        raise ValueError(f"output_dir={str(path)!r} is a file; pass a folder.")
-    if not path.is_dir() or overwrite:
+    check_can_write(path)
+    if not path.is_dir():
+        return
+    RunLock(path).check_free()
+    foreign = foreign_entries(path)
+    if foreign:
+        listed = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(
+            f"--output_dir {path} holds files that no run of this package wrote, where a run writes ({listed}); they "
+            f"are left alone. Move them out of {path}, or choose another --output_dir."
+        )
+    if overwrite:
         return
     present = {p.name for p in path.iterdir()} - {LOCK_FILE}
     failed_leftovers = {LOG_FILE, FAILED_MARKER, RUNNING_MARKER, TRACKER_DIR}
     if resume:
-        results = sorted(present & set(RESULT_FILES))
+        results = sorted(present & {*RESULT_FILES, EVALUATIONS_FILE})
         if results:
             raise ValueError(
-                f"output_dir={str(path)!r} holds the results of an earlier run ({', '.join(results)}); resuming "
-                "would overwrite them. Pass overwrite_output_dir=True to replace them (the checkpoints are kept), "
-                "or resume into another output_dir from a checkpoint folder."
+                f"--output_dir {path} holds the results of an earlier run ({', '.join(results)}); resuming would "
+                "overwrite them. Pass --overwrite_output_dir to replace them (the checkpoints are kept), or resume "
+                "into another --output_dir from a checkpoint folder."
             )
         return
     if present and not present <= failed_leftovers:
         raise ValueError(
-            f"output_dir={str(path)!r} exists and is not empty ({', '.join(sorted(present)[:5])}); pass "
-            "overwrite_output_dir=True to replace the run in it, resume_from_checkpoint='latest' to continue its "
-            "run, or another output_dir."
+            f"--output_dir {path} exists and is not empty ({', '.join(sorted(present)[:5])}); pass "
+            "--overwrite_output_dir to replace the run in it (other files are kept), --resume_from_checkpoint latest "
+            "to continue its run, or another --output_dir."
         )
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _clear_evaluations(run_dir: Path) -> list[str]:
+    """Removes the result files recorded in `evaluations.json` that still hold what evaluate.py wrote."""
+    removed = []
+    for record in _read_evaluations(run_dir):
+        relative = PurePosixPath(record["path"])
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            continue  # never outside the run folder (a crafted record)
+        target = run_dir.joinpath(*relative.parts)
+        if not _is_plain_file(target):
+            continue
+        if hashlib.sha256(target.read_bytes()).hexdigest() != record["sha256"]:
+            continue  # changed since evaluate.py wrote it: someone's file now
+        target.unlink()
+        removed.append(relative.as_posix())
+    return removed
 
 
 def clear_previous_run(output_dir: str | os.PathLike, *, keep_checkpoints: bool) -> list[str]:
     """Removes what an earlier run wrote into the folder (never other files), so it describes only the new run.
 
-    Call it while holding the `RunLock`. Results, markers and the log are always removed; checkpoints only when
-    `keep_checkpoints` is `False` (a fresh run), except hidden leftovers of interrupted checkpoint writes, which
-    are always removed.
+    Call it while holding the `RunLock`, after `check_output_dir`. Results, markers, the log and the evaluation
+    results recorded in `evaluations.json` are always removed; the run's checkpoints and tracker files only when
+    `keep_checkpoints` is `False` (a fresh run). Interrupted writes' temporaries are always removed.
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder.
-        keep_checkpoints (`bool`): Keep `checkpoints/` (and the log and tracker logs) for a resumed run.
+        keep_checkpoints (`bool`): Keep `checkpoints/`, the log and tracker logs, for a resumed run.
 
     Returns:
-        The names removed.
+        The paths removed, relative to the folder.
+
+    Raises:
+        ValueError: A folder the run writes into holds files no run wrote (`foreign_entries`); nothing is removed.
     """
     path = Path(output_dir)
-    removed = []
-    keep = {CHECKPOINTS_DIR, LOG_FILE, TRACKER_DIR} if keep_checkpoints else set()
+    foreign = foreign_entries(path)
+    if foreign:
+        raise ValueError(f"{path} holds files no run of this package wrote ({', '.join(foreign[:5])}); move them.")
+    removed = _clear_evaluations(path) if (path / EVALUATIONS_FILE).is_file() else []
     for name in RUN_FILES:
         target = path / name
-        if name in keep or not (target.exists() or target.is_symlink()):
+        if (name == LOG_FILE and keep_checkpoints) or not os.path.lexists(target):
             continue
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        else:
-            target.unlink()
+        target.unlink()
         removed.append(name)
-    for leftover in path.glob(".*.tmp"):  # interrupted atomic writes
-        leftover.unlink(missing_ok=True)
+    if not keep_checkpoints:
+        for name in RUN_FOLDERS:  # every entry is a run's (checked above)
+            folder = path / name
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
+                _remove(entry)
+                removed.append(f"{name}/{entry.name}")
+            if not folder.is_symlink():
+                folder.rmdir()
+                removed.append(name)
+    for leftover in path.iterdir():  # interrupted atomic writes
+        if TEMPORARY.match(leftover.name) and _is_plain_file(leftover):
+            leftover.unlink()
     return removed
+
+
+# ---- result files of evaluate.py in a run folder ---------------------------------------------------------------------
+
+
+def find_run_folder(path: str | os.PathLike) -> Path | None:
+    """The run folder that a file would lie in: the nearest folder above it holding a run's log, a status marker, a
+    training history or `evaluations.json`; `None` when there is none.
+
+    Args:
+        path (`str` or `os.PathLike`): A file (existing or not).
+    """
+    here = Path(os.path.abspath(path)).parent
+    markers = (LOG_FILE, RUNNING_MARKER, FAILED_MARKER, "training_history.json", EVALUATIONS_FILE)
+    for folder in (here, *here.parents):
+        if any(_is_plain_file(folder / name) for name in markers):
+            return folder
+    return None
+
+
+def write_result_json(path: str | os.PathLike, data: Any) -> Path | None:
+    """Writes a result file as JSON (atomically); inside a run folder, records it first in the run's
+    `evaluations.json`, so that `--overwrite_output_dir` of that run removes it with the run's other results.
+
+    The record holds the file's SHA-256: a file changed since is not removed. The run folder's lock is held while
+    recording, so this fails while a training run writes into the folder.
+
+    Args:
+        path (`str` or `os.PathLike`): The file to write.
+        data (`Any`): A JSON-serializable object.
+
+    Returns:
+        The run folder the file was recorded in, or `None`.
+
+    Raises:
+        ValueError: The file would replace a run's own file or lie in a folder the run manages (`checkpoints/`,
+            `maple_peft/`).
+        RunLockError: A training run holds the folder's lock.
+    """
+    text = json.dumps(data, indent=2) + "\n"
+    run_dir = find_run_folder(path)
+    if run_dir is None:
+        atomic_write_text(path, text)
+        return None
+    relative = Path(os.path.abspath(path)).relative_to(run_dir)
+    if relative.parts[0] in (*RUN_FOLDERS, *RUN_FILES, LOCK_FILE):
+        raise ValueError(
+            f"{path} is {'a file' if len(relative.parts) == 1 else 'inside a folder'} of the training run in "
+            f"{run_dir} ({relative.parts[0]}); write the result beside the run's files instead, e.g. "
+            f"{run_dir / 'eval_all.json'}."
+        )
+    with RunLock(run_dir):
+        records = [r for r in _read_evaluations(run_dir) if r["path"] != relative.as_posix()]
+        records.append({"path": relative.as_posix(), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()})
+        atomic_write_json(run_dir / EVALUATIONS_FILE, {"written_by": "examples/evaluate.py", "files": records})
+        atomic_write_text(path, text)
+    return run_dir
+
+
+# ---- status markers -----------------------------------------------------------------------------------------------
 
 
 def mark_running(output_dir: str | os.PathLike) -> None:

@@ -21,6 +21,14 @@ from .hf import (
     records_from_hf_dataset,
 )
 from .records import HFImageRef, ImageRecord, ImageRecords
+from .registry import (
+    HUB_DATASETS,
+    HubDatasetSpec,
+    find_hub_dataset,
+    hub_dataset_for_benchmark,
+    load_dataset_registry,
+    split_source_of,
+)
 from .sampling import sample_few_shot, split_base_novel, subsample_classes
 from .synthetic import make_synthetic_imagefolder
 from .transforms import (
@@ -29,7 +37,10 @@ from .transforms import (
     CLIPTestTransform,
     CLIPTrainTransform,
     CLIPTransforms,
+    PatchTransform,
+    PatchTransforms,
     center_crop,
+    image_transforms,
     normalize,
     random_resized_crop_params,
     resize_shorter_side,
@@ -39,6 +50,7 @@ from .transforms import (
 
 __all__ = [
     "BENCHMARKS",
+    "HUB_DATASETS",
     "CLIP_MEAN",
     "CLIP_STD",
     "BenchmarkSpec",
@@ -46,16 +58,23 @@ __all__ = [
     "CLIPTrainTransform",
     "CLIPTransforms",
     "HFImageRef",
+    "HubDatasetSpec",
+    "PatchTransform",
+    "PatchTransforms",
     "ImageClassificationData",
     "ImageClassificationDataset",
     "ImageRecord",
     "ImageRecords",
     "center_crop",
     "dataset_identity",
+    "find_hub_dataset",
     "get_benchmark",
+    "hub_dataset_for_benchmark",
+    "image_transforms",
     "list_benchmarks",
     "load_class_name_map",
     "load_coop_split",
+    "load_dataset_registry",
     "load_image_classification",
     "make_synthetic_imagefolder",
     "normalize",
@@ -64,6 +83,7 @@ __all__ = [
     "records_from_hf_dataset",
     "resize_shorter_side",
     "sample_few_shot",
+    "split_source_of",
     "split_base_novel",
     "subsample_classes",
     "to_rgb",

@@ -6,7 +6,7 @@ Its items batch with `torch.utils.data.default_collate` (the `DataLoader` defaul
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
@@ -172,7 +172,10 @@ class ImageClassificationDataset(torch.utils.data.Dataset):
                     stacklevel=2,
                 )
                 continue
-            return {"pixel_values": self.transform(image), "labels": self.records[i].label}
+            pixels = self.transform(image)
+            if isinstance(pixels, Mapping):  # a patch-based processor's inputs (SigLIP 2): pixel values, mask, shapes
+                return {**pixels, "labels": self.records[i].label}
+            return {"pixel_values": pixels, "labels": self.records[i].label}
         raise RuntimeError(f"No image of the {n} in the dataset could be decoded")
 
     def __repr__(self) -> str:

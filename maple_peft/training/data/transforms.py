@@ -22,6 +22,9 @@ from PIL import Image
 
 __all__ = [
     "CLIP_MEAN",
+    "PatchTransform",
+    "PatchTransforms",
+    "image_transforms",
     "CLIP_STD",
     "CLIPTestTransform",
     "CLIPTrainTransform",
@@ -329,8 +332,8 @@ class CLIPTrainTransform:
             self.generator.manual_seed((self.seed * 1_000_003 + info.seed) % (2**63))
         return self.generator
 
-    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Transform one image into a normalized `float32` tensor of shape `(3, crop_h, crop_w)`.
+    def augment(self, image: Image.Image, generator: torch.Generator | None = None) -> Image.Image:
+        """The random resized crop and flip of one image, as an RGB PIL image of `crop_size` (before normalization).
 
         Args:
             image (`Image.Image`): A PIL image of any mode.
@@ -344,7 +347,17 @@ class CLIPTrainTransform:
         image = image.crop((left, top, left + w, top + h)).resize((crop_w, crop_h), self.resample)
         if self.hflip_p > 0 and torch.rand(1, generator=gen).item() < self.hflip_p:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return normalize(to_tensor(image), self.mean, self.std)
+        return image
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Transform one image into a normalized `float32` tensor of shape `(3, crop_h, crop_w)`.
+
+        Args:
+            image (`Image.Image`): A PIL image of any mode.
+            generator (`torch.Generator | None`): Optional generator overriding the transform's own randomness for this
+                call.
+        """
+        return normalize(to_tensor(self.augment(image, generator)), self.mean, self.std)
 
     def __repr__(self) -> str:
         return (
@@ -500,3 +513,78 @@ class CLIPTransforms:
             std=self.image_std,
             resample=self.resample,
         )
+
+
+class PatchTransform:
+    """An image (optionally augmented first) through a patch-based image processor (SigLIP 2's NaFlex), one image at a
+    time: a dict of `pixel_values` `(patches, 3 * patch_size**2)`, `pixel_attention_mask` `(patches,)` and
+    `spatial_shapes` `(2,)`, which `default_collate` stacks into the processor's batch layout.
+
+    Args:
+        processor: the image processor (e.g. `Siglip2ImageProcessor`), which pads every image to its
+            `max_num_patches`.
+        augment (`CLIPTrainTransform`, *optional*): the random resized crop + flip applied to the PIL image first.
+    """
+
+    def __init__(self, processor: Any, augment: CLIPTrainTransform | None = None) -> None:
+        self.processor = processor
+        self.augment = augment
+
+    def __call__(self, image: Image.Image, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        image = to_rgb(_pil_image(image))
+        if self.augment is not None:
+            image = self.augment.augment(image, generator)
+        processed = self.processor(images=[image], return_tensors="pt")
+        return {key: value[0] for key, value in processed.items()}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(processor={type(self.processor).__name__}, augment={self.augment!r})"
+
+
+@dataclass
+class PatchTransforms:
+    """The train and test transforms of a patch-based image processor (SigLIP 2's NaFlex): the test images go to the
+    processor as they are (it keeps their aspect ratio), the training images are first randomly cropped (to a square
+    of `side` pixels, the largest the processor keeps at full resolution) and flipped, as in the CoOp protocol.
+
+    Args:
+        processor: the image processor, with `patch_size` and `max_num_patches`.
+        scale (`tuple[float, float]`): Area fraction range of the training random resized crop.
+        ratio (`tuple[float, float]`): Aspect-ratio range of the training random resized crop.
+        hflip_p (`float`): Training horizontal-flip probability.
+    """
+
+    processor: Any
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    hflip_p: float = 0.5
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """`(height, width)` of the training crops."""
+        side = int(self.processor.patch_size * math.isqrt(int(self.processor.max_num_patches)))
+        return side, side
+
+    def train(self, seed: int | None = None) -> PatchTransform:
+        augment = CLIPTrainTransform(
+            crop_size=self.image_size, scale=self.scale, ratio=self.ratio, hflip_p=self.hflip_p, seed=seed
+        )
+        return PatchTransform(self.processor, augment)
+
+    def test(self) -> PatchTransform:
+        return PatchTransform(self.processor)
+
+
+def image_transforms(processor: Any = None, **overrides: Any) -> CLIPTransforms | PatchTransforms:
+    """The train / test transforms that match a model's image processor: `PatchTransforms` for a patch-based
+    processor (SigLIP 2's NaFlex: it has `max_num_patches`), `CLIPTransforms.from_processor` otherwise (CLIP,
+    MetaCLIP 2, SigLIP: resize, crop, normalize read from the processor).
+
+    Args:
+        processor: the image processor (or `None` for CLIP's defaults).
+        **overrides: fields of the transforms to set (e.g. `scale=(0.5, 1.0)`).
+    """
+    inner = getattr(processor, "image_processor", None) or processor
+    if inner is not None and not isinstance(inner, Mapping) and getattr(inner, "max_num_patches", None):
+        return PatchTransforms(inner, **overrides)
+    return CLIPTransforms.from_processor(processor, **overrides)

@@ -1,0 +1,679 @@
+"""The papers' tables from many runs: Markdown, CSV and a figure against the published figures.
+
+`build_tables` turns runs (`RunMetrics`) into one `ResultTable` per method and protocol, grouped by
+`maple_peft.training.metrics.group_runs` (the one grouping of the project: `examples/aggregate.py` and
+`examples/benchmark.py` both use it), with one row per dataset and split:
+
+- base-to-novel: `Base | Novel | HM`, the average row (mean base and novel over datasets, and their HM);
+- cross-dataset and domain generalization: the source, then each target in the papers' order, and the targets'
+  average;
+- few-shot: one column per number of shots.
+
+Values are mean ± sample standard deviation over seeds. A row or a seed the caller expected but that has no result
+is shown as missing and never averaged in. Published figures (`load_published`, YAML files with their source) are
+shown beside the measured ones when the table's method and protocol match the published entry.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import textwrap
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .metrics import (
+    RunMetrics,
+    _canonical,
+    _key_id,
+    base_novel_harmonic_mean,
+    differing_run_options,
+    group_runs,
+    method_title,
+    summarize_runs,
+)
+
+__all__ = [
+    "PAPER_ORDER",
+    "PublishedTable",
+    "ResultTable",
+    "TableRow",
+    "build_tables",
+    "load_published",
+    "plot_comparison",
+    "render_csv",
+    "render_markdown",
+]
+
+PAPER_ORDER: tuple[str, ...] = (
+    "imagenet",
+    "caltech101",
+    "oxford_pets",
+    "stanford_cars",
+    "oxford_flowers",
+    "food101",
+    "fgvc_aircraft",
+    "sun397",
+    "dtd",
+    "eurosat",
+    "ucf101",
+    "imagenetv2",
+    "imagenet_sketch",
+    "imagenet_a",
+    "imagenet_r",
+)
+"""The datasets in the order of the papers' tables (CoOp's canonical names); other datasets follow alphabetically."""
+
+MISSING = "missing"
+
+
+def _benchmark_name(name: str) -> str | None:
+    from .data.coop import get_benchmark
+
+    try:
+        return get_benchmark(name).name
+    except (KeyError, ValueError):
+        return None
+
+
+def _order_key(name: str, benchmark: str | None = None) -> tuple[int, str]:
+    canonical = benchmark or _benchmark_name(name)
+    if canonical in PAPER_ORDER:
+        return PAPER_ORDER.index(canonical), name.lower()
+    return len(PAPER_ORDER), name.lower()
+
+
+# ---- published figures ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PublishedTable:
+    """A paper's figures for one method and protocol, with where they come from.
+
+    Args:
+        name (`str`): The method as the paper names it (`"MaPLe"`).
+        source (`str`): The paper and table (`"Khattak et al., CVPR 2023, Table 1"`).
+        url (`str`): Where to read it.
+        backbone (`str`): The backbone the paper used (`"ViT-B/16"`).
+        match (`dict[str, Any]`): The `method_key` values a table must have for these figures to apply.
+        columns (`list[str]`): What each value is: `["base", "novel", "hm"]` or `["accuracy"]`.
+        rows (`dict[str, list[float]]`): Dataset (CoOp name) -> values.
+        average (`list[float] | None`): The paper's average row, if it has one.
+        note (`str`): How the figures were checked.
+    """
+
+    name: str
+    source: str
+    url: str
+    backbone: str
+    match: dict[str, Any]
+    columns: list[str]
+    rows: dict[str, list[float]] = field(default_factory=dict)
+    average: list[float] | None = None
+    note: str = ""
+
+    def matches(self, key: Mapping[str, Any]) -> bool:
+        """Whether a table with this `method_key` is the method and protocol these figures are for.
+
+        Args:
+            key (`Mapping[str, Any]`): A `method_key`.
+        """
+        return all(_canonical(key.get(name)) == _canonical(value) for name, value in self.match.items())
+
+    def value(self, dataset: str, column: str) -> float | None:
+        """The published value of `column` (e.g. `"hm"`) for a dataset (any CoOp name or alias), if any.
+
+        Args:
+            dataset (`str`): The dataset.
+            column (`str`): One of `columns`.
+        """
+        name = _benchmark_name(dataset) or dataset
+        values = self.rows.get(name)
+        return None if values is None or column not in self.columns else values[self.columns.index(column)]
+
+
+def load_published(paths: Sequence[str | os.PathLike]) -> list[PublishedTable]:
+    """Reads published figures from YAML files (or every `*.yaml` of a folder).
+
+    Each file has a `source` and a list of `tables`, each with `name`, `table`, `backbone`, `match` (the method key
+    values), `columns`, `rows` (dataset -> values) and optionally `average` and `note`; see `examples/published/`.
+
+    Args:
+        paths (`Sequence[str | os.PathLike]`): Files or folders.
+
+    Returns:
+        `list[PublishedTable]`: Every table of every file.
+
+    Raises:
+        FileNotFoundError: A path does not exist.
+        ValueError: A file is malformed (naming the file and the entry).
+    """
+    import yaml
+
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            files.extend(sorted(path.glob("*.yaml")))
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise FileNotFoundError(f"Published figures {str(path)!r} do not exist; pass a YAML file or a folder.")
+    tables = []
+    for file in files:
+        try:
+            data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, yaml.YAMLError) as error:
+            raise ValueError(f"Published figures {file} are not a YAML text file: {error}") from None
+        if not isinstance(data, Mapping) or not isinstance(data.get("tables"), list):
+            raise ValueError(f"Published figures {file} need a 'source' and a list of 'tables'.")
+        for index, entry in enumerate(data["tables"]):
+            where = f"{file}, tables[{index}]"
+            try:
+                columns = list(entry["columns"])
+                rows = {
+                    str(k): [float(v) for v in (vs if isinstance(vs, list) else [vs])]
+                    for k, vs in entry["rows"].items()
+                }
+                average = entry.get("average")
+                average = (
+                    None
+                    if average is None
+                    else [float(v) for v in (average if isinstance(average, list) else [average])]
+                )
+                table = PublishedTable(
+                    name=str(entry["name"]),
+                    source=f"{data.get('source', file.stem)}, {entry.get('table', '')}".rstrip(", "),
+                    url=str(data.get("url", "")),
+                    backbone=str(entry.get("backbone", "")),
+                    match=dict(entry["match"]),
+                    columns=columns,
+                    rows=rows,
+                    average=average,
+                    note=str(entry.get("note") or data.get("note") or ""),
+                )
+            except (KeyError, TypeError, ValueError, AttributeError) as error:
+                raise ValueError(f"{where} is malformed ({type(error).__name__}: {error}).") from None
+            bad = [name for name, values in rows.items() if len(values) != len(columns)]
+            if average is not None and len(average) != len(columns):
+                bad.append("average")
+            if bad:
+                raise ValueError(f"{where}: {bad} do not have one value per column {columns}.")
+            tables.append(table)
+    return tables
+
+
+# ---- tables ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TableRow:
+    """One dataset (and split) of a table.
+
+    Args:
+        dataset (`str`): The dataset's identity (the row's label).
+        split_source (`str`): The split its runs used.
+        benchmark (`str | None`): The benchmark it stands for, for published figures and the papers' order.
+        summary (`dict | None`): `summarize_runs` of its seeds; `None` when no run finished (a missing row).
+        missing_seeds (`list[int]`): Seeds the caller expected that have no result.
+        split_note (`str | None`): Which split, in a sentence.
+        shots (`dict[int, dict]`): Few-shot tables: number of shots -> summary.
+    """
+
+    dataset: str
+    split_source: str
+    benchmark: str | None = None
+    summary: dict[str, Any] | None = None
+    missing_seeds: list[int] = field(default_factory=list)
+    split_note: str | None = None
+    shots: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class ResultTable:
+    """One method and protocol: a title, its rows, and the published figures that apply.
+
+    Args:
+        title (`str`): The table's title (`method_title`).
+        method (`dict[str, Any]`): The `method_key` of its runs.
+        setting (`str`): `"base2novel"`, `"cross_dataset"`, `"all"` or `"zero_shot"`.
+        rows (`list[TableRow]`): In the papers' order.
+        columns (`list[str]`): The value columns (`"base"`, `"novel"`, targets, or numbers of shots as text).
+        published (`list[PublishedTable]`): The published figures of the same method and protocol.
+        notes (`list[str]`): Lines shown under the table (splits, options that differ between rows).
+    """
+
+    title: str
+    method: dict[str, Any]
+    setting: str
+    rows: list[TableRow]
+    columns: list[str]
+    published: list[PublishedTable] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def slug(self) -> str:
+        """A file-name form of the method part of the title (`"maple-2-tokens-depth-9"`)."""
+        method = self.title.split(" · ", 1)[0].lower().replace("†", "-shared")
+        return re.sub(r"[^a-z0-9]+", "-", method).strip("-")[:60] or "table"
+
+
+def _published_value(table: ResultTable, dataset: str, column: str) -> float | None:
+    for published in table.published:
+        value = published.value(dataset, column)
+        if value is not None:
+            return value
+    return None
+
+
+def build_tables(
+    runs: Sequence[tuple[str, RunMetrics]],
+    *,
+    expected_datasets: Sequence[str] = (),
+    expected_seeds: Sequence[int] = (),
+    published: Sequence[PublishedTable] = (),
+) -> list[ResultTable]:
+    """One table per method and protocol, with one row per dataset and split.
+
+    Args:
+        runs (`Sequence[tuple[str, RunMetrics]]`): Each run with a label naming it in messages (its folder).
+        expected_datasets (`Sequence[str]`): Datasets every table should have a row for (a missing one is shown as
+            missing), e.g. a benchmark's grid.
+        expected_seeds (`Sequence[int]`): Seeds every row should have (the missing ones are listed).
+        published (`Sequence[PublishedTable]`): Published figures; those matching a table's method are shown.
+
+    Returns:
+        `list[ResultTable]`: Base-to-novel tables first.
+
+    Raises:
+        ValueError: Runs of one row differ in more than the seed (naming the options and the runs).
+    """
+    groups = group_runs(runs)
+    methods: dict[tuple, dict[str, Any]] = {}
+    for group in groups:  # few-shot tables hold every number of shots as columns
+        key = dict(group.method)
+        if key["setting"] == "all":
+            key.pop("num_shots", None)
+        methods.setdefault(_key_id(key), key)
+    all_keys = list(methods.values())
+    tables = []
+    for table_id, key in methods.items():
+        members = [g for g in groups if _key_id(_table_key(g.method)) == table_id]
+        setting = key["setting"]
+        rows: dict[tuple[str, str], TableRow] = {}
+        for group in members:
+            labels = [label for label, _ in group.runs]
+            try:
+                summary = summarize_runs([run for _, run in group.runs])
+            except ValueError as error:
+                raise ValueError(f"Cannot average {group.dataset} ({', '.join(labels)}): {error}") from None
+            row = rows.setdefault(
+                (group.dataset, group.split_source),
+                TableRow(group.dataset, group.split_source, summary["benchmark"], split_note=summary["split_note"]),
+            )
+            if setting == "all":
+                row.shots[int(group.method.get("num_shots") or 0)] = summary
+            else:
+                row.summary = summary
+        for row in rows.values():
+            seeds = _row_seeds(row)
+            row.missing_seeds = [seed for seed in expected_seeds if seed not in seeds]
+        present = {(_benchmark_name(r.dataset) or r.dataset) for r in rows.values()}
+        for name in expected_datasets:
+            if (_benchmark_name(name) or name) not in present:
+                rows[(name, "")] = TableRow(name, "", _benchmark_name(name), missing_seeds=list(expected_seeds))
+        ordered = sorted(rows.values(), key=lambda r: _order_key(r.dataset, r.benchmark))
+        table = ResultTable(
+            title=method_title(key if setting != "all" else {**key, "num_shots": None}, all_keys),
+            method=key,
+            setting=setting,
+            rows=ordered,
+            columns=_columns(setting, ordered),
+            published=[p for p in published if p.matches(key)],
+        )
+        table.notes = _notes(table, members)
+        tables.append(table)
+    order = {"base2novel": 0, "cross_dataset": 1, "all": 2}
+    return sorted(tables, key=lambda t: (order.get(t.setting, 3), t.title))
+
+
+def _table_key(key: Mapping[str, Any]) -> dict[str, Any]:
+    key = dict(key)
+    if key["setting"] == "all":
+        key.pop("num_shots", None)
+    return key
+
+
+def _row_seeds(row: TableRow) -> set[int]:
+    summaries = [row.summary] if row.summary else list(row.shots.values())
+    if not summaries:
+        return set()
+    # a seed counts as present when every number of shots has it
+    return set.intersection(*({s for s in summary["seeds"] if s is not None} for summary in summaries))
+
+
+def _columns(setting: str, rows: Sequence[TableRow]) -> list[str]:
+    if setting == "all":
+        shots = sorted({n for row in rows for n in row.shots})
+        return [str(n) for n in shots]
+    columns: list[str] = []
+    for row in rows:
+        if row.summary:
+            columns.extend(split for split in row.summary["results"] if split not in columns)
+    if setting == "cross_dataset":  # the source(s) first, then the targets in the papers' order
+        sources = {row.dataset for row in rows}
+        return sorted(columns, key=lambda c: (c not in sources, _order_key(c)))
+    first = [c for c in ("base", "novel") if c in columns]
+    return first + [c for c in columns if c not in first]
+
+
+def _notes(table: ResultTable, members: Sequence[Any]) -> list[str]:
+    notes = []
+    splits = {(row.dataset, row.split_note) for row in table.rows if row.split_note and row.split_source != "coop"}
+    for dataset, note in sorted(splits):
+        notes.append(f"Split of {dataset}: {note}.")
+    if len(members) > 1:  # options that differ between datasets (each row's seeds agree: summarize_runs checked)
+        firsts = [(group.dataset, group.runs[0][1]) for group in members]
+        differing = differing_run_options(firsts)
+        differing = [line for line in differing if not line.startswith(("dataset:", "split_source:", "num_shots:"))]
+        if differing:
+            notes.append("Options that differ between datasets: " + "; ".join(differing) + ".")
+    for published in table.published:
+        text = f"Paper: {published.name}, {published.backbone} ({published.source}"
+        text += f"; {published.url})." if published.url else ")."
+        if published.average is not None and published.rows and "hm" in published.columns:
+            text += f" Its average over its {len(published.rows)} datasets: HM {published.average[-1]:.2f}."
+        elif published.average is not None and not published.rows:
+            values = " / ".join(f"{v:.2f}" for v in published.average)
+            text += f" Its average ({' / '.join(published.columns)}): {values}."
+        if published.note:
+            text += f" {published.note}"
+        notes.append(text)
+    return notes
+
+
+# ---- rendering ------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: float | None, std: float | None = None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.2f}" if std is None else f"{value:.2f} ± {std:.2f}"
+
+
+def _cell(summary: Mapping[str, Any] | None, column: str) -> tuple[float | None, float | None]:
+    if not summary:
+        return None, None
+    entry = summary["results"].get(column)
+    return (None, None) if entry is None else (entry["accuracy_mean"], entry["accuracy_std"])
+
+
+def _few_shot_value(summary: Mapping[str, Any]) -> tuple[float | None, float | None]:
+    results = summary["results"]
+    entry = results.get(summary["dataset"]) or (next(iter(results.values())) if len(results) == 1 else None)
+    return (None, None) if entry is None else (entry["accuracy_mean"], entry["accuracy_std"])
+
+
+def _seeds_text(row: TableRow) -> str:
+    seeds = sorted(_row_seeds(row))
+    text = ", ".join(map(str, seeds)) if seeds else ""
+    if row.missing_seeds:
+        text += ("; " if text else "") + "missing: " + ", ".join(map(str, row.missing_seeds))
+    return text
+
+
+@dataclass
+class _Grid:
+    """A table as text cells: the header, the value rows (with means for averaging), the average row."""
+
+    header: list[str]
+    rows: list[list[str]]
+    average: list[str] | None
+    published: list[str] | None
+    csv_header: list[str]
+    csv_rows: list[list[Any]]
+
+
+def _grid(table: ResultTable, part: str | None) -> _Grid:
+    """The cells of `table` (`part="zero_shot"`: zero-shot CLIP's results on the same splits)."""
+    setting, columns = table.setting, table.columns
+    hub = any(row.split_source not in ("coop", "") for row in table.rows)
+    b2n = setting == "base2novel" or ("base" in columns and "novel" in columns)
+    paper_hm = b2n and part is None and any(p.rows for p in table.published)
+    targets = (
+        [c for c in columns if c not in {row.dataset for row in table.rows}] if setting == "cross_dataset" else []
+    )
+    header = ["Dataset"] + ["Split"] * hub
+    header += [f"{c} shots" if setting == "all" else {"base": "Base", "novel": "Novel"}.get(c, c) for c in columns]
+    header += ["HM"] * b2n + ["HM (paper)"] * paper_hm + ["Average (targets)"] * bool(targets) + ["Seeds"]
+    csv_header = ["dataset"] + ["split"] * hub
+    for c in columns:
+        name = f"{c} shots" if setting == "all" else c
+        csv_header += [name, f"{name} std"]
+    csv_header += ["HM"] * b2n + ["HM (paper)"] * paper_hm + ["average (targets)"] * bool(targets)
+    csv_header += ["seeds", "missing seeds"]
+
+    rows, csv_rows = [], []
+    means: dict[str, list[float]] = {c: [] for c in columns}
+    present_benchmarks, target_means = [], []
+    for row in table.rows:
+        summary = row.summary if part is None else (row.summary or {}).get(part)
+        if setting == "all" and part is None:
+            values = {str(n): _few_shot_value(s) for n, s in row.shots.items()}
+            has_values = bool(row.shots)
+        else:
+            values = {c: _cell(summary, c) for c in columns}
+            has_values = bool(summary)
+        if part is not None and not has_values:
+            continue  # the zero-shot table lists the rows that have zero-shot results
+        cells = [row.dataset] + [row.split_source.split(":", 1)[-1] if row.split_source else ""] * hub
+        csv_cells: list[Any] = [row.dataset] + [row.split_source] * hub
+        for c in columns:
+            mean, std = values.get(c, (None, None))
+            cells.append(_fmt(mean, std) if has_values else MISSING)
+            csv_cells += [mean, std]
+            if mean is not None:
+                means[c].append(mean)
+        if b2n:
+            hm = (summary or {}).get("harmonic_mean") if has_values else None
+            cells.append(_fmt(hm) if has_values else MISSING)
+            csv_cells.append(hm)
+            if has_values and row.benchmark:
+                present_benchmarks.append(row.benchmark)
+        if paper_hm:
+            published = _published_value(table, row.benchmark or row.dataset, "hm")
+            cells.append(_fmt(published))
+            csv_cells.append(published)
+        if targets:
+            found = [values[c][0] for c in targets if values.get(c, (None, None))[0] is not None]
+            mean = sum(found) / len(found) if found else None
+            if mean is not None:
+                target_means.append(mean)
+            cells.append(_fmt(mean) if has_values else MISSING)
+            csv_cells.append(mean)
+        cells.append(_seeds_text(row) if part is None else ", ".join(map(str, sorted(_row_seeds(row)))))
+        csv_cells += [" ".join(map(str, sorted(_row_seeds(row)))), " ".join(map(str, row.missing_seeds))]
+        rows.append(cells)
+        csv_rows.append(csv_cells)
+
+    average = None
+    measured = [r for r in rows if MISSING not in r]
+    if len(rows) > 1:
+        complete = len(measured) == len(rows)
+        label = "**Average**" if complete else f"**Average** ({len(measured)} of {len(rows)} datasets)"
+        avg = {c: (sum(v) / len(v) if v and len(v) == len(measured) else None) for c, v in means.items()}
+        average = [label] + [""] * hub + [_fmt(avg[c]) for c in columns]
+        if b2n:
+            average.append(_fmt(base_novel_harmonic_mean({k: v for k, v in avg.items() if v is not None})))
+        if paper_hm:
+            average.append(_fmt(_published_average_hm(table, present_benchmarks)))
+        if targets:
+            average.append(_fmt(sum(target_means) / len(target_means) if target_means else None))
+        average.append(f"{len(measured)} datasets")
+        if not measured:
+            average = None
+
+    published_row = None
+    if part is None and table.published and not paper_hm and setting == "cross_dataset":
+        values = [_published_value(table, c, "accuracy") for c in columns]
+        found = [v for c, v in zip(columns, values) if c in targets and v is not None]
+        published_row = [f"*paper: {table.published[0].name}*"] + [""] * hub + [_fmt(v) for v in values]
+        published_row += [_fmt(sum(found) / len(found) if found else None)] * bool(targets) + [""]
+    return _Grid(header, rows, average, published_row, csv_header, csv_rows)
+
+
+def _published_average_hm(table: ResultTable, benchmarks: Sequence[str]) -> float | None:
+    """The paper's average HM over the datasets shown: its own average row when they are all of its datasets,
+    otherwise recomputed from its per-dataset base and novel (never over datasets the table lacks)."""
+    for published in table.published:
+        if not published.rows:
+            continue
+        names = {_benchmark_name(b) or b for b in benchmarks}
+        if names == set(published.rows) and published.average is not None and "hm" in published.columns:
+            return published.average[published.columns.index("hm")]
+        values = [published.rows.get(name) for name in names]
+        if not values or any(v is None for v in values) or not {"base", "novel"} <= set(published.columns):
+            return None
+        base = sum(v[published.columns.index("base")] for v in values) / len(values)
+        novel = sum(v[published.columns.index("novel")] for v in values) / len(values)
+        return base_novel_harmonic_mean({"base": base, "novel": novel})
+    return None
+
+
+def _markdown_table(grid: _Grid) -> list[str]:
+    lines = ["| " + " | ".join(grid.header) + " |", "|---|" + "---:|" * (len(grid.header) - 2) + "---|"]
+    for cells in [
+        *grid.rows,
+        *([grid.average] if grid.average else []),
+        *([grid.published] if grid.published else []),
+    ]:
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def render_markdown(tables: Sequence[ResultTable], *, title: str = "Results") -> str:
+    """The tables as one Markdown document (zero-shot CLIP's rows in a table of their own, after each table).
+
+    Args:
+        tables (`Sequence[ResultTable]`): The output of `build_tables`.
+        title (`str`): The document's heading.
+    """
+    lines = [
+        f"# {title}",
+        "",
+        "Accuracy (%) as mean ± sample standard deviation over seeds (n − 1; a single seed has none). HM is the "
+        "harmonic mean of the mean base and novel accuracies; an average row averages the datasets it names. Missing "
+        "results are shown as missing and never averaged in.",
+    ]
+    for table in tables:
+        lines += ["", f"## {table.title}", "", *_markdown_table(_grid(table, None))]
+        if table.notes:
+            lines += [""] + [f"- {note}" for note in table.notes]
+        if any(row.summary and row.summary.get("zero_shot") for row in table.rows):
+            lines += ["", f"### Zero-shot CLIP on the same splits ({table.title.split(' · ', 1)[-1]})", ""]
+            lines += _markdown_table(_grid(table, "zero_shot"))
+    return "\n".join(lines) + "\n"
+
+
+def render_csv(table: ResultTable) -> str:
+    """One table as CSV: one row per dataset, each value column followed by its standard deviation.
+
+    Args:
+        table (`ResultTable`): A table of `build_tables`.
+    """
+    grid = _grid(table, None)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(grid.csv_header)
+    for cells in grid.csv_rows:
+        writer.writerow(
+            ["" if value is None else (f"{value:.4f}" if isinstance(value, float) else value) for value in cells]
+        )
+    return buffer.getvalue()
+
+
+def plot_comparison(table: ResultTable) -> Any:
+    """A bar chart of each dataset's headline number (HM for base-to-novel, accuracy per target for cross-dataset,
+    accuracy per number of shots for few-shot) beside the published figure of the same method, when there is one.
+    A missing dataset has no bar and is labelled "missing".
+
+    Args:
+        table (`ResultTable`): A table of `build_tables`.
+
+    Returns:
+        `matplotlib.figure.Figure`: The figure (save it with `savefig`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = _grid(table, None)
+    labels, measured, errors, published = [], [], [], []
+    if table.setting == "all":
+        for row in table.rows:
+            for column in table.columns:
+                summary = row.shots.get(int(column))
+                mean, std = _few_shot_value(summary) if summary else (None, None)
+                labels.append(f"{row.dataset}\n{column} shots")
+                measured.append(mean)
+                errors.append(std or 0.0)
+                published.append(None)
+    elif table.setting == "cross_dataset":
+        for row in table.rows:
+            for column in table.columns:
+                mean, std = _cell(row.summary, column)
+                labels.append(column if len(table.rows) == 1 else f"{row.dataset}→{column}")
+                measured.append(mean)
+                errors.append(std or 0.0)
+                published.append(_published_value(table, column, "accuracy"))
+    else:
+        hm_index = grid.header.index("HM") if "HM" in grid.header else None
+        for row, cells in zip(table.rows, grid.rows):
+            labels.append(row.dataset)
+            value = cells[hm_index] if hm_index is not None else MISSING
+            measured.append(None if value in (MISSING, "–") else float(value))
+            errors.append(0.0)
+            published.append(_published_value(table, row.benchmark or row.dataset, "hm"))
+        if grid.average and hm_index is not None and grid.average[hm_index] != "–":
+            labels.append("Average")
+            measured.append(float(grid.average[hm_index]))
+            errors.append(0.0)
+            paper = grid.average[grid.header.index("HM (paper)")] if "HM (paper)" in grid.header else "–"
+            published.append(None if paper == "–" else float(paper))
+
+    has_published = any(v is not None for v in published)
+    width = 0.4 if has_published else 0.7
+    figure, axes = plt.subplots(figsize=(max(6.0, 0.9 * len(labels) + 2), 4.5))
+    positions = list(range(len(labels)))
+    offset = width / 2 if has_published else 0.0
+    ours = [(p - offset, v, e) for p, v, e in zip(positions, measured, errors) if v is not None]
+    if ours:
+        axes.bar(
+            [p for p, _, _ in ours],
+            [v for _, v, _ in ours],
+            width,
+            yerr=[e for _, _, e in ours] if any(e for _, _, e in ours) else None,
+            label="measured (mean over seeds)",
+            color="#3b75af",
+            capsize=3,
+        )
+    if has_published:
+        theirs = [(p + offset, v) for p, v in zip(positions, published) if v is not None]
+        names = ", ".join(sorted({p.name + " " + p.backbone for p in table.published}))
+        axes.bar([p for p, _ in theirs], [v for _, v in theirs], width, label=f"published ({names})", color="#bbbbbb")
+    for position, value in zip(positions, measured):
+        if value is None:
+            axes.text(position, 1.0, MISSING, ha="center", va="bottom", rotation=90, color="#aa3333")
+    metric = {"base2novel": "HM (%)", "cross_dataset": "accuracy (%)", "all": "accuracy (%)"}
+    axes.set_ylabel(metric.get(table.setting, "accuracy (%)"))
+    axes.set_xticks(positions)
+    axes.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    axes.set_ylim(0, 100)
+    axes.set_title(textwrap.fill(table.title.replace("`", ""), 90), fontsize=9)
+    axes.legend(fontsize=8, loc="lower left")
+    figure.tight_layout()
+    return figure

@@ -1,0 +1,247 @@
+"""The `maple-peft` console command's argument parsing, and the conventions every maple_peft command line follows.
+
+This module imports only the standard library, so that `--help` and option errors come back at once: torch,
+transformers and PEFT (seconds to import) are imported only once the arguments are valid, by the command itself
+(`maple_peft.cli`). It is a top-level module rather than part of the `maple_peft` package because importing anything
+from `maple_peft` runs `import maple_peft`, which registers the method with PEFT and so imports all of them.
+
+The conventions, shared with `examples/train.py` and `examples/evaluate.py` (`CommandParser`):
+
+- each entry point has one spelling of its options, its ecosystem's: `maple-peft` subcommands follow
+  huggingface_hub's CLI (`--base-model`), the scripts follow transformers' examples (`--output_dir`); the other
+  spelling (`--base_model`, `--output-dir`) is accepted as an alias;
+- an option error is one line and a pointer to `--help`, not the usage text, with exit code 2;
+- errors speak the command line (`--output_dir`), not Python (`output_dir=`): `command_line_message`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
+__all__ = ["CommandParser", "build_parser", "command_line_message", "main"]
+
+
+class CommandParser(argparse.ArgumentParser):
+    """An `argparse.ArgumentParser` with the conventions of every maple_peft command line.
+
+    - An option error prints one line, `PROG: error: MESSAGE`, and a pointer to `PROG --help`, with exit code 2.
+    - `--an_option` and `--an-option` are the same option: the spelling the parser was built with is canonical (and
+      the only one shown by `--help`); the other one is rewritten to it before parsing.
+
+    Subparsers created with `add_subparsers` are `CommandParser`s too.
+
+    Example:
+        ```python
+        >>> parser = CommandParser(prog="train.py")
+        >>> _ = parser.add_argument("--output_dir")
+        >>> parser.parse_args(["--output-dir", "out"]).output_dir
+        'out'
+        ```
+    """
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for the options.\n")
+
+    def parse_known_args(
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self.canonical_spelling(args), namespace)
+
+    def canonical_spelling(self, args: Sequence[str]) -> list[str]:
+        """`args` with every option written in the other spelling (`-` for `_` or `_` for `-`) rewritten to this
+        parser's; values, positional arguments and everything after a bare `--` are left as they are.
+
+        Args:
+            args (`Sequence[str]`): the command-line arguments.
+        """
+        known = self._option_string_actions
+        rewritten, options_ended, expects_value = [], False, False
+        for arg in args:
+            if arg == "--":
+                options_ended = True
+            if options_ended or expects_value or not arg.startswith("--") or len(arg) <= 2:
+                rewritten.append(arg)
+                expects_value = False
+                continue
+            name, sep, value = arg.partition("=")
+            if name not in known:
+                for other in ("--" + name[2:].replace("-", "_"), "--" + name[2:].replace("_", "-")):
+                    if other in known:
+                        name = other
+                        break
+            rewritten.append(name + sep + value)
+            action = known.get(name)
+            # an option that takes exactly one value: the next argument is that value, even if it starts with --
+            expects_value = not sep and action is not None and action.nargs is None
+        return rewritten
+
+
+_PYTHON_VALUE = r"(True|False|None|'[^']*'|\"[^\"]*\"|\[[^\]]*\]|[-+\w./:~]+)?"
+
+
+def command_line_message(message: str, flags: Mapping[str, str]) -> str:
+    """An error message of the Python API rewritten in command-line terms: `name=value` becomes `--flag value`.
+
+    `output_dir='outputs/smoke'` becomes `--output_dir outputs/smoke`, `overwrite_output_dir=True` becomes
+    `--overwrite_output_dir`, and `base_model_name_or_path=` (followed by words) becomes `--base-model`. Names
+    that are not in `flags` are left as they are.
+
+    Args:
+        message (`str`): the error message.
+        flags (`Mapping[str, str]`): Python parameter name -> command-line flag, e.g.
+            `{"base_model_name_or_path": "--base-model"}`.
+
+    Example:
+        ```python
+        >>> command_line_message("pass overwrite_output_dir=True", {"overwrite_output_dir": "--overwrite_output_dir"})
+        'pass --overwrite_output_dir'
+        ```
+    """
+
+    def rewrite(flag: str, value: str | None) -> str:
+        if value is None or value == "True":
+            return flag
+        if value in ("False", "None"):
+            return f"no {flag}"
+        if value[0] in "'\"":
+            value = value[1:-1]
+        elif value[0] == "[":
+            value = " ".join(part.strip().strip("'\"") for part in value[1:-1].split(",")) or "..."
+        return f"{flag} {value}"
+
+    for name in sorted(flags, key=len, reverse=True):
+        pattern = re.compile(rf"(?<![\w.]){re.escape(name)}={_PYTHON_VALUE}")
+        message = pattern.sub(lambda match, flag=flags[name]: rewrite(flag, match.group(1)), message)
+    return message
+
+
+def one_line(message: Any) -> str:
+    """`message` (an exception or text) on one line, whitespace collapsed."""
+    text = " ".join(str(message).split())
+    return text or type(message).__name__
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def build_parser() -> CommandParser:
+    """The parser of `maple-peft` and its subcommands (options spelled like huggingface_hub's CLI: `--base-model`)."""
+    parser = CommandParser(
+        prog="maple-peft",
+        description="Tools for MaPLe adapters. Options may also be written with underscores (--base_model).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    convert = commands.add_parser(
+        "convert-official",
+        help="Convert a checkpoint of the original MaPLe, PromptSRC / IVLP, CoCoOp, KgCoOp, CoOp or MMRL code into a "
+        "PEFT adapter folder.",
+    )
+    convert.add_argument("checkpoint", help="the model.pth.tar-N file written by the original code")
+    convert.add_argument("--base-model", required=True, help="the CLIP it was trained on (Hub id or directory)")
+    convert.add_argument("--output-dir", required=True, help="where to write the adapter")
+    convert.add_argument("--prompt-init", default="a photo of a", help="the ctx_init it was trained with")
+    convert.add_argument("--tokenizer", default=None, help="tokenizer for --prompt-init (defaults to --base-model)")
+    convert.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
+    convert.add_argument("--class-names", nargs="+", help="the class names it was trained on (saved with the adapter)")
+    convert.add_argument("--dataset", help="the dataset it was trained on (saved with the adapter)")
+    convert.add_argument("--template", help="MMRL: its class prompt template (default 'a photo of a {}.')")
+    convert.add_argument("--rep-layers", nargs="+", type=int, help="MMRL: its REP_LAYERS (default: the last 7 layers)")
+    convert.add_argument("--alpha", type=float, help="MMRL: its ALPHA (default 0.7)")
+
+    predict = commands.add_parser(
+        "predict",
+        help="Classify images with a saved adapter (Hub id or folder).",
+        description="Prints one line per image: the path, then the top-k labels and scores, tab-separated (or JSON "
+        "lines with --json). An unreadable image gives one error line on stderr and the others are still classified; "
+        "the exit code is 1 if any image failed, 2 if nothing could be classified, 0 otherwise.",
+    )
+    predict.add_argument("images", nargs="*", metavar="IMAGE", help="image files or http(s) URLs")
+    predict.add_argument("--adapter", required=True, help="the adapter (Hub id or directory)")
+    classes = predict.add_mutually_exclusive_group()
+    classes.add_argument(
+        "--classes",
+        nargs="+",
+        help="class names (default: those saved with the adapter); end the list with -- when IMAGE follows",
+    )
+    classes.add_argument("--classes-file", help="a text file with one class name per line")
+    predict.add_argument(
+        "--allow-single-class",
+        action="store_true",
+        help="classify among one class (every image then gets it with score 1.0)",
+    )
+    predict.add_argument("--top-k", type=_positive_int, default=1, help="number of labels per image (default 1)")
+    predict.add_argument("--json", action="store_true", help="print JSON lines: {'image', 'predictions'}")
+    predict.add_argument("--base-model", default=None, help="the base CLIP (default: the one the adapter names)")
+    predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    predict.add_argument("--device", default=None, help="e.g. cuda, cuda:1, mps; default: CPU")
+
+    push = commands.add_parser("push", help="Upload a finished training run folder to the Hugging Face Hub.")
+    push.add_argument("run_dir", help="the run folder written by examples/train.py")
+    push.add_argument("--hub-model-id", required=True, help="the model repository, user/name")
+    push.add_argument("--private", action="store_true", help="create the repository as private")
+    return parser
+
+
+def _check_predict_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Mistakes argparse cannot see: images swallowed by --classes, a single class."""
+    prog = f"{parser.prog} predict"
+    if not args.images:
+        if args.classes:
+            shown = " ".join(args.classes[:4]) + (" ..." if len(args.classes) > 4 else "")
+            message = (
+                f"no IMAGE given: --classes took every argument after it ({shown}); put --classes after the "
+                "images, or end its list with --, e.g. --classes cat dog -- image.jpg"
+            )
+        else:
+            message = "no IMAGE given; pass one or more image files or URLs"
+        print(f"{prog}: error: {message}\nRun `{prog} --help` for the options.", file=sys.stderr)
+        raise SystemExit(2)
+    if args.classes is not None and len(args.classes) == 1 and not args.allow_single_class:
+        print(f"{prog}: error: {single_class_message('--classes', args.classes[0])}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def single_class_message(source: str, name: str) -> str:
+    """The refusal of a single class name (every image would get it with score 1.0).
+
+    Args:
+        source (`str`): where the name came from, e.g. `"--classes"` or `"--classes-file names.txt"`.
+        name (`str`): the class name.
+    """
+    return (
+        f"{source} gives one class name ({name!r}): every image would get it with score 1.0. Pass two or more "
+        "class names; to read them from a file (one per line) use --classes-file FILE; to classify among one class "
+        "anyway, add --allow-single-class."
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs `maple-peft` with `argv` (default: the command line) and returns the exit code.
+
+    Args:
+        argv (`list[str]`, *optional*): the arguments after `maple-peft`.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "predict":
+        _check_predict_arguments(parser, args)
+    # only now the slow imports: torch, transformers, PEFT (and the registration of MaPLe with PEFT)
+    from maple_peft import cli
+
+    return cli.run(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,174 @@
+"""An unreachable Hub and unwritable caches: one clear line at once, not minutes of retries or a traceback.
+
+The Hub is replaced by local sockets: a port nobody listens on (connection refused) and a server that accepts
+connections but never answers (with `HF_HUB_ETAG_TIMEOUT=1`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from huggingface_hub import constants
+
+from maple_peft import PromptClassifier, hub
+from maple_peft.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE")
+
+
+@pytest.fixture
+def silent_server():
+    """An endpoint that accepts TCP connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    server.close()
+
+
+@pytest.fixture
+def closed_port():
+    """An endpoint where nothing listens (connection refused)."""
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def online(monkeypatch, tmp_path):
+    """Offline mode off (CI turns it on), an empty Hub cache, and no remembered probe."""
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_ETAG_TIMEOUT", 1)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub-cache"))
+    monkeypatch.setattr(hub, "_probed", {})
+    for name in OFFLINE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_from_pretrained_against_a_silent_hub_names_the_network_problem(online, silent_server, monkeypatch):
+    monkeypatch.setattr(constants, "ENDPOINT", silent_server)
+    with pytest.raises(hub.HubUnreachableError) as error:
+        PromptClassifier.from_pretrained("user/maple-eurosat")
+    message = str(error.value)
+    assert message.startswith(f"Cannot reach the Hugging Face Hub at {silent_server} (no answer within 1 s")
+    assert "adapter_name_or_path='user/maple-eurosat'" in message and "not in the cache" in message
+    assert "HF_HUB_OFFLINE=1" in message and "local folder" in message
+
+
+def test_predict_against_an_unreachable_hub_is_one_line_and_exit_code_2(online, closed_port, monkeypatch, capsys):
+    monkeypatch.setattr(constants, "ENDPOINT", closed_port)
+    assert main(["predict", "--adapter", "user/maple-eurosat", "x.jpg"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: Cannot reach the Hugging Face Hub at {closed_port} (")
+    assert "--adapter user/maple-eurosat" in err[0] and "HF_HUB_OFFLINE=1" in err[0]
+
+
+def test_a_cached_repository_is_used_offline_when_the_hub_is_unreachable(online, closed_port, monkeypatch, caplog):
+    monkeypatch.setattr(constants, "ENDPOINT", closed_port)
+    snapshot = Path(constants.HF_HUB_CACHE) / "models--user--maple-eurosat" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "adapter_config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # restored after the test; check_sources sets it
+    with caplog.at_level(logging.WARNING, logger="maple_peft.hub"):
+        hub.check_sources({"--adapter": ("user/maple-eurosat", "model")})
+    assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert "using the cached user/maple-eurosat (offline mode" in caplog.text
+
+
+def test_offline_mode_and_local_folders_never_touch_the_network(online, monkeypatch, tmp_path):
+    monkeypatch.setattr(hub, "_probe", lambda *args: pytest.fail("the Hub must not be asked"))
+    hub.check_sources({"--adapter": (str(tmp_path), "model"), "--model_name_or_path": (None, "model")})
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hub.check_sources({"--adapter": ("user/maple-eurosat", "model")})
+
+
+def _train(tmp_path, *args, env):
+    base_env = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARIABLES}
+    return subprocess.run(
+        [sys.executable, str(REPO / "examples" / "train.py"), "--output_dir", str(tmp_path / "run"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**base_env, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf"), **env},
+    )
+
+
+def test_train_with_an_unreachable_hub_is_one_line_naming_the_network_and_the_way_out(tmp_path, closed_port):
+    result = _train(
+        tmp_path, "--model_name_or_path", "user/model", "--dataset", "eurosat", "--data_root", tmp_path,
+        env={"HF_ENDPOINT": closed_port},
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: Cannot reach the Hugging Face Hub at {closed_port} (")
+    assert "--model_name_or_path user/model" in lines[0] and "HF_HUB_OFFLINE=1" in lines[0]
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    data = tmp_path / "data"
+    result = _train(
+        tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data,
+        env={"HF_HOME": str(blocker / "hf")},
+    )  # fmt: skip
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: Cannot write the datasets cache (HF_DATASETS_CACHE) at {blocker}"
+    )
+    assert f"{blocker} is a file, not a folder" in lines[0] and "HF_HOME" in lines[0]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
+def test_a_read_only_cache_folder_is_refused(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    home.chmod(0o555)
+    try:
+        with pytest.raises(hub.CacheNotWritableError, match="is not writable"):
+            hub.check_writable_cache(home / ".cache" / "huggingface", "the Hugging Face cache")
+    finally:
+        home.chmod(0o755)
+
+
+@pytest.fixture
+def answering_server():
+    """An endpoint that answers every request with 200."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_into_an_unwritable_hub_cache_is_refused_before_it_starts(
+    online, answering_server, monkeypatch, tmp_path
+):
+    monkeypatch.setattr(constants, "ENDPOINT", answering_server)
+    blocker = tmp_path / "read-only-home"
+    blocker.write_text("")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(blocker / ".cache" / "huggingface" / "hub"))
+    with pytest.raises(hub.CacheNotWritableError, match=r"Cannot write the Hugging Face cache \(HF_HUB_CACHE\)"):
+        hub.check_sources({"--model_name_or_path": ("user/model", "model")})
