@@ -23,8 +23,9 @@ import sys
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 
+from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
 from maple_peft.training.data import make_synthetic_imagefolder
 from maple_peft.training.data.synthetic import MARKER as SYNTHETIC_MARKER
 
@@ -39,6 +40,17 @@ TOKENIZER_DIRS = {
 }
 CLASSES = ["annual_crop", "forest", "herbaceous_vegetation", "highway", "industrial", "pasture"]
 CLIP_MARKER = ".maple_peft_smoke_asset"  # written into tiny-clip: the folder is this script's to replace
+
+
+def _clip_image_processor(image_size: int):
+    """CLIP's image processor for `image_size` pixels, without transformers' "requires torchvision ... falling back"
+    notice (resolving the name `CLIPImageProcessor` prints it once when torchvision is missing)."""
+    quiet_known_messages()
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
 
 
 def save_tiny_clip(path: Path, *, image_size: int = 32, seed: int = 0) -> Path:
@@ -73,9 +85,7 @@ def save_tiny_clip(path: Path, *, image_size: int = 32, seed: int = 0) -> Path:
     )
     CLIPModel(config).save_pretrained(path)
     CLIPTokenizer.from_pretrained(TOKENIZER_DIR).save_pretrained(path)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    ).save_pretrained(path)
+    _clip_image_processor(image_size).save_pretrained(path)
     (path / CLIP_MARKER).write_text("written by examples/make_smoke_assets.py\n", encoding="utf-8")
     return path
 
@@ -118,9 +128,7 @@ def save_tiny_model(path: Path, family: str, *, image_size: int = 32, seed: int 
         )
         model, processor = (
             MetaClip2Model(config),
-            CLIPImageProcessor(
-                size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-            ),
+            _clip_image_processor(image_size),
         )
     elif family == "siglip":
         config = SiglipConfig(
@@ -158,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the backbones to build (tiny-<family> folders); the smoke recipe uses tiny-clip",
     )
     args = parser.parse_args(argv)
+    if not progress_bars_wanted():
+        disable_library_progress_bars()  # "Writing model shards" bars in a log file
     root = Path(args.output_dir)
     clip_dir, data_dir = root / "tiny-clip", root / "data"
     try:

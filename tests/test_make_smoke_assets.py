@@ -50,3 +50,22 @@ def test_a_non_empty_folder_it_did_not_create_is_refused_untouched(smoke, tmp_pa
     assert "was not written by make_smoke_assets.py" in capsys.readouterr().err
     assert theirs.read_text() == "mine"
     assert sorted(p.name for p in theirs.parent.iterdir()) == ["notes.txt"]
+
+
+def test_the_command_prints_its_one_line_and_no_third_party_notice(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *_args(tmp_path / "assets")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().startswith("Wrote ")
+    assert "torchvision" not in done.stderr, done.stderr
+    assert done.stderr.strip() == ""
