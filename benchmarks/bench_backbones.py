@@ -16,6 +16,7 @@ lengths; SigLIP pads them to 64 positions anyway). Timings are interleaved media
 
     python benchmarks/bench_backbones.py                 # about 10 min on 2 busy cores
     python benchmarks/bench_backbones.py --reps 5 --classes 100 --memory-classes 300
+    python benchmarks/bench_backbones.py --sections memory   # the memory table only (about 5 min)
 
 Writes benchmarks/results/cpu-backbones.json and .md.
 """
@@ -166,6 +167,7 @@ def measure_memory(n_classes: int) -> list[dict[str, Any]]:
         ("clip", 256, False),
         ("siglip", 256, False),
         ("siglip", 64, True),
+        ("siglip", 16, True),
     ):
         code = (
             f"import sys; sys.path.insert(0, {str(Path(__file__).resolve().parent)!r}); import bench_backbones as b; "
@@ -236,14 +238,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--classes", type=int, default=100, help="classes of the training step")
     parser.add_argument("--text-classes", type=int, default=300, help="classes of the text-encoding timing")
     parser.add_argument("--memory-classes", type=int, default=300)
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=("speed", "memory"),
+        default=["speed", "memory"],
+        help="measure these only and keep the other section of an existing results/cpu-backbones.json",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    results = {
-        "settings": f"{args.classes} classes per step, batch 4, {args.text_classes} classes encoded, {args.reps} reps",
-        "environment": environment("cpu"),
-        "speed": measure_speed(args.classes, args.text_classes, args.reps),
-        "memory": measure_memory(args.memory_classes),
-    }
+    path = RESULTS / "cpu-backbones.json"
+    results = json.loads(path.read_text()) if path.exists() and len(args.sections) < 2 else {}
+    missing = {"speed", "memory"} - set(args.sections) - set(results)
+    if missing:
+        parser.error(f"--sections {' '.join(args.sections)}: no earlier {path.name} holds {sorted(missing)}; run both")
+    results["environment"] = environment("cpu")
+    if "speed" in args.sections:
+        results["settings"] = (
+            f"{args.classes} classes per step, batch 4, {args.text_classes} classes encoded, {args.reps} reps"
+        )
+        results["speed"] = measure_speed(args.classes, args.text_classes, args.reps)
+    if "memory" in args.sections:
+        results["memory"] = measure_memory(args.memory_classes)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "cpu-backbones.json").write_text(json.dumps(results, indent=2) + "\n")
     text = report(results)
