@@ -10,13 +10,14 @@ have `build_maple`, `load_tokenizer` and `class_names`), builds the ViT-B/16-sha
 (n_ctx 2, depth 9), and times training steps (forward, cross-entropy, backward, SGD step with lr 0) after one warm-up
 step, on 2 threads. The processes alternate (before, after, before, after, ...) so that a change in the machine's load
 affects both; the figure is the median of the per-pair ratios after / before. Prints a markdown table; nothing is
-written unless --out is given.
+written unless --out is given (a new .json path, or an earlier result of this script: no other file is replaced).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -57,6 +58,38 @@ def run_tree(tree: Path, classes: int, steps: int) -> list[float]:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def check_output(parser: argparse.ArgumentParser, out: Path) -> None:
+    """Before any process starts: --out and the markdown beside it are new files, or an earlier result of this script
+    (a user's other file is never overwritten), in a folder that can be written."""
+    if out.suffix != ".json":
+        parser.error(f"--out {out}: give a .json path (the markdown table is written beside it, as .md)")
+    for path in (out, out.with_suffix(".md")):
+        if path.exists() and not is_earlier_result(path):
+            parser.error(
+                f"--out {out}: {path} exists and is not an earlier result of bench_trees.py; choose another path"
+            )
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {out}: cannot create its folder ({error.strerror}); choose another path")
+    if not os.access(out.parent, os.W_OK):
+        parser.error(f"--out {out}: the folder {out.parent} is not writable; choose another path")
+
+
+def is_earlier_result(path: Path) -> bool:
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if path.suffix == ".md":
+        return text.startswith("# Training step, two trees (")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return isinstance(data, dict) and {"pairs", "median_ratio"} <= set(data)
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("before", type=Path, help="source tree of the code before the change")
@@ -77,6 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{label} {getattr(args, label)}: not a maple_peft source tree (no maple_peft/ or benchmarks/)"
             )
         trees[label] = tree
+    if args.out is not None:
+        check_output(parser, args.out)
     pairs = []
     for _ in range(args.pairs):
         medians = {label: statistics.median(run_tree(tree, args.classes, args.steps)) for label, tree in trees.items()}
@@ -96,7 +131,6 @@ def main(argv: list[str] | None = None) -> dict:
     print(text)
     results = dict(classes=args.classes, steps=args.steps, pairs=pairs, median_ratio=ratio)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         args.out.with_suffix(".md").write_text(text)
     return results
