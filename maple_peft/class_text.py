@@ -262,9 +262,9 @@ class ClassTextEncoder:
         if not self.shared_prefix:
             return "shared_prefix=False"
         config = active_maple_config(self.model)
-        if config is not None and config.num_rep_tokens:
+        if config is not None and config.text_offset:
             return (
-                "MMRL inserts its representation tokens after the start token at a middle layer, which moves every "
+                f"{config.method.title} inserts tokens after the start token at a middle layer, which moves every "
                 "later token; prompts are trimmed at their end-of-text token but encoded whole"
             )
         base = self.base_model
@@ -294,7 +294,7 @@ class ClassTextEncoder:
                 "shared-prefix encoding (exact) is what makes that affordable, encoding each image's prefix once; "
                 "keep shared_prefix=True (backbones without a shared prefix, such as SigLIP, encode whole prompts)."
             )
-        offset = config.num_rep_tokens if config is not None else 0
+        offset = config.text_offset if config is not None else 0
         images = 1 if condition is None else condition.shape[0]
         if self.shared_prefix_reason() is None:
             with conditioned(base, condition):

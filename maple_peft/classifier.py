@@ -16,15 +16,13 @@ from transformers.utils import ModelOutput
 from .backbones import Backbone, backbone_of
 from .class_text import ClassTextEncoder, TokenizedPrompts, active_maple_config, base_model_of
 from .config import MaPLeConfig
-from .layer import MaPLeRepresentationLayer, MaPLeTextPromptLayer
+from .layer import MaPLeTextPromptLayer
 from .loading import load_image
 from .numerics import flush_denormal
 from .prompts import prompt_template
 
 __all__ = ["ClassifierOutput", "PromptClassifier", "TokenizedPrompts", "active_maple_config", "base_model_of"]
 
-#: MMRL's fixed logit scale (its code multiplies the cosines by 100, not by CLIP's learned scale).
-MMRL_LOGIT_SCALE = 100.0
 REP_LOGITS = ("auto", "fusion", "class")
 
 
@@ -413,32 +411,6 @@ class PromptClassifier(nn.Module):
             return same_classes and self.dataset == config.dataset
         return same_classes
 
-    def _representation_outputs(self, inputs: Any, config: MaPLeConfig, **extra: Any) -> ClassifierOutput:
-        """MMRL: the class path (the class token) and the representation path (its tokens' mean through
-        `post_layernorm` and `proj_rep`) from one pass of the vision tower, both against the same text features."""
-        base, backbone = self.base_model, self.backbone
-        vision = backbone.image_outputs(base, inputs, **extra)
-        image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
-        owner = next(
-            m for m in base.vision_model.modules() if isinstance(m, MaPLeRepresentationLayer) and m.maple_proj_rep
-        )
-        proj_rep = owner.maple_proj_rep[owner.prompt_adapter()]
-        tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
-        rep = tokens.mean(dim=1) @ proj_rep.to(tokens.dtype)
-        rep = rep / rep.norm(dim=-1, keepdim=True)
-        text = self.text_features()
-        logits_class = backbone.logits(base, image, text, scale=MMRL_LOGIT_SCALE)
-        logits_rep = backbone.logits(base, rep, text, scale=MMRL_LOGIT_SCALE)
-        fused = config.alpha * logits_class + (1 - config.alpha) * logits_rep
-        return ClassifierOutput(
-            logits=fused if self.uses_fusion(config) else logits_class,
-            image_features=image,
-            text_features=text,
-            logits_class=logits_class,
-            logits_rep=logits_rep,
-            image_rep_features=rep,
-        )
-
     def outputs(
         self,
         pixel_values: torch.Tensor | Mapping[str, torch.Tensor] | None = None,
@@ -456,8 +428,10 @@ class PromptClassifier(nn.Module):
         inputs = self.image_inputs(pixel_values, pixel_attention_mask, spatial_shapes)
         extra = {"interpolate_pos_encoding": interpolate_pos_encoding}
         config = active_maple_config(self.model)
-        if config is not None and config.num_rep_tokens:
-            return self._representation_outputs(inputs, config, **extra)
+        if config is not None:
+            outputs = config.method.outputs(self, inputs, config, **extra)
+            if outputs is not None:
+                return outputs
         image = self.image_features(inputs, **extra)
         if config is not None and config.conditional:
             text = self.conditioned_text_features(image)

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
+from typing import Any
 
 from peft.config import PeftConfig
 from peft.utils import PeftType
 
+from . import methods
 from .version import __version__
-
-VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
-
-#: Variants whose vision prompts are computed from the text prompts by a coupling function.
-COUPLED_VARIANTS = ("maple", "maple_shared")
-#: Variants with learnable text prompts.
-TEXT_VARIANTS = ("maple", "maple_shared", "ivlp", "language", "cocoop")
-#: Variants whose text context depends on the image (CoCoOp's meta-net): no text feature is shared across images.
-CONDITIONAL_VARIANTS = ("cocoop",)
-#: Variants with shared representation tokens in both towers (MMRL).
-REPRESENTATION_VARIANTS = ("mmrl",)
-#: MMRL's defaults (its configs): representation tokens, their width, the fusion weight.
-MMRL_DEFAULTS = {"n_rep": 5, "rep_dim": 512, "alpha": 0.7}
-#: Variants with vision prompts (coupled or free).
-VISION_VARIANTS = ("maple", "maple_shared", "ivlp", "vision")
 
 #: The longest text context of the supported backbones (CLIP's 77 tokens; SigLIP's is 64, checked against the model).
 MAX_TEXT_LENGTH = 77
@@ -63,8 +51,26 @@ def _warn_if_newer(saved_version: object) -> None:
         )
 
 
+def _method_option_fields() -> list[tuple[str, str, Any]]:
+    """One `MaPLeConfig` field per adapter option a method declares (`maple_peft.methods`): unset (`None`) means the
+    method's default, filled when the config is created."""
+    fields = []
+    for name, (declared, owners) in methods.option_fields().items():
+        annotation = str(declared.type if isinstance(declared.type, str) else declared.type.__name__)
+        annotation = annotation if "None" in annotation else f"{annotation} | None"
+        default = methods.field_default(declared)
+        shown = f" ({default})" if default is not None else ""
+        metadata = {**declared.metadata, "help": declared.metadata.get("help", "") + shown}
+        metadata["methods"] = tuple(method.name for method in owners)
+        fields.append((name, annotation, field(default=None, metadata=metadata)))
+    return fields
+
+
+_MethodOptions = make_dataclass("MethodOptions", _method_option_fields())
+
+
 @dataclass
-class MaPLeConfig(PeftConfig):
+class MaPLeConfig(PeftConfig, _MethodOptions):
     """Configuration of a MaPLe adapter (or of one of the prompt methods that share its machinery) for a CLIP-family
     dual encoder of transformers: `CLIPModel`, `MetaClip2Model`, `SiglipModel` or `Siglip2Model`.
 
@@ -117,14 +123,9 @@ class MaPLeConfig(PeftConfig):
             The position of the first text prompt token: the number of special tokens the tokenizer puts before the
             text (1 for CLIP's and MetaCLIP 2's start token, 0 for SigLIP's tokenizer). Worked out from the tokenizer
             when the adapter is created.
-        n_rep (`int`, *optional*): `"mmrl"`: number of representation tokens (5).
-        rep_dim (`int`, *optional*): `"mmrl"`: width of the representation tokens (512; 2048 in MMRL's EuroSAT recipe).
-        rep_layers (`list[int]`, *optional*):
-            `"mmrl"`: the 1-based layers at whose input the representation tokens enter (inserted right after the start
-            token / class token at the first, replacing them at the others). Defaults to the last 7 layers of the text
-            encoder (6..12 for ViT-B/16), worked out when the adapter is created and saved.
-        alpha (`float`, *optional*): `"mmrl"`: weight of the class-token logits in the fused logits, `alpha * logits
-            + (1 - alpha) * logits_rep` (0.7).
+        Method options: each option a method declares (`maple_peft.methods`, e.g. MMRL's `n_rep`, `rep_dim`,
+            `rep_layers` and `alpha`) is a field too; unset (`None`) gives the method's default, and an option of
+            another method than `variant` is refused. `adapter_config.json` holds the options of its method only.
         template (`str`, *optional*):
             The class prompt template (one `{}`) of the variants without a learned text context (`"mmrl"`, e.g. a
             dataset's `"a centered satellite photo of {}."`); defaults to `f"{prompt_init} {{}}."`.
@@ -173,7 +174,9 @@ class MaPLeConfig(PeftConfig):
     )
     variant: str = field(
         default="maple",
-        metadata={"help": f"One of {VARIANTS}: MaPLe, shared coupling (MaPLe†), IVLP, language-only, vision-only."},
+        metadata={
+            "help": "The method (`maple_peft.methods`): maple, maple_shared, ivlp, language, vision, cocoop, mmrl."
+        },
     )
     prompt_init_std: float = field(
         default=0.02, metadata={"help": "Std of the normal initialization of prompts not initialized from text."}
@@ -202,15 +205,6 @@ class MaPLeConfig(PeftConfig):
     text_prompt_start: int | None = field(
         default=None,
         metadata={"help": "Position of the first text prompt token (after the tokenizer's leading special tokens)."},
-    )
-    n_rep: int | None = field(default=None, metadata={"help": "mmrl: number of representation tokens (5)."})
-    rep_dim: int | None = field(default=None, metadata={"help": "mmrl: width of the representation tokens (512)."})
-    rep_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "mmrl: 1-based layers the representation tokens enter; default the last 7 text layers."},
-    )
-    alpha: float | None = field(
-        default=None, metadata={"help": "mmrl: weight of the class-token logits in the fused logits (0.7)."}
     )
     template: str | None = field(
         default=None,
@@ -242,25 +236,25 @@ class MaPLeConfig(PeftConfig):
                 f"task_type={self.task_type!r} is not supported by MaPLe: leave it as None. PEFT's task classes pass "
                 "`inputs_embeds`, which CLIP's encoders reject; use maple_peft.PromptClassifier for classification."
             )
-        if self.variant not in VARIANTS:
-            raise ValueError(f"variant={self.variant!r} is not known; use one of {VARIANTS}.")
-        self._resolve_variant_defaults()
+        method = methods.get(self.variant)
+        self._refuse_other_methods_options(method)
         for name in ("n_ctx", "depth"):
             if getattr(self, name) is not None:
                 _check_positive_int(name, getattr(self, name))
+        method.resolve(self)
         if self.n_ctx_vision is not None:
             _check_positive_int("n_ctx_vision", self.n_ctx_vision, or_none=True)
-            if self.variant not in VISION_VARIANTS:
+            if not method.vision_prompts:
                 raise ValueError(
                     f"n_ctx_vision={self.n_ctx_vision} was given, but variant={self.variant!r} has no vision prompts; "
                     "leave n_ctx_vision unset, or use variant='ivlp' or 'vision'."
                 )
-            if self.variant in COUPLED_VARIANTS and self.n_ctx_vision != self.n_ctx:
+            if method.coupling and self.n_ctx_vision != self.n_ctx:
                 raise ValueError(
                     f"n_ctx_vision={self.n_ctx_vision} differs from n_ctx={self.n_ctx}, but variant={self.variant!r} "
                     "couples each text token to one vision token; leave n_ctx_vision unset, or use variant='ivlp'."
                 )
-        if self.variant in TEXT_VARIANTS and self.n_ctx + PROMPT_EXTRA_TOKENS > MAX_TEXT_LENGTH:
+        if method.text_prompts and self.n_ctx + PROMPT_EXTRA_TOKENS > MAX_TEXT_LENGTH:
             raise ValueError(
                 f"n_ctx={self.n_ctx} does not fit in a {MAX_TEXT_LENGTH}-token text context: a class prompt "
                 f"holds the start token, the n_ctx context tokens, at least one class-name token, '.' and the end "
@@ -337,82 +331,50 @@ class MaPLeConfig(PeftConfig):
                     raise ValueError(f"class_names contains {name!r}; every class name must be a non-empty string.")
             self.class_names = list(self.class_names)
 
-    def _resolve_variant_defaults(self) -> None:
-        """Fill the defaults that depend on the variant and refuse options another variant owns."""
-        mmrl_fields = {name: getattr(self, name) for name in ("n_rep", "rep_dim", "rep_layers", "alpha")}
-        if self.variant in REPRESENTATION_VARIANTS:
-            if self.depth is not None:
-                raise ValueError(
-                    f"depth={self.depth} was given, but variant={self.variant!r} places its representation tokens by "
-                    "rep_layers; leave depth unset."
-                )
-            for name, default in MMRL_DEFAULTS.items():
-                if getattr(self, name) is None:
-                    setattr(self, name, default)
-            for name in ("n_rep", "rep_dim"):
-                _check_positive_int(name, getattr(self, name))
-            alpha = self.alpha
-            if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-                raise ValueError(f"alpha={alpha!r} must be a number in [0, 1], such as 0.7 (MMRL's).")
-            self.alpha = float(alpha)
-            if self.rep_layers is not None:
-                layers = self.rep_layers
-                if (
-                    isinstance(layers, (str, bytes))
-                    or not isinstance(layers, (list, tuple))
-                    or not layers
-                    or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in layers)
-                    or list(layers) != sorted(set(layers))
-                ):
-                    raise ValueError(
-                        f"rep_layers={layers!r} must be a non-empty increasing list of 1-based layer numbers, such as "
-                        "[6, 7, 8, 9, 10, 11, 12]; leave it unset for the last 7 layers."
-                    )
-                self.rep_layers = list(layers)
-            return
-        given = [name for name, value in mmrl_fields.items() if value is not None]
+    def _refuse_other_methods_options(self, method: methods.Method) -> None:
+        """Options declared by other methods than the config's are refused rather than silently ignored."""
+        own = {f.name for f in dataclasses.fields(method.options)} if method.options else set()
+        given = {
+            name: getattr(self, name)
+            for name, (_, owners) in methods.option_fields().items()
+            if name not in own and getattr(self, name) is not None
+        }
         if given:
+            owners = sorted({m.name for name in given for m in methods.owners(name)})
             raise ValueError(
-                f"{', '.join(f'{name}={mmrl_fields[name]!r}' for name in given)} given, but these are options of "
-                f"variant='mmrl', not of variant={self.variant!r}; leave them unset."
+                f"{', '.join(f'{name}={value!r}' for name, value in given.items())} given, but these are options of "
+                f"variant={' or '.join(repr(name) for name in owners)}, not of variant={self.variant!r}; leave them "
+                "unset."
             )
-        if self.variant in CONDITIONAL_VARIANTS:
-            if self.depth not in (None, 1):
-                raise ValueError(
-                    f"depth={self.depth} was given, but CoCoOp (variant='cocoop') learns its context at the input "
-                    "only; leave depth unset (1)."
-                )
-            self.depth = 1
-            if isinstance(self.prompt_init, str) and self.prompt_init.strip():
-                words = len(self.prompt_init.replace("_", " ").split())
-                if self.n_ctx not in (2, words):  # 2: the field's default, overridden by the word count
-                    raise ValueError(
-                        f"n_ctx={self.n_ctx} was given with prompt_init={self.prompt_init!r}, but CoCoOp takes n_ctx "
-                        f"from prompt_init's word count ({words}); leave n_ctx unset, or pass prompt_init=None for a "
-                        f"random context of n_ctx tokens."
-                    )
-                self.n_ctx = words
-        elif self.depth is None:
-            self.depth = 9
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as `adapter_config.json` holds it: the options of its own method only."""
+        method = methods.get(self.variant)
+        own = {f.name for f in dataclasses.fields(method.options)} if method.options else set()
+        others = set(methods.option_fields()) - own
+        return {name: value for name, value in super().to_dict().items() if name not in others}
+
+    @property
+    def method(self) -> methods.Method:
+        """The method of this adapter (`maple_peft.methods`), from `variant`."""
+        return methods.get(self.variant)
 
     @property
     def conditional(self) -> bool:
         """The text context depends on the image (CoCoOp): text features are computed per image."""
-        return self.variant in CONDITIONAL_VARIANTS
+        return self.method.conditional
 
     @property
-    def num_rep_tokens(self) -> int:
-        """Number of shared representation tokens (MMRL; 0 otherwise)."""
-        return self.n_rep if self.variant in REPRESENTATION_VARIANTS else 0
+    def text_offset(self) -> int:
+        """Tokens the method inserts into the text sequences besides its prompts (MMRL's representation tokens)."""
+        return self.method.text_offset(self)
 
     @property
     def num_vision_tokens(self) -> int:
         """Number of vision prompt tokens (0 for the language-only variant)."""
-        if self.variant not in VISION_VARIANTS:
-            return 0
-        return self.n_ctx_vision if self.n_ctx_vision is not None else self.n_ctx
+        return self.method.num_vision_tokens(self)
 
     @property
     def num_text_tokens(self) -> int:
         """Number of learnable text tokens (0 for the vision-only variant)."""
-        return self.n_ctx if self.variant in TEXT_VARIANTS else 0
+        return self.method.num_text_tokens(self)

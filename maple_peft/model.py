@@ -13,11 +13,10 @@ from torch import nn
 
 from .adapter_name import check_adapter_name
 from .backbones import Backbone, backbone_of, check_same_family
-from .config import COUPLED_VARIANTS, PROMPT_EXTRA_TOKENS, MaPLeConfig
+from .config import PROMPT_EXTRA_TOKENS, MaPLeConfig
 from .layer import (
     MERGE_ERROR,
     MaPLeLayer,
-    MaPLeRepresentationLayer,
     MaPLeTextPromptLayer,
     MaPLeVisionHeadLayer,
     MaPLeVisionPromptLayer,
@@ -57,48 +56,36 @@ def _drops_vision_prompts(backbone: Backbone, config: MaPLeConfig) -> bool:
     return backbone.vision_head is not None and bool(config.num_vision_tokens) and not config.vision_pool_prompts
 
 
-def resolve_rep_layers(model: nn.Module, config: MaPLeConfig) -> list[int]:
-    """MMRL's layers (1-based): the config's, or the last 7 text layers (6..12 for ViT-B/16), checked against both
-    towers and the backbone (MMRL's tokens follow CLIP's class token: no such token in SigLIP)."""
-    backbone, text_model, vision_model = model_towers(model)
-    if not backbone.has_class_token():
-        raise ValueError(
-            f"variant='mmrl' does not carry over to {backbone.display_name}: MMRL places its representation tokens "
-            "right after the class token and classifies with the class token's features, and this backbone pools its "
-            "images with an attention head and has no class token. Use CLIP or MetaCLIP 2 (or another variant)."
-        )
-    n_text, n_vision = len(text_model.encoder.layers), len(vision_model.encoder.layers)
-    layers = config.rep_layers or list(range(max(1, n_text - 6), n_text + 1))
-    limit = min(n_text, n_vision)
-    if layers[-1] > limit:
-        raise ValueError(
-            f"rep_layers={layers} but the towers have {n_text} (text) and {n_vision} (vision) layers; use 1-based layer "
-            f"numbers up to {limit}."
-        )
-    return layers
-
-
 def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
-    """The names of the modules that `config` wraps in `model`, after validating `depth` against both towers.
+    """The names of the modules that `config` wraps in `model` (its method decides), after validating them against
+    both towers.
 
     Args:
         model (`nn.Module`): the base dual encoder.
         config (`MaPLeConfig`): the adapter configuration.
     """
+    return config.method.target_modules(model, config)
+
+
+def prompt_target_modules(model: nn.Module, config: MaPLeConfig, method: Any) -> list[str]:
+    """The modules deep prompts wrap: the token embedding and text layers `1 .. depth-1` (text prompts), the vision
+    embeddings and vision layers `1 .. depth-1` (vision prompts), and the attention-pooling head when the prompts are
+    removed before it; `depth` checked against both towers.
+
+    Args:
+        model (`nn.Module`): the base dual encoder.
+        config (`MaPLeConfig`): the adapter configuration.
+        method (`maple_peft.methods.Method`): its method.
+    """
     backbone, text_model, vision_model = model_towers(model)
     n_text = len(text_model.encoder.layers)
     n_vision = len(vision_model.encoder.layers)
     names: list[str] = []
-    if config.num_rep_tokens:
-        layers = resolve_rep_layers(model, config)
-        # text: every layer from the first one on (the later ones carry the tokens and need the longer causal mask)
-        names += [backbone.text_layer.format(i - 1) for i in range(layers[0], n_text + 1)]
-        return names + [backbone.vision_layer.format(i - 1) for i in layers]
-    if config.num_text_tokens:
+    if method.num_text_tokens(config):
         if config.depth > n_text:
             raise ValueError(f"depth={config.depth} but the text encoder has {n_text} layers; use depth <= {n_text}.")
         names += [backbone.token_embedding] + [backbone.text_layer.format(i) for i in range(1, config.depth)]
-    if config.num_vision_tokens:
+    if method.num_vision_tokens(config):
         if config.depth > n_vision:
             raise ValueError(
                 f"depth={config.depth} but the vision encoder has {n_vision} layers; use depth <= {n_vision}."
@@ -118,7 +105,8 @@ def _target_regex(names: list[str]) -> str:
     return "(" + "|".join(re.escape(name) for name in names) + ")"
 
 
-def _depth_of(key: str) -> int:
+def depth_of_key(key: str) -> int:
+    """The layer index at the end of a module name (`...layers.3` -> 3), 0 for the embeddings."""
     last = key.rsplit(".", 1)[1]
     return int(last) if last.isdigit() else 0
 
@@ -372,8 +360,7 @@ class MaPLeModel(BaseTuner):
                 f"variant (here depth={peft_config.depth}, variant={peft_config.variant!r} give {names}); leave "
                 "target_modules unset (a saved adapter_config.json must keep the values it was saved with)."
             )
-        if peft_config.num_rep_tokens:
-            peft_config.rep_layers = resolve_rep_layers(self.model, peft_config)
+        peft_config.method.prepare(self.model, peft_config)
         _check_text_fits(peft_config, backbone, self.model)
         token_ids, start = resolve_text_tokens(peft_config, self.model)
         _check_text_fits(peft_config, backbone, self.model, token_ids=token_ids)
@@ -405,27 +392,6 @@ class MaPLeModel(BaseTuner):
 
     # ---- creation -------------------------------------------------------------------------------------------------
 
-    def _text_init(self, config: MaPLeConfig, depth: int, backbone: Backbone) -> torch.Tensor:
-        embedding = unwrap(self.model.get_submodule(backbone.token_embedding))
-        width = embedding.weight.shape[1]
-        if depth == 0 and config.prompt_init_token_ids is not None:
-            ids = torch.tensor(config.prompt_init_token_ids, device=embedding.weight.device)
-            return embedding.weight[ids].detach().float()
-        return torch.empty(config.n_ctx, width).normal_(std=config.prompt_init_std)
-
-    def _coupling(self, config: MaPLeConfig, adapter_name: str, depth: int, d_text: int, d_vision: int):
-        if config.variant not in COUPLED_VARIANTS:
-            return None
-        if depth == 0:
-            return nn.Linear(d_text, d_vision)
-        if config.variant == "maple_shared":
-            return None
-        # the deeper couplings start as copies of one freshly initialized Linear, as in the original code
-        templates = self.__dict__.setdefault("_maple_coupling_templates", {})
-        if adapter_name not in templates:
-            templates[adapter_name] = nn.Linear(d_text, d_vision)
-        return copy.deepcopy(templates[adapter_name])
-
     def _create_and_replace(
         self,
         peft_config: MaPLeConfig,
@@ -436,94 +402,7 @@ class MaPLeModel(BaseTuner):
         current_key: str,
         **kwargs: Any,
     ) -> None:
-        depth = _depth_of(current_key)
-        backbone = backbone_of(self.model)
-        base = unwrap(target)
-        n_ctx = peft_config.num_vision_tokens
-        wanted = MaPLeRepresentationLayer if peft_config.num_rep_tokens else None
-        if isinstance(target, MaPLeLayer) and (wanted is not None) != isinstance(target, MaPLeRepresentationLayer):
-            raise ValueError(
-                f"{current_key} already carries an adapter of another kind ({type(target).__name__}); MMRL's "
-                "representation tokens and the prompts of the other variants cannot share a model. Add the adapter "
-                "to a fresh base model."
-            )
-        if wanted is not None:
-            self._create_representation_layer(peft_config, adapter_name, target, target_name, parent, current_key)
-            return
-        if current_key == backbone.vision_head:
-            if isinstance(target, MaPLeVisionHeadLayer):
-                target.update_layer(adapter_name, n_ctx)
-                return
-            new_module = MaPLeVisionHeadLayer(base, adapter_name, n_ctx)
-        elif current_key == backbone.token_embedding or current_key.startswith(backbone.text_layer.format("")):
-            init = self._text_init(peft_config, depth, backbone)
-            start = peft_config.text_prompt_start
-            meta_net = self._meta_net(peft_config, backbone) if depth == 0 else None
-            if isinstance(target, MaPLeTextPromptLayer):
-                target.update_layer(adapter_name, init, start, meta_net)
-                return
-            new_module = MaPLeTextPromptLayer(base, adapter_name, depth, init, start, meta_net)
-        else:
-            d_text, d_vision = backbone.widths(self.model.config)
-            coupling = self._coupling(peft_config, adapter_name, depth, d_text, d_vision)
-            init = None
-            if peft_config.variant not in COUPLED_VARIANTS:
-                init = torch.empty(n_ctx, d_vision).normal_(std=peft_config.prompt_init_std)
-            if isinstance(target, MaPLeVisionPromptLayer):
-                target.update_layer(adapter_name, n_ctx, init=init, coupling=coupling)
-                return
-            new_module = MaPLeVisionPromptLayer(base, adapter_name, depth, n_ctx, init=init, coupling=coupling)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
-
-    def _meta_net(self, config: MaPLeConfig, backbone: Backbone) -> tuple[nn.Linear, nn.Linear] | None:
-        """CoCoOp's meta-net: `Linear(embed_dim, embed_dim // 16) -> ReLU -> Linear(embed_dim // 16, d_text)`, fed with
-        the normalized image features (PyTorch's default initialization, as the original)."""
-        if not config.conditional:
-            return None
-        embed_dim = backbone.embed_dim(self.model.config)
-        hidden = max(embed_dim // 16, 1)
-        d_text, _ = backbone.widths(self.model.config)
-        return nn.Linear(embed_dim, hidden), nn.Linear(hidden, d_text)
-
-    def _create_representation_layer(
-        self,
-        config: MaPLeConfig,
-        adapter_name: str,
-        target: nn.Module,
-        target_name: str,
-        parent: nn.Module,
-        current_key: str,
-    ) -> None:
-        """MMRL: a text or vision layer that inserts, replaces or carries the representation tokens."""
-        backbone = backbone_of(self.model)
-        index = _depth_of(current_key)
-        layer_number = index + 1
-        tower = "vision" if current_key.startswith(backbone.vision_layer.format("")) else "text"
-        first = layer_number == config.rep_layers[0]
-        d_text, d_vision = backbone.widths(self.model.config)
-        proj = None
-        if layer_number in config.rep_layers:
-            # each tower's projections start as copies of one freshly initialized Linear, as in the original code
-            templates = self.__dict__.setdefault("_maple_rep_templates", {})
-            key = (adapter_name, tower)
-            if key not in templates:
-                templates[key] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
-            proj = copy.deepcopy(templates[key])
-        tokens = proj_rep = None
-        if first and tower == "text":
-            tokens = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
-        if first and tower == "vision":
-            proj_rep = d_vision**-0.5 * torch.randn(d_vision, backbone.embed_dim(self.model.config))
-        args = (config.n_rep, first, proj, tokens, proj_rep)
-        if isinstance(target, MaPLeRepresentationLayer):
-            target.update_layer(adapter_name, *args)
-            return
-        new_module = MaPLeRepresentationLayer(unwrap(target), adapter_name, index, tower, *args)
-        if adapter_name not in self.active_adapters:
-            new_module.requires_grad_(False)
-        self._replace_module(parent, target_name, new_module, target)
+        peft_config.method.create_layer(self, peft_config, adapter_name, target, target_name, parent, current_key)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         setattr(parent, child_name, new_module)
@@ -546,10 +425,7 @@ class MaPLeModel(BaseTuner):
             low_cpu_mem_usage=low_cpu_mem_usage,
             **kwargs,
         )
-        self.__dict__.get("_maple_coupling_templates", {}).pop(adapter_name, None)
-        for key in [key for key in self.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
-            del self.__dict__["_maple_rep_templates"][key]
-        self._link(adapter_name)
+        self.peft_config[adapter_name].method.link(self, adapter_name)
         self._register_hooks()
 
     def _register_hooks(self) -> None:
@@ -559,28 +435,6 @@ class MaPLeModel(BaseTuner):
             return
         handle = self.model.vision_model.register_forward_pre_hook(extend_pixel_attention_mask, with_kwargs=True)
         self.__dict__["_maple_hooks"] = [handle]
-
-    def _link(self, adapter_name: str) -> None:
-        """Connect each coupled vision layer of `adapter_name` to the text layer of the same depth, and each MMRL
-        layer to the layer holding the representation tokens."""
-        config = self.peft_config[adapter_name]
-        if config.num_rep_tokens:
-            layers = [m for m in self.model.modules() if isinstance(m, MaPLeRepresentationLayer)]
-            owner = next(m for m in layers if adapter_name in m.maple_rep_tokens)
-            for layer in layers:
-                if adapter_name in layer.maple_n_ctx:
-                    layer.link(adapter_name, owner)
-            return
-        if config.variant not in COUPLED_VARIANTS:
-            return
-        backbone = backbone_of(self.model)
-        text_layers = [self.model.get_submodule(backbone.token_embedding)]
-        text_layers += list(backbone.text_layers(self.model)[1 : config.depth])
-        vision_layers = [self.model.get_submodule(backbone.vision_embeddings)]
-        vision_layers += list(backbone.vision_layers(self.model)[1 : config.depth])
-        for text_layer, vision_layer in zip(text_layers, vision_layers):
-            owner = vision_layer if config.variant == "maple" else vision_layers[0]
-            vision_layer.link(adapter_name, text_layer, owner)
 
     # ---- things a prompt method cannot do ---------------------------------------------------------------------------
 
@@ -609,3 +463,128 @@ class MaPLeModel(BaseTuner):
         if hasattr(self.model, "peft_config"):
             del self.model.peft_config
         return self.model
+
+
+# ---- deep prompts: the layers of the methods that learn prompt tokens (`maple_peft.methods.Method`'s defaults) ------
+
+
+def _text_init(model: nn.Module, config: MaPLeConfig, depth: int, backbone: Backbone) -> torch.Tensor:
+    embedding = unwrap(model.get_submodule(backbone.token_embedding))
+    width = embedding.weight.shape[1]
+    if depth == 0 and config.prompt_init_token_ids is not None:
+        ids = torch.tensor(config.prompt_init_token_ids, device=embedding.weight.device)
+        return embedding.weight[ids].detach().float()
+    return torch.empty(config.n_ctx, width).normal_(std=config.prompt_init_std)
+
+
+def _coupling(
+    tuner: MaPLeModel, method: Any, adapter_name: str, depth: int, d_text: int, d_vision: int
+) -> nn.Linear | None:
+    if method.coupling is None:
+        return None
+    if depth == 0:
+        return nn.Linear(d_text, d_vision)
+    if method.coupling == "shared":
+        return None
+    # the deeper couplings start as copies of one freshly initialized Linear, as in the original code
+    templates = tuner.__dict__.setdefault("_maple_coupling_templates", {})
+    if adapter_name not in templates:
+        templates[adapter_name] = nn.Linear(d_text, d_vision)
+    return copy.deepcopy(templates[adapter_name])
+
+
+def _meta_net(model: nn.Module, backbone: Backbone) -> tuple[nn.Linear, nn.Linear]:
+    """CoCoOp's meta-net: `Linear(embed_dim, embed_dim // 16) -> ReLU -> Linear(embed_dim // 16, d_text)`, fed with
+    the normalized image features (PyTorch's default initialization, as the original)."""
+    embed_dim = backbone.embed_dim(model.config)
+    hidden = max(embed_dim // 16, 1)
+    d_text, _ = backbone.widths(model.config)
+    return nn.Linear(embed_dim, hidden), nn.Linear(hidden, d_text)
+
+
+def create_prompt_layer(
+    tuner: MaPLeModel,
+    config: MaPLeConfig,
+    method: Any,
+    adapter_name: str,
+    target: nn.Module,
+    target_name: str,
+    parent: nn.Module,
+    key: str,
+) -> None:
+    """Wrap (or update) module `key` with the deep-prompt layer of its place: text prompts (with a meta-net when the
+    method is conditional), vision prompts (free, or coupled to the text prompts) or the pooling head that drops them.
+
+    Args:
+        tuner (`MaPLeModel`): the tuner injecting the adapter.
+        config (`MaPLeConfig`): the adapter's configuration.
+        method (`maple_peft.methods.Method`): its method.
+        adapter_name (`str`): the adapter.
+        target, target_name, parent, key: the module, its attribute name in `parent`, and its full name.
+    """
+    model = tuner.model
+    depth = depth_of_key(key)
+    backbone = backbone_of(model)
+    base = unwrap(target)
+    n_ctx = method.num_vision_tokens(config)
+    if key == backbone.vision_head:
+        wanted: type[MaPLeLayer] = MaPLeVisionHeadLayer
+    elif key == backbone.token_embedding or key.startswith(backbone.text_layer.format("")):
+        wanted = MaPLeTextPromptLayer
+    else:
+        wanted = MaPLeVisionPromptLayer
+    if isinstance(target, MaPLeLayer) and not isinstance(target, wanted):
+        raise ValueError(
+            f"{key} already carries an adapter of another kind ({type(target).__name__}); the prompts of "
+            f"variant={config.variant!r} cannot share it. Add the adapter to a fresh base model."
+        )
+    if wanted is MaPLeVisionHeadLayer:
+        if isinstance(target, MaPLeVisionHeadLayer):
+            target.update_layer(adapter_name, n_ctx)
+            return
+        new_module = MaPLeVisionHeadLayer(base, adapter_name, n_ctx)
+    elif wanted is MaPLeTextPromptLayer:
+        init = _text_init(model, config, depth, backbone)
+        start = config.text_prompt_start
+        meta_net = _meta_net(model, backbone) if depth == 0 and method.conditional else None
+        if isinstance(target, MaPLeTextPromptLayer):
+            target.update_layer(adapter_name, init, start, meta_net)
+            return
+        new_module = MaPLeTextPromptLayer(base, adapter_name, depth, init, start, meta_net)
+    else:
+        d_text, d_vision = backbone.widths(model.config)
+        coupling = _coupling(tuner, method, adapter_name, depth, d_text, d_vision)
+        init = None
+        if method.coupling is None:
+            init = torch.empty(n_ctx, d_vision).normal_(std=config.prompt_init_std)
+        if isinstance(target, MaPLeVisionPromptLayer):
+            target.update_layer(adapter_name, n_ctx, init=init, coupling=coupling)
+            return
+        new_module = MaPLeVisionPromptLayer(base, adapter_name, depth, n_ctx, init=init, coupling=coupling)
+    if adapter_name not in tuner.active_adapters:
+        new_module.requires_grad_(False)
+    tuner._replace_module(parent, target_name, new_module, target)
+
+
+def link_couplings(tuner: MaPLeModel, method: Any, adapter_name: str) -> None:
+    """Connect each coupled vision layer of `adapter_name` to the text layer of the same depth (and to the layer that
+    holds its coupling: its own, or the depth-0 one when the coupling is shared).
+
+    Args:
+        tuner (`MaPLeModel`): the tuner that injected the adapter.
+        method (`maple_peft.methods.Method`): the adapter's method.
+        adapter_name (`str`): the adapter.
+    """
+    tuner.__dict__.get("_maple_coupling_templates", {}).pop(adapter_name, None)
+    if method.coupling is None:
+        return
+    config = tuner.peft_config[adapter_name]
+    model = tuner.model
+    backbone = backbone_of(model)
+    text_layers = [model.get_submodule(backbone.token_embedding)]
+    text_layers += list(backbone.text_layers(model)[1 : config.depth])
+    vision_layers = [model.get_submodule(backbone.vision_embeddings)]
+    vision_layers += list(backbone.vision_layers(model)[1 : config.depth])
+    for text_layer, vision_layer in zip(text_layers, vision_layers):
+        owner = vision_layer if method.coupling == "per_depth" else vision_layers[0]
+        vision_layer.link(adapter_name, text_layer, owner)

@@ -3,8 +3,8 @@
 Every objective is an `nn.Module` built on a `PromptClassifier` and called as `out = objective(images, labels)`,
 returning `ObjectiveOutput(loss, logits, terms)`; its only parameters are the classifier's, so prepare the objective
 (`accelerator.prepare(objective)`) instead of the classifier. The frozen model that several of them compare against is
-the same model with its adapter disabled: no second copy of the weights is kept. Each objective declares the options
-it takes (`options`, read by `examples/train.py`) and says what it is (`describe()`, written into model cards).
+the same model with its adapter disabled: no second copy of the weights is kept. The options of an objective are declared
+by its method (`maple_peft.methods`, read by `examples/train.py`); the objective says what it is (`describe()`, written into model cards).
 
 | objective | class | loss |
 |---|---|---|
@@ -16,6 +16,7 @@ it takes (`options`, read by `examples/train.py`) and says what it is (`describe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 from transformers.utils import ModelOutput
 
+from . import methods
 from .class_text import ClassTextEncoder, active_maple_config
 from .classifier import PromptClassifier
 
@@ -47,25 +49,6 @@ class ObjectiveOutput(ModelOutput):
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     terms: dict[str, torch.Tensor] | None = None
-
-
-@dataclass(frozen=True)
-class ObjectiveOption:
-    """One option of an objective, as the training script exposes it (`--{name}`).
-
-    Args:
-        name (`str`): the option's name (the keyword argument of `from_options`, and the script's option).
-        type (`type`): `float` or `str`.
-        default (`Any`): the default value (the original recipe's).
-        help (`str`): what it is.
-        title (`str`): its name in model cards.
-    """
-
-    name: str
-    type: type
-    default: Any
-    help: str
-    title: str = ""
 
 
 def check_weight(name: str, value: float) -> float:
@@ -102,8 +85,8 @@ def cosine_distance(a: torch.Tensor, b: torch.Tensor, eps: float) -> torch.Tenso
 class PromptObjective(nn.Module):
     """The common part of the objectives: the classifier, the frozen model, its cached text targets.
 
-    Subclasses set `name`, `title` and `options`, and implement `forward(images, labels) -> ObjectiveOutput` and
-    `describe()`.
+    Subclasses set `name` (the objective's name in `maple_peft.methods`, whose method declares its options) and
+    `title`, and implement `forward(images, labels) -> ObjectiveOutput` and `describe()`.
 
     Args:
         classifier (`PromptClassifier`): the classifier being trained (not wrapped by DDP).
@@ -111,7 +94,6 @@ class PromptObjective(nn.Module):
 
     name: ClassVar[str] = ""
     title: ClassVar[str] = ""
-    options: ClassVar[tuple[ObjectiveOption, ...]] = ()
 
     def __init__(self, classifier: PromptClassifier) -> None:
         super().__init__()
@@ -152,10 +134,19 @@ class PromptObjective(nn.Module):
             options (`Mapping[str, Any]`): the training options of the run.
         """
         rows = [("Objective", cls.title)]
-        for option in cls.options:
+        for option in cls.option_fields():
             value = options.get(option.name)
-            rows.append((option.title or option.name, str(option.default if value is None else value)))
+            title = option.metadata.get("title", option.name)
+            rows.append((title, str(methods.field_default(option) if value is None else value)))
         return rows
+
+    @classmethod
+    def option_fields(cls) -> tuple[dataclasses.Field, ...]:
+        """The options this objective takes, as its method declares them (`maple_peft.methods`)."""
+        method = methods.objectives().get(cls.name)
+        if method is None or method.objective_options is None:
+            return ()
+        return dataclasses.fields(method.objective_options)
 
     @contextmanager
     def frozen_model(self) -> Iterator[nn.Module]:
@@ -260,18 +251,6 @@ class KnowledgeGuidedLoss(PromptObjective):
 
     name = "kgcoop"
     title = "KgCoOp knowledge-guided loss"
-    options = (
-        ObjectiveOption(
-            "kg_weight", float, 8.0, "KgCoOp: weight of 1 - mean cos(text, frozen text) (8.0)", "Knowledge weight"
-        ),
-        ObjectiveOption(
-            "kg_template",
-            str,
-            "a photo of a {}.",
-            "KgCoOp: template of the frozen text (default: the dataset's)",
-            "Knowledge template",
-        ),
-    )
     #: the eps of KgCoOp's `torch.nn.CosineSimilarity`
     EPS = 1e-7
 
@@ -331,17 +310,12 @@ class RepresentationLoss(PromptObjective):
 
     name = "mmrl"
     title = "MMRL representation loss"
-    options = (
-        ObjectiveOption(
-            "reg_weight", float, 1.0, "MMRL: weight of each cosine regularization term", "Regularization weight"
-        ),
-    )
     EPS = 1e-8
 
     def __init__(self, classifier: PromptClassifier, reg_weight: float = 1.0, alpha: float | None = None) -> None:
         super().__init__(classifier)
         config = active_maple_config(classifier.model)
-        if config is None or not config.num_rep_tokens:
+        if config is None or config.variant != "mmrl":
             raise ValueError(
                 "RepresentationLoss trains MMRL's representation tokens, but the classifier's active adapter is not "
                 "an MMRL adapter; create it with MaPLeConfig(variant='mmrl')."
@@ -383,21 +357,17 @@ class RepresentationLoss(PromptObjective):
 
 
 def objective_classes() -> dict[str, type[PromptObjective]]:
-    """The training objectives by name: `ce`, `src` (PromptSRC), `kgcoop`, `mmrl`."""
-    from .regularization import SelfRegularizedLoss
-
-    return {
-        cls.name: cls for cls in (CrossEntropyObjective, SelfRegularizedLoss, KnowledgeGuidedLoss, RepresentationLoss)
-    }
-
-
-#: PromptSRC's weights: a run that sets any of them > 0 without naming its objective trains with `src`.
-SRC_WEIGHTS = ("text_weight", "image_weight", "logits_weight")
+    """The training objectives by name: `ce` and those the methods define (`maple_peft.methods`)."""
+    found: dict[str, type[PromptObjective]] = {CrossEntropyObjective.name: CrossEntropyObjective}
+    for name, method in methods.objectives().items():
+        found[name] = method.objective_class()
+    return found
 
 
 def objective_name(options: Mapping[str, Any], variant: str | None = None) -> str:
-    """The objective of a run: its `objective` option, else `mmrl` for an MMRL adapter, `src` when a PromptSRC weight
-    is > 0, `ce` otherwise (runs recorded before the option existed included).
+    """The objective of a run: its `objective` option, else the variant's own objective (MMRL's loss for an MMRL
+    adapter), else an objective one of whose weights is > 0 (PromptSRC's, for runs recorded before the option
+    existed), else `ce`.
 
     Args:
         options (`Mapping[str, Any]`): the run's training options.
@@ -405,8 +375,11 @@ def objective_name(options: Mapping[str, Any], variant: str | None = None) -> st
     """
     if options.get("objective"):
         return str(options["objective"])
-    if variant == "mmrl":
-        return "mmrl"
-    if any(float(options.get(name) or 0) > 0 for name in SRC_WEIGHTS):
-        return "src"
+    method = methods.variants().get(variant or "")
+    if method is not None and method.default_objective != "ce":
+        return method.default_objective
+    for name, method in methods.objectives().items():
+        weights = [f.name for f in methods.fields_of(method.objective_options) if "off" in f.metadata]
+        if any(float(options.get(weight) or 0) > 0 for weight in weights):
+            return name
     return "ce"

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .classifier import PromptClassifier
-from .objectives import ObjectiveOption, ObjectiveOutput, PromptObjective, check_templates, check_weight
+from .objectives import ObjectiveOutput, PromptObjective, check_templates, check_weight
 from .templates import IMAGENET_TEMPLATES
 
 
@@ -74,15 +74,6 @@ class SelfRegularizedLoss(PromptObjective):
 
     name = "src"
     title = "PromptSRC self-regulating losses"
-    options = (
-        ObjectiveOption(
-            "text_weight", float, 25.0, "L1 to the frozen text features (PromptSRC: 25)", "Self-regulating text weight"
-        ),
-        ObjectiveOption(
-            "image_weight", float, 10.0, "L1 to the frozen image features (10)", "Self-regulating image weight"
-        ),
-        ObjectiveOption("logits_weight", float, 1.0, "KL to the frozen logits (1)", "Self-regulating logits weight"),
-    )
 
     def __init__(
         self,

@@ -1,0 +1,239 @@
+"""The prompt methods, one module each, and the registry that the engine asks instead of naming a method.
+
+A method module (`maple_peft/methods/<name>.py`) holds what is that method's and registers it when imported; every
+module of this package is imported by `registry()`, so adding a method is adding a module. A module imports no torch
+at import time (the command line reads the options before torch is loaded); the hooks that need torch import it.
+
+What a method module declares, as class attributes of a `Method` subclass passed to `register`:
+
+- `name`: the registry key; for a method that shapes the adapter, the `MaPLeConfig.variant` saved in
+  `adapter_config.json` (`"mmrl"`); for a method that is a training objective only, its `--objective` (`"kgcoop"`).
+- `title`, `paper`, `citation`, `description`: how cards and tables name and describe it.
+- `recipes`: the stems of its recipes in `examples/configs/`.
+- `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
+  `metadata={"help": ...}` (and `"title"` for cards). `MaPLeConfig` gets one field per option (unset: `None`), the
+  training script one flag, and `adapter_config.json` holds the options of the adapter's own method only.
+- `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,
+  declared like `options` (the training script's flags and the card rows read them).
+- `default_objective`: the objective a run of this variant trains with when none is named (`"ce"`).
+- The prompt structure the shared deep-prompt engine builds for it: `text_prompts`, `vision_prompts`, `coupling`
+  (`None`, `"per_depth"` or `"shared"`), `conditional`, `default_depth`.
+
+and these hooks, with defaults that build deep prompts (a method that builds something else overrides them):
+
+- `resolve(config)`: fill the defaults that depend on the method and check its options (no model, no torch);
+- `prepare(model, config)`: fill what needs the base model (e.g. MMRL's `rep_layers`);
+- `target_modules(model, config)`, `create_layer(tuner, config, adapter_name, target, target_name, parent,
+  key)`, `link(tuner, adapter_name)`: the layers it wraps, how, and how they share tensors;
+- `text_offset(config)`: tokens it inserts into the text sequences besides the prompts (the pooled token moves);
+- `outputs(classifier, inputs, config, **extra)`: its logits and features, or `None` for the classifier's own;
+- `objective_class()`: its training loss (an `maple_peft.objectives.PromptObjective` subclass);
+- `card_rows(peft_config)`: the rows of its options in a card's table.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+__all__ = [
+    "Method",
+    "field_default",
+    "fields_of",
+    "flag_type",
+    "get",
+    "objective_names",
+    "objectives",
+    "option_fields",
+    "register",
+    "registry",
+    "variants",
+]
+
+_REGISTRY: dict[str, Method] = {}
+_LOADED = False
+
+
+class Method:
+    """A prompt method: what the engine needs to know about it (see the module docstring). Subclass it in a module of
+    `maple_peft.methods` and `register` an instance."""
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    citation: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    recipes: ClassVar[tuple[str, ...]] = ()
+    #: Is `name` a value of `MaPLeConfig.variant` (the method shapes the adapter)?
+    is_variant: ClassVar[bool] = True
+    options: ClassVar[type | None] = None
+    objective: ClassVar[str | None] = None
+    objective_options: ClassVar[type | None] = None
+    default_objective: ClassVar[str] = "ce"
+    text_prompts: ClassVar[bool] = False
+    vision_prompts: ClassVar[bool] = False
+    coupling: ClassVar[str | None] = None
+    conditional: ClassVar[bool] = False
+    default_depth: ClassVar[int | None] = 9
+
+    # ---- the adapter's configuration ------------------------------------------------------------------------------
+
+    def resolve(self, config: Any) -> None:
+        """Fill the method's defaults in `config` (a `MaPLeConfig`) and check its options; raise `ValueError` or
+        `TypeError` naming a bad value. The default: the depth of deep prompts."""
+        if self.default_depth is not None and config.depth is None:
+            config.depth = self.default_depth
+
+    def prepare(self, model: Any, config: Any) -> None:
+        """Fill the options of `config` that need the base model `model`, when the adapter is created."""
+
+    def num_text_tokens(self, config: Any) -> int:
+        """Learnable text context tokens of an adapter."""
+        return config.n_ctx if self.text_prompts else 0
+
+    def num_vision_tokens(self, config: Any) -> int:
+        """Vision prompt tokens of an adapter."""
+        if not self.vision_prompts:
+            return 0
+        return config.n_ctx_vision if config.n_ctx_vision is not None else config.n_ctx
+
+    def text_offset(self, config: Any) -> int:
+        """Tokens the method inserts into the text sequences besides its prompts (they move the pooled token, and
+        the shared-prefix encoding does not apply)."""
+        return 0
+
+    # ---- the layers -----------------------------------------------------------------------------------------------
+
+    def target_modules(self, model: Any, config: Any) -> list[str]:
+        """The names of the modules of `model` the adapter wraps (deep prompts by default)."""
+        from ..model import prompt_target_modules
+
+        return prompt_target_modules(model, config, self)
+
+    def create_layer(
+        self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
+    ) -> None:
+        """Wrap (or update) `target`, the module `key` of the model, for adapter `adapter_name`."""
+        from ..model import create_prompt_layer
+
+        create_prompt_layer(tuner, config, self, adapter_name, target, target_name, parent, key)
+
+    def link(self, tuner: Any, adapter_name: str) -> None:
+        """After injection: connect the layers of `adapter_name` that share tensors."""
+        from ..model import link_couplings
+
+        link_couplings(tuner, self, adapter_name)
+
+    # ---- logits and loss ------------------------------------------------------------------------------------------
+
+    def outputs(self, classifier: Any, inputs: Any, config: Any, **extra: Any) -> Any:
+        """The classifier's `ClassifierOutput` for image `inputs`, or `None` to let the classifier compute it."""
+        return None
+
+    def objective_class(self) -> type:
+        """The training loss this method defines (`objective`)."""
+        raise NotImplementedError(f"{self.title} defines no training objective.")
+
+    # ---- cards ----------------------------------------------------------------------------------------------------
+
+    def card_rows(self, peft_config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+        """Rows `(title, value)` of its adapter options for a card's table (unset options left out)."""
+        return [
+            (field.metadata.get("title", field.name), peft_config[field.name])
+            for field in fields_of(self.options)
+            if peft_config.get(field.name) is not None
+        ]
+
+    def __repr__(self) -> str:
+        return f"<method {self.name!r}: {self.title}>"
+
+
+def register(method: Method) -> Method:
+    """Add `method` to the registry (a module of this package calls it when imported)."""
+    if method.name in _REGISTRY and type(_REGISTRY[method.name]) is not type(method):
+        raise ValueError(f"Two methods are named {method.name!r}: {_REGISTRY[method.name]!r} and {method!r}.")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def registry() -> dict[str, Method]:
+    """Every registered method by name, after importing every module of this package."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+    return _REGISTRY
+
+
+def variants() -> dict[str, Method]:
+    """The methods that shape an adapter, by `MaPLeConfig.variant`."""
+    return {name: method for name, method in registry().items() if method.is_variant}
+
+
+def get(variant: str) -> Method:
+    """The method of `MaPLeConfig.variant` `variant`; `ValueError` naming the known ones otherwise."""
+    known = variants()
+    if variant not in known:
+        raise ValueError(f"variant={variant!r} is not known; use one of {tuple(known)}.")
+    return known[variant]
+
+
+def objectives() -> dict[str, Method]:
+    """The methods that define a training objective, by objective name (`--objective`)."""
+    return {method.objective: method for method in registry().values() if method.objective}
+
+
+def objective_names() -> tuple[str, ...]:
+    """Every objective: plain cross-entropy (`"ce"`) and the methods' ones."""
+    return ("ce", *objectives())
+
+
+def fields_of(options: type | None) -> tuple[dataclasses.Field, ...]:
+    """The fields of an options dataclass (none for `None`)."""
+    return dataclasses.fields(options) if options is not None else ()
+
+
+def option_fields(kind: str = "options") -> dict[str, tuple[dataclasses.Field, list[Method]]]:
+    """Every option the methods declare (`kind`: `"options"` of adapters or `"objective_options"`), by name: its
+    first declaration and the methods that declare it (a name declared twice must mean the same)."""
+    found: dict[str, tuple[dataclasses.Field, list[Method]]] = {}
+    for method in registry().values():
+        for field in fields_of(getattr(method, kind)):
+            if field.name in found:
+                found[field.name][1].append(method)
+            else:
+                found[field.name] = (field, [method])
+    return found
+
+
+def field_default(field: dataclasses.Field) -> Any:
+    """The default a dataclass field declares (`None` when it has none)."""
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return None
+
+
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def flag_type(field: dataclasses.Field) -> tuple[type, str | None]:
+    """The command-line form of an option: `(type of one value, nargs)`; `list[int]` gives `(int, "*")`."""
+    annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
+    parts = [part.strip() for part in str(annotation).split("|") if part.strip() != "None"]
+    text = parts[0] if parts else "str"
+    if text.startswith("list[") and text.endswith("]"):
+        return _TYPES.get(text[5:-1], str), "*"
+    return _TYPES.get(text, str), None
+
+
+def owners(name: str, kind: str = "options") -> list[Method]:
+    """The methods that declare option `name`."""
+    entry = option_fields(kind).get(name)
+    return list(entry[1]) if entry else []

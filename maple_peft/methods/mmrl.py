@@ -1,0 +1,256 @@
+"""MMRL (Guo & Gu, "MMRL: Multi-Modal Representation Learning for Vision-Language Models", CVPR 2025,
+https://huggingface.co/papers/2503.08497): representation tokens shared by both towers.
+
+`n_rep` tokens `R` of width `rep_dim` are projected, per layer of `rep_layers`, into each tower by a `Linear(rep_dim,
+d)` and enter right after the first token (text: the start token, vision: the class token); the class prompts are the
+hand-written `template`, with no learned context. Images are classified by the class token (class path) and by the
+mean of the representation tokens through `post_layernorm` and `proj_rep` (representation path); on the classes the
+adapter was trained on the logits are `alpha * class + (1 - alpha) * representation`, elsewhere the class path's.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import Method, register
+
+#: MMRL's logit scale: its code multiplies the cosines by 100, not by CLIP's learned scale.
+LOGIT_SCALE = 100.0
+
+
+@dataclass
+class MMRLOptions:
+    """The adapter options of MMRL (its configs' values as defaults)."""
+
+    n_rep: int = field(
+        default=5, metadata={"help": "mmrl: number of representation tokens", "title": "Representation tokens (n_rep)"}
+    )
+    rep_dim: int = field(
+        default=512,
+        metadata={"help": "mmrl: width of the representation tokens", "title": "Representation width (rep_dim)"},
+    )
+    rep_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "mmrl: 1-based layers the representation tokens enter (default: the last 7 text layers)",
+            "title": "Representation layers",
+        },
+    )
+    alpha: float = field(
+        default=0.7,
+        metadata={"help": "mmrl: weight of the class path in the fused logits", "title": "Fusion weight (alpha)"},
+    )
+
+
+@dataclass
+class MMRLObjectiveOptions:
+    """The options of MMRL's loss."""
+
+    reg_weight: float = field(
+        default=1.0,
+        metadata={"help": "mmrl: weight of each cosine regularization term", "title": "Regularization weight"},
+    )
+
+
+def _check_positive_int(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
+
+
+def default_rep_layers(n_text: int) -> list[int]:
+    """MMRL's default layers: the last 7 of a text tower of `n_text` layers (6..12 for ViT-B/16)."""
+    return list(range(max(1, n_text - 6), n_text + 1))
+
+
+class MMRL(Method):
+    name = "mmrl"
+    title = "MMRL"
+    paper = "[MMRL](https://arxiv.org/abs/2503.08497) (Multi-Modal Representation Learning, Guo et al., CVPR 2025)"
+    citation = """@inproceedings{guo2025mmrl,
+  title={MMRL: Multi-Modal Representation Learning for Vision-Language Models},
+  author={Guo, Yuncheng and Gu, Xiaodong},
+  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
+  year={2025}
+}"""
+    description = (
+        "learns representation tokens shared by both encoders, projected into their later layers, and a projection "
+        "of the image's representation features (MMRL); the class prompts are the hand-written template."
+    )
+    recipes = ("mmrl_base2novel", "mmrl_cross_dataset")
+    options = MMRLOptions
+    objective = "mmrl"
+    objective_options = MMRLObjectiveOptions
+    default_objective = "mmrl"
+    default_depth = None
+
+    # ---- configuration ----------------------------------------------------------------------------------------------
+
+    def resolve(self, config: Any) -> None:
+        if config.depth is not None:
+            raise ValueError(
+                f"depth={config.depth} was given, but variant={self.name!r} places its representation tokens by "
+                "rep_layers; leave depth unset."
+            )
+        defaults = MMRLOptions()
+        for name in ("n_rep", "rep_dim", "alpha"):
+            if getattr(config, name) is None:
+                setattr(config, name, getattr(defaults, name))
+        for name in ("n_rep", "rep_dim"):
+            _check_positive_int(name, getattr(config, name))
+        alpha = config.alpha
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
+            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1], such as 0.7 (MMRL's).")
+        config.alpha = float(alpha)
+        if config.rep_layers is not None:
+            layers = config.rep_layers
+            if (
+                isinstance(layers, (str, bytes))
+                or not isinstance(layers, (list, tuple))
+                or not layers
+                or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 1 for i in layers)
+                or list(layers) != sorted(set(layers))
+            ):
+                raise ValueError(
+                    f"rep_layers={layers!r} must be a non-empty increasing list of 1-based layer numbers, such as "
+                    "[6, 7, 8, 9, 10, 11, 12]; leave it unset for the last 7 layers."
+                )
+            config.rep_layers = list(layers)
+
+    def rep_layers(self, model: Any, config: Any) -> list[int]:
+        """The adapter's layers (1-based): the config's, or the last 7 text layers, checked against both towers and
+        the backbone (the tokens follow CLIP's class token: no such token in SigLIP)."""
+        from ..model import model_towers
+
+        backbone, text_model, vision_model = model_towers(model)
+        if not backbone.has_class_token():
+            raise ValueError(
+                f"variant={self.name!r} does not carry over to {backbone.display_name}: {self.title} places its "
+                "representation tokens right after the class token and classifies with the class token's features, "
+                "and this backbone pools its images with an attention head and has no class token. Use CLIP or "
+                "MetaCLIP 2 (or another variant)."
+            )
+        n_text, n_vision = len(text_model.encoder.layers), len(vision_model.encoder.layers)
+        layers = config.rep_layers or default_rep_layers(n_text)
+        limit = min(n_text, n_vision)
+        if layers[-1] > limit:
+            raise ValueError(
+                f"rep_layers={layers} but the towers have {n_text} (text) and {n_vision} (vision) layers; use 1-based "
+                f"layer numbers up to {limit}."
+            )
+        return layers
+
+    def prepare(self, model: Any, config: Any) -> None:
+        config.rep_layers = self.rep_layers(model, config)
+
+    def text_offset(self, config: Any) -> int:
+        return config.n_rep
+
+    # ---- layers ----------------------------------------------------------------------------------------------------
+
+    def target_modules(self, model: Any, config: Any) -> list[str]:
+        from ..model import model_towers
+
+        backbone, text_model, _ = model_towers(model)
+        n_text = len(text_model.encoder.layers)
+        layers = self.rep_layers(model, config)
+        # text: every layer from the first one on (the later ones carry the tokens and need the longer causal mask)
+        names = [backbone.text_layer.format(i - 1) for i in range(layers[0], n_text + 1)]
+        return names + [backbone.vision_layer.format(i - 1) for i in layers]
+
+    def create_layer(
+        self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
+    ) -> None:
+        import copy
+
+        import torch
+        from torch import nn
+
+        from ..backbones import backbone_of
+        from ..layer import MaPLeLayer, MaPLeRepresentationLayer, unwrap
+        from ..model import depth_of_key
+
+        if isinstance(target, MaPLeLayer) and not isinstance(target, MaPLeRepresentationLayer):
+            raise ValueError(
+                f"{key} already carries an adapter of another kind ({type(target).__name__}); {self.title}'s "
+                "representation tokens and the prompts of the other variants cannot share a model. Add the adapter "
+                "to a fresh base model."
+            )
+        backbone = backbone_of(tuner.model)
+        index = depth_of_key(key)
+        layer_number = index + 1
+        tower = "vision" if key.startswith(backbone.vision_layer.format("")) else "text"
+        first = layer_number == config.rep_layers[0]
+        d_text, d_vision = backbone.widths(tuner.model.config)
+        proj = None
+        if layer_number in config.rep_layers:
+            # each tower's projections start as copies of one freshly initialized Linear, as in the original code
+            templates = tuner.__dict__.setdefault("_maple_rep_templates", {})
+            template_key = (adapter_name, tower)
+            if template_key not in templates:
+                templates[template_key] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
+            proj = copy.deepcopy(templates[template_key])
+        tokens = proj_rep = None
+        if first and tower == "text":
+            tokens = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
+        if first and tower == "vision":
+            proj_rep = d_vision**-0.5 * torch.randn(d_vision, backbone.embed_dim(tuner.model.config))
+        args = (config.n_rep, first, proj, tokens, proj_rep)
+        if isinstance(target, MaPLeRepresentationLayer):
+            target.update_layer(adapter_name, *args)
+            return
+        new_module = MaPLeRepresentationLayer(unwrap(target), adapter_name, index, tower, *args)
+        if adapter_name not in tuner.active_adapters:
+            new_module.requires_grad_(False)
+        tuner._replace_module(parent, target_name, new_module, target)
+
+    def link(self, tuner: Any, adapter_name: str) -> None:
+        from ..layer import MaPLeRepresentationLayer
+
+        for key in [key for key in tuner.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
+            del tuner.__dict__["_maple_rep_templates"][key]
+        layers = [m for m in tuner.model.modules() if isinstance(m, MaPLeRepresentationLayer)]
+        owner = next(m for m in layers if adapter_name in m.maple_rep_tokens)
+        for layer in layers:
+            if adapter_name in layer.maple_n_ctx:
+                layer.link(adapter_name, owner)
+
+    # ---- logits and loss -------------------------------------------------------------------------------------------
+
+    def outputs(self, classifier: Any, inputs: Any, config: Any, **extra: Any) -> Any:
+        """The class path (the class token) and the representation path (its tokens' mean through `post_layernorm`
+        and `proj_rep`) from one pass of the vision tower, both against the same text features."""
+        from ..classifier import ClassifierOutput
+        from ..layer import MaPLeRepresentationLayer
+
+        base, backbone = classifier.base_model, classifier.backbone
+        vision = backbone.image_outputs(base, inputs, **extra)
+        image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
+        owner = next(
+            m for m in base.vision_model.modules() if isinstance(m, MaPLeRepresentationLayer) and m.maple_proj_rep
+        )
+        proj_rep = owner.maple_proj_rep[owner.prompt_adapter()]
+        tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
+        rep = tokens.mean(dim=1) @ proj_rep.to(tokens.dtype)
+        rep = rep / rep.norm(dim=-1, keepdim=True)
+        text = classifier.text_features()
+        logits_class = backbone.logits(base, image, text, scale=LOGIT_SCALE)
+        logits_rep = backbone.logits(base, rep, text, scale=LOGIT_SCALE)
+        fused = config.alpha * logits_class + (1 - config.alpha) * logits_rep
+        return ClassifierOutput(
+            logits=fused if classifier.uses_fusion(config) else logits_class,
+            image_features=image,
+            text_features=text,
+            logits_class=logits_class,
+            logits_rep=logits_rep,
+            image_rep_features=rep,
+        )
+
+    def objective_class(self) -> type:
+        from ..objectives import RepresentationLoss
+
+        return RepresentationLoss
+
+
+register(MMRL())
