@@ -18,26 +18,12 @@ from typing import Any
 
 import yaml
 
+from maple_peft import methods
 from maple_peft_cli import CommandParser, command_line_message
 
 SETTINGS = ("base2novel", "all", "cross_dataset")
-VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
-OBJECTIVES = ("ce", "src", "kgcoop", "mmrl")
-#: The options each objective declares (`maple_peft.OBJECTIVES[name].options`, mirrored here so that `--help` needs
-#: no torch; a test checks that both say the same): name -> (type, default, help).
-OBJECTIVE_OPTIONS: dict[str, dict[str, tuple[type, Any, str]]] = {
-    "src": {
-        "text_weight": (float, 25.0, "L1 to the frozen text features"),
-        "image_weight": (float, 10.0, "L1 to the frozen image features"),
-        "logits_weight": (float, 1.0, "KL to the frozen logits"),
-    },
-    "kgcoop": {
-        "kg_weight": (float, 8.0, "weight of 1 - mean cos(text, frozen text)"),
-        "kg_template": (str, "the dataset's template", "template of the frozen text"),
-    },
-    "mmrl": {"reg_weight": (float, 1.0, "weight of each cosine regularization term")},
-}
-MMRL_OPTIONS = ("n_rep", "rep_dim", "rep_layers", "alpha")
+VARIANTS = tuple(methods.variants())
+OBJECTIVES = methods.objective_names()
 
 PACKAGED_BUILDERS = ("imagefolder", "audiofolder", "csv", "json", "parquet", "arrow", "text", "webdataset")
 """`--dataset_name` values that name a `datasets` builder for local files, not a Hub dataset."""
@@ -119,11 +105,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         default=False,
         help="SigLIP / SigLIP 2: let the attention-pooling head see the vision prompts (default: removed before it)",
     )
-    g = p.add_argument_group("MMRL (variant mmrl; unset: MMRL's defaults)")
-    g.add_argument("--n_rep", type=int, default=None, help="representation tokens (5)")
-    g.add_argument("--rep_dim", type=int, default=None, help="their width (512)")
-    g.add_argument("--rep_layers", type=int, nargs="*", default=None, help="1-based layers (the last 7 text layers)")
-    g.add_argument("--alpha", type=float, default=None, help="weight of the class path in the fused logits (0.7)")
+    add_method_arguments(p, "options", "adapter options of the methods (unset: the method's default)")
     add_data_arguments(p)
     g = p.add_argument_group("protocol")
     g.add_argument("--setting", default="base2novel", choices=SETTINGS)
@@ -153,10 +135,8 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         help="area range of the random resized crop (MMRL: 0.5 1)",
     )
     g = p.add_argument_group("objective (default: mmrl for variant mmrl, src when a PromptSRC weight is > 0, else ce)")
-    g.add_argument("--objective", default=None, choices=OBJECTIVES, help="ce, src (PromptSRC), kgcoop or mmrl")
-    for objective, options in OBJECTIVE_OPTIONS.items():
-        for name, (kind, default, text) in options.items():
-            g.add_argument(f"--{name}", type=kind, default=None, help=f"{objective}: {text} ({default})")
+    g.add_argument("--objective", default=None, choices=OBJECTIVES, help=", ".join(OBJECTIVES))
+    add_method_arguments(p, "objective_options", "options of the objectives (unset: the objective's default)")
     g.add_argument("--gpa_mean", type=float, default=None, help="Gaussian prompt aggregation: mean epoch (1-based)")
     g.add_argument("--gpa_std", type=float, default=None, help="Gaussian prompt aggregation: std in epochs")
     g = p.add_argument_group("run")
@@ -173,6 +153,25 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--hub_model_id", default=None)
     g.add_argument("--hub_private", action=BooleanFlag, default=False)
     return p
+
+
+def add_method_arguments(parser: argparse.ArgumentParser, kind: str, title: str) -> None:
+    """One flag per option the methods declare (`kind`: `"options"` of adapters or `"objective_options"`), with the
+    declaration's type and help; unset (`None`) gives the method's default.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the script's parser.
+        kind (`str`): which declarations.
+        title (`str`): the title of their group in `--help`.
+    """
+    group = parser.add_argument_group(title)
+    for name, (field, _) in methods.option_fields(kind).items():
+        kind_type, nargs = methods.flag_type(field)
+        shown = field.metadata.get("shown_default", methods.field_default(field))
+        default_text = f" ({shown})" if shown is not None else ""
+        group.add_argument(
+            f"--{name}", type=kind_type, nargs=nargs, default=None, help=field.metadata.get("help", "") + default_text
+        )
 
 
 def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
@@ -278,35 +277,43 @@ def _one_data_source(first: argparse.Namespace, values: dict[str, Any]) -> None:
 
 
 def objective_of(args: argparse.Namespace) -> str:
-    """The objective a run trains with: `--objective`, else `mmrl` for variant mmrl, `src` when a PromptSRC weight is
-    given (all of them 0 is plain cross-entropy), `ce` otherwise."""
+    """The objective a run trains with: `--objective`, else the variant's own objective (MMRL's for variant mmrl),
+    else an objective one of whose options is given (PromptSRC's weights; all of them 0 is plain cross-entropy),
+    `ce` otherwise."""
     if args.objective:
         return args.objective
-    if args.variant == "mmrl":
-        return "mmrl"
-    if any(getattr(args, name) is not None for name in OBJECTIVE_OPTIONS["src"]):
-        return "src"
+    default = methods.get(args.variant).default_objective
+    if default != "ce":
+        return default
+    for name, method in methods.objectives().items():
+        weights = [f.name for f in methods.fields_of(method.objective_options) if "off" in f.metadata]
+        if any(getattr(args, weight) is not None for weight in weights):
+            return name
     return "ce"
 
 
 def _check_method_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Options of another objective or variant are refused rather than silently ignored."""
     objective = objective_of(args)
-    for other, options in OBJECTIVE_OPTIONS.items():
-        given = [name for name in options if getattr(args, name) is not None]
-        if other != objective and given:
+    for name, (_, owners) in methods.option_fields("objective_options").items():
+        if getattr(args, name) is not None and objective not in {m.objective for m in owners}:
+            other = owners[0].objective
             parser.error(
-                f"--{given[0]} is an option of --objective {other}, but this run trains with --objective "
+                f"--{name} is an option of --objective {other}, but this run trains with --objective "
                 f"{objective}; drop it or pass --objective {other}"
             )
-    if (objective == "mmrl") != (args.variant == "mmrl"):
+    variant = methods.get(args.variant)
+    owner = next((m for m in methods.variants().values() if m.objective == objective), None)
+    if (variant.objective and objective != variant.objective) or (owner is not None and owner is not variant):
+        owner = owner or variant
         parser.error(
-            f"--objective {objective} with --variant {args.variant}: MMRL's loss trains MMRL's representation tokens; "
-            "use --variant mmrl with --objective mmrl (its default), or another objective"
+            f"--objective {objective} with --variant {args.variant}: {owner.title}'s loss trains {owner.title}'s "
+            f"adapter; use --variant {owner.name} with --objective {owner.objective} (its default), or another "
+            "objective"
         )
-    given = [name for name in MMRL_OPTIONS if getattr(args, name) is not None]
-    if given and args.variant != "mmrl":
-        parser.error(f"--{given[0]} is an option of --variant mmrl, not of --variant {args.variant}")
+    for name, (_, owners) in methods.option_fields("options").items():
+        if getattr(args, name) is not None and args.variant not in {m.name for m in owners}:
+            parser.error(f"--{name} is an option of --variant {owners[0].name}, not of --variant {args.variant}")
     low, high = args.crop_scale
     if not 0 < low <= high <= 1:
         parser.error(f"--crop_scale {low} {high} must be 0 < min <= max <= 1, e.g. 0.08 1.0")

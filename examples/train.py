@@ -165,17 +165,24 @@ def eval_splits(args: argparse.Namespace, data: Any) -> dict[str, tuple[Any, lis
 
 
 def method_config(args: argparse.Namespace, data: Any) -> dict[str, Any]:
-    """The MaPLeConfig options of the variant: MMRL's representation tokens, on the dataset's template."""
-    if args.variant != "mmrl":
-        return {"n_ctx": args.n_ctx, "n_ctx_vision": args.n_ctx_vision, "depth": args.depth}
-    options = {name: getattr(args, name) for name in ("n_rep", "rep_dim", "rep_layers", "alpha")}
-    return {**{k: v for k, v in options.items() if v is not None}, "template": data.template}
+    """The MaPLeConfig options of the variant: the prompts' shape for methods that learn prompt tokens, the options
+    the method declares, and the dataset's template for methods whose class prompts are a template (MMRL)."""
+    method = maple_peft.methods.get(args.variant)
+    config: dict[str, Any] = {}
+    if method.text_prompts or method.vision_prompts:
+        config.update(n_ctx=args.n_ctx, n_ctx_vision=args.n_ctx_vision, depth=args.depth)
+    for field in maple_peft.methods.fields_of(method.options):
+        if getattr(args, field.name) is not None:
+            config[field.name] = getattr(args, field.name)
+    if not (method.text_prompts or method.vision_prompts):
+        config["template"] = data.template
+    return config
 
 
 def build_objective(args: argparse.Namespace, classifier: Any, data: Any) -> Any:
     """The training objective the recipe names (`--objective`), from the options it declares."""
     objective = maple_peft.OBJECTIVES[args.objective]
-    options = {option.name: getattr(args, option.name) for option in objective.options}
+    options = {option.name: getattr(args, option.name) for option in objective.option_fields()}
     options = {name: value for name, value in options.items() if value is not None}
     if args.objective == "kgcoop" and "kg_template" not in options:
         options["kg_template"] = data.template  # KgCoOp's frozen text is on the dataset's hand-written template
