@@ -16,103 +16,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
-__all__ = ["GENERATED_MARKER", "METHODS", "method_citations", "method_link", "method_name", "render_adapter_card"]
+from . import methods
+
+__all__ = ["GENERATED_MARKER", "method_citations", "method_link", "method_name", "render_adapter_card"]
 
 GENERATED_MARKER = "<!-- maple_peft: card written by save_pretrained; remove this line to keep your edits -->"
 """The line that marks a card written by `save_pretrained`: the next save replaces such a card (and only such)."""
-
-PAPERS: dict[str, tuple[str, str, str]] = {
-    "maple": (
-        "https://arxiv.org/abs/2210.03117",
-        "Multi-modal Prompt Learning, Khattak et al., CVPR 2023",
-        """@inproceedings{khattak2023maple,
-  title={MaPLe: Multi-modal Prompt Learning},
-  author={Khattak, Muhammad Uzair and Rasheed, Hanoona and Maaz, Muhammad and Khan, Salman and Khan, Fahad Shahbaz},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={19113--19122},
-  year={2023}
-}""",
-    ),
-    "promptsrc": (
-        "https://arxiv.org/abs/2307.06948",
-        "Self-regulating Prompts, Khattak et al., ICCV 2023",
-        """@inproceedings{khattak2023promptsrc,
-  title={Self-regulating Prompts: Foundational Model Adaptation without Forgetting},
-  author={Khattak, Muhammad Uzair and Wasim, Syed Talal and Naseer, Muzammal and Khan, Salman and Yang, Ming-Hsuan and Khan, Fahad Shahbaz},
-  booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year={2023}
-}""",
-    ),
-    "coop": (
-        "https://arxiv.org/abs/2109.01134",
-        "Context Optimization, Zhou et al., IJCV 2022",
-        """@article{zhou2022coop,
-  title={Learning to Prompt for Vision-Language Models},
-  author={Zhou, Kaiyang and Yang, Jingkang and Loy, Chen Change and Liu, Ziwei},
-  journal={International Journal of Computer Vision (IJCV)},
-  year={2022}
-}""",
-    ),
-    "cocoop": (
-        "https://arxiv.org/abs/2203.05557",
-        "Conditional Prompt Learning, Zhou et al., CVPR 2022",
-        """@inproceedings{zhou2022cocoop,
-  title={Conditional Prompt Learning for Vision-Language Models},
-  author={Zhou, Kaiyang and Yang, Jingkang and Loy, Chen Change and Liu, Ziwei},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2022}
-}""",
-    ),
-    "kgcoop": (
-        "https://arxiv.org/abs/2303.13283",
-        "Knowledge-guided Context Optimization, Yao et al., CVPR 2023",
-        """@inproceedings{yao2023kgcoop,
-  title={Visual-Language Prompt Tuning with Knowledge-guided Context Optimization},
-  author={Yao, Hantao and Zhang, Rui and Xu, Changsheng},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2023}
-}""",
-    ),
-    "mmrl": (
-        "https://arxiv.org/abs/2503.08497",
-        "Multi-Modal Representation Learning, Guo et al., CVPR 2025",
-        """@inproceedings{guo2025mmrl,
-  title={MMRL: Multi-Modal Representation Learning for Vision-Language Models},
-  author={Guo, Yuncheng and Gu, Xiaodong},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year={2025}
-}""",
-    ),
-    "vpt": (
-        "https://arxiv.org/abs/2203.12119",
-        "Visual Prompt Tuning, Jia et al., ECCV 2022",
-        """@inproceedings{jia2022vpt,
-  title={Visual Prompt Tuning},
-  author={Jia, Menglin and Tang, Luming and Chen, Bor-Chiang and Cardie, Claire and Belongie, Serge and Hariharan, Bharath and Lim, Ser-Nam},
-  booktitle={European Conference on Computer Vision (ECCV)},
-  year={2022}
-}""",
-    ),
-}
-"""Paper key -> (link, short reference, BibTeX)."""
-
-METHODS: dict[str, tuple[str, str]] = {
-    "MaPLe": ("maple", "[MaPLe]({link}) ({reference})"),
-    "MaPLe†": ("maple", "MaPLe† (one coupling function shared by all layers; an ablation of [MaPLe]({link}))"),
-    "IVLP": ("maple", "IVLP (independent vision-language prompting, a baseline of [MaPLe]({link}))"),
-    "Deep language prompting": ("maple", "deep language prompting (a baseline of [MaPLe]({link}))"),
-    "CoOp": ("coop", "[CoOp]({link}) ({reference})"),
-    "VPT-deep": ("vpt", "VPT-deep ([Visual Prompt Tuning]({link}), {reference})"),
-    "VPT-shallow": ("vpt", "VPT-shallow ([Visual Prompt Tuning]({link}), {reference})"),
-    "PromptSRC": ("promptsrc", "[PromptSRC]({link}) ({reference})"),
-    "CoCoOp": ("cocoop", "[CoCoOp]({link}) ({reference})"),
-    "KgCoOp": ("kgcoop", "[KgCoOp]({link}) ({reference})"),
-    "MMRL": ("mmrl", "[MMRL]({link}) ({reference})"),
-}
-"""Method name -> (paper key, markdown description with `{link}` and `{reference}`)."""
-
-#: the objectives that name a method combined with the adapter's prompts: (name alone, suffix, paper)
-_OBJECTIVE_NAMES = {"src": ("PromptSRC", "SRC", "promptsrc"), "kgcoop": ("KgCoOp", "KgCoOp", "kgcoop")}
 
 
 def _objective(train_config: Mapping[str, Any] | None, variant: str) -> str:
@@ -124,6 +33,18 @@ def _objective(train_config: Mapping[str, Any] | None, variant: str) -> str:
     if name == "ce" and train_config.get("gpa_mean") is not None:  # PromptSRC's aggregation without its losses
         return "src"
     return name
+
+
+def _papers() -> dict[str, tuple[str, str]]:
+    """Every name a method goes by -> (markdown description linking its paper, BibTeX entry)."""
+    found: dict[str, tuple[str, str]] = {}
+    for method in methods.registry().values():
+        found.update(method.papers())
+    return found
+
+
+def _objective_method(suffix: str) -> methods.Method | None:
+    return next((m for m in methods.objectives().values() if getattr(m, "suffix", None) == suffix), None)
 
 
 def method_name(peft_config: Mapping[str, Any], train_config: Mapping[str, Any] | None = None) -> str:
@@ -145,22 +66,11 @@ def method_name(peft_config: Mapping[str, Any], train_config: Mapping[str, Any] 
         ```
     """
     variant = peft_config.get("variant") or "maple"
-    depth = peft_config.get("depth")
-    names = {
-        "maple": "MaPLe",
-        "maple_shared": "MaPLe†",
-        "ivlp": "IVLP",
-        "language": "CoOp" if depth == 1 else "Deep language prompting",
-        "vision": "VPT-shallow" if depth == 1 else "VPT-deep",
-        "cocoop": "CoCoOp",
-        "mmrl": "MMRL",
-    }
-    name = names.get(variant, str(variant))
-    objective = _objective(train_config, variant)
-    if objective in _OBJECTIVE_NAMES:
-        alone, suffix, _ = _OBJECTIVE_NAMES[objective]
-        own_model = {"src": "IVLP", "kgcoop": "CoOp"}[objective]
-        return alone if name == own_model else f"{name} + {suffix}"
+    method = methods.variants().get(variant)
+    name = method.display_title(peft_config) if method is not None else str(variant)
+    loss = methods.objectives().get(_objective(train_config, variant))
+    if loss is not None and not loss.is_variant:  # a loss that is a method of its own on its paper's adapter
+        return loss.title if name == loss.own_model else f"{name} + {loss.suffix}"
     return name
 
 
@@ -171,17 +81,10 @@ def method_link(name: str) -> str:
         name (`str`): the method's name.
     """
     base, _, extra = name.partition(" + ")
-    paper, text = METHODS.get(base, ("maple", base))
-    link, reference, _ = PAPERS[paper]
-    text = text.format(link=link, reference=reference)
-    if extra == "SRC":
-        link, reference, _ = PAPERS["promptsrc"]
-        text += (
-            f", trained with the self-regulating losses and prompt aggregation of [PromptSRC]({link}) ({reference})"
-        )
-    elif extra == "KgCoOp":
-        link, reference, _ = PAPERS["kgcoop"]
-        text += f", trained with the knowledge-guided loss of [KgCoOp]({link}) ({reference})"
+    text = _papers().get(base, (base, ""))[0]
+    loss = _objective_method(extra) if extra else None
+    if loss is not None:
+        text += ", " + loss.trained_with.format(paper=loss.paper)
     return text
 
 
@@ -192,11 +95,12 @@ def method_citations(name: str) -> list[str]:
         name (`str`): the method's name.
     """
     base, _, extra = name.partition(" + ")
-    papers = [METHODS.get(base, ("maple", ""))[0]] + (
-        [{"SRC": "promptsrc", "KgCoOp": "kgcoop"}[extra]] if extra else []
-    )
-    papers += [] if "maple" in papers else ["maple"]
-    return [PAPERS[paper][2] for paper in dict.fromkeys(papers)]
+    entries = [_papers().get(base, ("", ""))[1]]
+    loss = _objective_method(extra) if extra else None
+    if loss is not None:
+        entries.append(loss.citation)
+    entries.append(methods.get("maple").citation)  # this package's implementation
+    return [entry for entry in dict.fromkeys(entries) if entry]
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -257,12 +161,15 @@ def render_adapter_card(
     adapter_id = "path/or/hub-id/of/this/adapter"
     names = list(class_names or [])
     n_ctx, depth, variant = peft_config.get("n_ctx"), peft_config.get("depth"), peft_config.get("variant") or "maple"
+    method = methods.variants().get(variant)
+    prompts = method is None or method.text_prompts or method.vision_prompts
     shape = [("Method", name), ("Variant", f"`{variant}`"), ("Context tokens (n_ctx)", n_ctx), ("Prompt depth", depth)]
     if peft_config.get("n_ctx_vision") is not None:
         shape.append(("Vision context tokens (n_ctx_vision)", peft_config["n_ctx_vision"]))
-    if peft_config.get("prompt_init") is not None and variant != "mmrl":
+    if peft_config.get("prompt_init") is not None and prompts:
         shape.append(("Prompt initialization", f"`{peft_config['prompt_init']}`"))
-    for key in ("n_rep", "rep_dim", "rep_layers", "alpha", "template"):
+    own = [field.name for field in methods.fields_of(method.options if method is not None else None)]
+    for key in (*own, "template"):
         if peft_config.get(key) is not None:
             shape.append((f"`{key}`", f"`{peft_config[key]}`"))
     shape.append(("Backbone", f"{backbone.display_name} (`{backbone.model_class_name}`)"))

@@ -28,7 +28,12 @@ and these hooks, with defaults that build deep prompts (a method that builds som
 - `text_offset(config)`: tokens it inserts into the text sequences besides the prompts (the pooled token moves);
 - `outputs(classifier, inputs, config, **extra)`: its logits and features, or `None` for the classifier's own;
 - `objective_class()`: its training loss (an `maple_peft.objectives.PromptObjective` subclass);
-- `card_rows(peft_config)`: the rows of its options in a card's table.
+- `card_rows(peft_config)`: the rows of its options in a card's table; `display_title(peft_config)` and `papers()`:
+  its names (CoOp is deep language prompting at depth 1) and their papers.
+
+A method that is a training objective only (KgCoOp, PromptSRC: `is_variant = False`) also sets `own_model` (the
+name of the adapter it trains in its paper: `"CoOp"`, `"IVLP"`), `suffix` (`"<model> + SRC"` for another adapter) and
+`trained_with` (the card's words for it, with `{paper}`).
 """
 
 from __future__ import annotations
@@ -147,6 +152,14 @@ class Method:
             if peft_config.get(field.name) is not None
         ]
 
+    def display_title(self, peft_config: Mapping[str, Any]) -> str:
+        """The name an adapter of this method goes by (CoOp is deep language prompting at depth 1)."""
+        return self.title
+
+    def papers(self) -> dict[str, tuple[str, str]]:
+        """Each name of `display_title` -> (markdown description linking its paper, BibTeX entry)."""
+        return {self.title: (self.paper, self.citation)}
+
     def __repr__(self) -> str:
         return f"<method {self.name!r}: {self.title}>"
 
@@ -177,6 +190,9 @@ def variants() -> dict[str, Method]:
 
 def get(variant: str) -> Method:
     """The method of `MaPLeConfig.variant` `variant`; `ValueError` naming the known ones otherwise."""
+    method = _REGISTRY.get(variant) if _LOADED else None
+    if method is not None and method.is_variant:
+        return method
     known = variants()
     if variant not in known:
         raise ValueError(f"variant={variant!r} is not known; use one of {tuple(known)}.")

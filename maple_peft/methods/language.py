@@ -4,6 +4,7 @@ encoder untouched."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from . import Method, register
@@ -28,8 +29,12 @@ class LanguagePrompts(Method):
     recipes = ("language_base2novel", "coop_base2novel")
     text_prompts = True
 
-    def display_title(self, peft_config: dict[str, Any]) -> str:
+    def display_title(self, peft_config: Mapping[str, Any]) -> str:
         return "CoOp" if peft_config.get("depth") == 1 else self.title
+
+    def papers(self) -> dict[str, tuple[str, str]]:
+        coop = f"[CoOp]({COOP_LINK}) (Context Optimization, Zhou et al., IJCV 2022)"
+        return {self.title: (self.paper, self.citation), "CoOp": (coop, COOP_CITATION)}
 
 
 register(LanguagePrompts())

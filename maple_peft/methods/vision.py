@@ -3,6 +3,7 @@ prompts only, in the first `depth` layers (VPT-deep; VPT-shallow at `depth=1`), 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from . import Method, register
@@ -24,8 +25,12 @@ class VisionPrompts(Method):
     recipes = ("vpt_base2novel",)
     vision_prompts = True
 
-    def display_title(self, peft_config: dict[str, Any]) -> str:
+    def display_title(self, peft_config: Mapping[str, Any]) -> str:
         return "VPT-shallow" if peft_config.get("depth") == 1 else self.title
+
+    def papers(self) -> dict[str, tuple[str, str]]:
+        shallow = self.paper.replace("VPT-deep", "VPT-shallow", 1)
+        return {self.title: (self.paper, self.citation), "VPT-shallow": (shallow, self.citation)}
 
 
 register(VisionPrompts())

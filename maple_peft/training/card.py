@@ -18,6 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import methods
 from ..adapter_card import hub_model_id, method_citations, method_link, method_name
 from ..backbones import BACKBONES
 from ..objectives import objective_classes, objective_name
@@ -40,19 +41,13 @@ _SETTING_DESCRIPTIONS = {
     "cross_dataset": "cross-dataset transfer: trained on the source dataset, evaluated on other datasets as is",
     "zero_shot": "zero-shot evaluation",
 }
-_VARIANT_DESCRIPTIONS = {
-    "maple": "learns {prompts} of the text encoder, and linear coupling functions that project each text prompt into "
-    "a prompt of the image encoder, so that both modalities adapt together.",
-    "maple_shared": "learns {prompts} of the text encoder, and one linear coupling function, shared by all layers, "
-    "that projects each text prompt into a prompt of the image encoder.",
-    "ivlp": "learns {prompts} of both the text and the image encoder, independently (the IVLP baseline, no coupling).",
-    "language": "learns {prompts} of the text encoder only (language prompting baseline).",
-    "vision": "learns {prompts} of the image encoder only (vision prompting baseline).",
-    "cocoop": "learns {prompts} of the text encoder and a small meta-network that shifts them for each image, so "
-    "that the class prompts depend on the image (CoCoOp).",
-    "mmrl": "learns representation tokens shared by both encoders, projected into their later layers, and a "
-    "projection of the image's representation features (MMRL); the class prompts are the hand-written template.",
-}
+
+
+def _variant_description(variant: str) -> str:
+    """What an adapter of `variant` learns (its method's `description`, with `{prompts}`)."""
+    method = methods.variants().get(variant)
+    return method.description if method is not None else f"(variant `{variant}`) learns {{prompts}}."
+
 
 # (row title, where to look, key), in table order: the names train.py and MaPLeConfig write.
 _RECIPE_KEYS: tuple[tuple[str, str, str], ...] = (
@@ -61,10 +56,6 @@ _RECIPE_KEYS: tuple[tuple[str, str, str], ...] = (
     ("Prompt initialization", "peft", "prompt_init"),
     ("Variant", "peft", "variant"),
     ("Backbone family", "peft", "backbone"),
-    ("Representation tokens (n_rep)", "peft", "n_rep"),
-    ("Representation width (rep_dim)", "peft", "rep_dim"),
-    ("Representation layers", "peft", "rep_layers"),
-    ("Fusion weight (alpha)", "peft", "alpha"),
     ("Class prompt template", "peft", "template"),
     ("Learning rate", "train", "lr"),
     ("Epochs", "train", "epochs"),
@@ -142,10 +133,13 @@ def _recipe_rows(
         ("Shots per class", shots),
         ("Seed", _cell(metrics.seed)),
     ]
+    method = methods.variants().get(peft_config.get("variant") or "maple")
     for title, source, key in _RECIPE_KEYS:
         value = (peft_config if source == "peft" else train_config).get(key)
         if value is not None:
             rows.append((title, _cell(value)))
+        if key == "backbone" and method is not None:  # the options the method declares, after the prompts' shape
+            rows += [(name, _cell(option)) for name, option in method.card_rows(peft_config)]
     objective = objective_classes()[objective_name(train_config, peft_config.get("variant"))]
     rows += [(title, _cell(value)) for title, value in objective.card_rows(train_config)]
     if train_config.get("gpa_mean") is not None:
@@ -308,7 +302,7 @@ def build_model_card(
         f"trained with `maple_peft` on {shots_text}`{dataset}`{seed_text} "
         f"({_SETTING_DESCRIPTIONS.get(setting, setting)}{'; ' + shots_note if shots_note else ''}). The "
         f"{backbone.display_name} base model stays frozen; the adapter "
-        + _VARIANT_DESCRIPTIONS.get(variant, f"(variant `{variant}`) learns {{prompts}}.").format(prompts=prompts_text)
+        + _variant_description(variant).format(prompts=prompts_text)
         + " It holds only these parameters and is loaded on top of the base model with PEFT."
     )
     if setting == "base2novel":

@@ -521,17 +521,16 @@ _PEFT_NEUTRAL = frozenset(
 )  # fmt: skip
 """Adapter-config fields that record where the model came from, not what it is."""
 
-_OBJECTIVE_DEFAULTS: dict[str, float | str | None] = {
-    "text_weight": 0.0,
-    "image_weight": 0.0,
-    "logits_weight": 0.0,
-    "kg_weight": None,
-    "kg_template": None,
-    "reg_weight": None,
-    "gpa_mean": None,
-    "gpa_std": None,
-}
-"""The training objective's options and their values when absent (plain cross-entropy, no prompt aggregation)."""
+def _objective_defaults() -> dict[str, float | str | None]:
+    """The training objectives' options (as their methods declare them) and their values when absent: off (`0.0`)
+    for a weight that can be off, else unset; and Gaussian prompt aggregation, unset."""
+    from .. import methods
+
+    defaults: dict[str, float | str | None] = {}
+    for name, (field, _) in methods.option_fields("objective_options").items():
+        defaults[name] = field.metadata.get("off")
+    return {**defaults, "gpa_mean": None, "gpa_std": None}
+
 
 _SETTING_TITLES = {
     "base2novel": "base-to-novel",
@@ -631,11 +630,12 @@ def method_key(run: RunMetrics) -> dict[str, Any]:
         "splits": split_kind(run_split_source(run)),
     }
     for name in sorted(run.peft_config):
-        if name not in _PEFT_NEUTRAL:
+        # unset options are left out: files written before adapters saved only their method's options hold them
+        if name not in _PEFT_NEUTRAL and run.peft_config[name] is not None:
             key[name] = run.peft_config[name]
     from ..objectives import objective_name
 
-    for name, default in _OBJECTIVE_DEFAULTS.items():
+    for name, default in _objective_defaults().items():
         value = run.train_config.get(name)
         key[name] = default if value is None else value
     key["objective"] = objective_name(run.train_config, run.peft_config.get("variant"))
@@ -728,7 +728,7 @@ def _comparable_options(run: RunMetrics) -> dict[str, Any]:
     }
     options.update({k: v for k, v in run.train_config.items() if k not in RESULT_NEUTRAL_OPTIONS})
     options.update({f"adapter {k}": v for k, v in run.peft_config.items() if k not in _PEFT_NEUTRAL})
-    for name, default in _OBJECTIVE_DEFAULTS.items():
+    for name, default in _objective_defaults().items():
         if options.get(name) is None:
             options[name] = default
     return options
