@@ -11,17 +11,12 @@ from .class_text import ClassTextEncoder
 from .classifier import ClassifierOutput, PromptClassifier
 from .config import MaPLeConfig
 from .convert import from_official_checkpoint
+from .methods.kgcoop.modeling import KnowledgeGuidedLoss
+from .methods.mmrl.modeling import RepresentationLoss
+from .methods.promptsrc.modeling import SelfRegularizedLoss, SelfRegularizedLossOutput
 from .model import MaPLeModel
-from .objectives import (
-    CrossEntropyObjective,
-    KnowledgeGuidedLoss,
-    ObjectiveOutput,
-    PromptObjective,
-    RepresentationLoss,
-    objective_classes,
-)
+from .objectives import CrossEntropyObjective, ObjectiveOutput, PromptObjective, objective_classes
 from .prompts import clean_class_name, format_prompts, tokenize_prompts
-from .regularization import SelfRegularizedLoss, SelfRegularizedLossOutput
 from .templates import IMAGENET_TEMPLATES
 from .version import __version__
 

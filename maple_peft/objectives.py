@@ -9,9 +9,9 @@ by its method (`maple_peft.methods`, read by `examples/train.py`); the objective
 | objective | class | loss |
 |---|---|---|
 | `ce` | `CrossEntropyObjective` | `CE(logits, labels)` |
-| `src` | `SelfRegularizedLoss` (`maple_peft.regularization`) | PromptSRC: CE + L1 to frozen text / image features + KL |
-| `kgcoop` | `KnowledgeGuidedLoss` | KgCoOp: CE + `weight * (1 - mean_c cos(t_c, g_c))` |
-| `mmrl` | `RepresentationLoss` | MMRL: both paths' CE + cosine regularization to frozen features |
+| `src` | `SelfRegularizedLoss` (`maple_peft.methods.promptsrc`) | PromptSRC: CE + L1 to frozen features + KL |
+| `kgcoop` | `KnowledgeGuidedLoss` (`maple_peft.methods.kgcoop`) | KgCoOp: CE + `weight * (1 - mean_c cos(t_c, g_c))` |
+| `mmrl` | `RepresentationLoss` (`maple_peft.methods.mmrl`) | MMRL: both paths' CE + cosine regularization |
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from . import methods
-from .class_text import ClassTextEncoder, active_maple_config
+from .class_text import ClassTextEncoder
 from .classifier import PromptClassifier
 
 
@@ -222,138 +222,6 @@ class CrossEntropyObjective(PromptObjective):
         with torch.autocast(logits.device.type, enabled=False):
             loss = F.cross_entropy(logits.float(), labels)
         return self._output(loss, logits, {"ce": loss})
-
-
-class KnowledgeGuidedLoss(PromptObjective):
-    """KgCoOp's knowledge-guided loss (Yao et al., "Visual-Language Prompt Tuning with Knowledge-guided Context
-    Optimization", CVPR 2023, https://huggingface.co/papers/2303.13283), for any variant.
-
-    `loss = CE(logits, labels) + weight * (1 - mean_c cos(t_c, g_c))`: `t_c` the classifier's normalized text features
-    of class `c` (per image for CoCoOp, then averaged over images and classes), `g_c` the frozen model's (adapter
-    disabled) on `template.format(name)`, normalized; cosine with eps 1e-7 as the original, no logit scale. The frozen
-    text features are computed once per set of class names.
-
-    Args:
-        classifier (`PromptClassifier`): the classifier being trained.
-        weight (`float`, defaults to 8.0): the weight of the knowledge term (KgCoOp's `W`, 8.0 in all its recipes).
-        template (`str`, defaults to `"a photo of a {}."`): the hand-written template of the frozen features (KgCoOp
-            uses the dataset's: `maple_peft.training` recipes ship them).
-
-    Example:
-
-        ```py
-        >>> loss_fn = maple_peft.KnowledgeGuidedLoss(classifier, weight=8.0, template="a photo of a {}, a type of pet.")
-        >>> out = loss_fn(pixel_values, labels)
-        >>> {name: value.item() for name, value in out.terms.items()}
-        {'ce': 1.38, 'knowledge': 0.041}
-        ```
-    """
-
-    name = "kgcoop"
-    title = "KgCoOp knowledge-guided loss"
-    #: the eps of KgCoOp's `torch.nn.CosineSimilarity`
-    EPS = 1e-7
-
-    def __init__(self, classifier: PromptClassifier, weight: float = 8.0, template: str = "a photo of a {}.") -> None:
-        super().__init__(classifier)
-        self.weight = check_weight("weight", weight)
-        self.template = check_templates([template], "template")[0]
-
-    @classmethod
-    def from_options(cls, classifier: PromptClassifier, kg_weight: float = 8.0, kg_template: str | None = None):
-        return cls(classifier, weight=kg_weight, template=kg_template or "a photo of a {}.")
-
-    def describe(self) -> str:
-        return f"{self.title}: weight {self.weight:g}, frozen text on {self.template!r}"
-
-    def extra_repr(self) -> str:
-        return f"weight={self.weight}, template={self.template!r}"
-
-    def forward(self, images: Any, labels: torch.Tensor, **extra: Any) -> ObjectiveOutput:
-        out = self.classifier.outputs(images, **extra)
-        with torch.autocast(out.logits.device.type, enabled=False):
-            terms = {"ce": F.cross_entropy(out.logits.float(), labels)}
-            loss = terms["ce"]
-            if self.weight > 0:
-                frozen = self.frozen_text_features([self.template])
-                terms["knowledge"] = cosine_distance(out.text_features.float(), frozen, self.EPS)
-                loss = loss + self.weight * terms["knowledge"]
-        return self._output(loss, out.logits, terms)
-
-
-class RepresentationLoss(PromptObjective):
-    """MMRL's loss (Guo et al., "MMRL: Multi-Modal Representation Learning for Vision-Language Models", CVPR 2025,
-    https://huggingface.co/papers/2503.08497) for an MMRL adapter (`variant="mmrl"`).
-
-    `loss = alpha * CE(logits_class) + (1 - alpha) * CE(logits_rep) + reg_weight * (1 - mean cos(f, f_frozen)) +
-    reg_weight * (1 - mean cos(t, t_frozen))`: `f` the class-token image features, `t` the class text features (on the
-    adapter's template), the frozen ones from the same model with its adapter disabled (text on the same template),
-    all normalized; cosine eps 1e-8. The logits returned are the fused ones, on which the original reports training
-    accuracy.
-
-    Args:
-        classifier (`PromptClassifier`): the classifier being trained (its model carries an MMRL adapter).
-        reg_weight (`float`, defaults to 1.0): the weight of each regularization term (MMRL's per-dataset
-            `REG_WEIGHT`: Cars 7, Aircraft / SUN / DTD 6, Food 5, Flowers 4, UCF 3, ImageNet / Caltech 0.5, Pets 0.2,
-            EuroSAT 0.01).
-        alpha (`float`, *optional*): the weight of the class path; defaults to the adapter's `alpha` (0.7).
-
-    Example:
-
-        ```py
-        >>> loss_fn = maple_peft.RepresentationLoss(classifier, reg_weight=0.5)
-        >>> out = loss_fn(pixel_values, labels)
-        >>> sorted(out.terms)
-        ['ce', 'ce_rep', 'reg_image', 'reg_text']
-        ```
-    """
-
-    name = "mmrl"
-    title = "MMRL representation loss"
-    EPS = 1e-8
-
-    def __init__(self, classifier: PromptClassifier, reg_weight: float = 1.0, alpha: float | None = None) -> None:
-        super().__init__(classifier)
-        config = active_maple_config(classifier.model)
-        if config is None or config.variant != "mmrl":
-            raise ValueError(
-                "RepresentationLoss trains MMRL's representation tokens, but the classifier's active adapter is not "
-                "an MMRL adapter; create it with MaPLeConfig(variant='mmrl')."
-            )
-        self.reg_weight = check_weight("reg_weight", reg_weight)
-        if alpha is not None and (
-            isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1
-        ):
-            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1], or None for the adapter's.")
-        self.alpha = float(config.alpha if alpha is None else alpha)
-
-    @classmethod
-    def from_options(cls, classifier: PromptClassifier, reg_weight: float = 1.0):
-        return cls(classifier, reg_weight=reg_weight)
-
-    def describe(self) -> str:
-        return f"{self.title}: alpha {self.alpha:g}, regularization weight {self.reg_weight:g}"
-
-    def extra_repr(self) -> str:
-        return f"reg_weight={self.reg_weight}, alpha={self.alpha}"
-
-    def forward(self, images: Any, labels: torch.Tensor, **extra: Any) -> ObjectiveOutput:
-        classifier = self.classifier
-        frozen_image = self.frozen_image_features(images, **extra) if self.reg_weight > 0 else None
-        out = classifier.outputs(images, **extra)
-        logits = self.alpha * out.logits_class + (1 - self.alpha) * out.logits_rep
-        with torch.autocast(logits.device.type, enabled=False):
-            terms = {
-                "ce": F.cross_entropy(out.logits_class.float(), labels),
-                "ce_rep": F.cross_entropy(out.logits_rep.float(), labels),
-            }
-            loss = self.alpha * terms["ce"] + (1 - self.alpha) * terms["ce_rep"]
-            if self.reg_weight > 0:
-                frozen_text = self.frozen_text_features([classifier.current_template()])
-                terms["reg_image"] = cosine_distance(out.image_features.float(), frozen_image, self.EPS)
-                terms["reg_text"] = cosine_distance(out.text_features.float(), frozen_text, self.EPS)
-                loss = loss + self.reg_weight * (terms["reg_image"] + terms["reg_text"])
-        return self._output(loss, logits, terms)
 
 
 def objective_classes() -> dict[str, type[PromptObjective]]:

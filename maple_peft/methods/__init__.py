@@ -1,8 +1,11 @@
 """The prompt methods, one module each, and the registry that the engine asks instead of naming a method.
 
 A method module (`maple_peft/methods/<name>.py`) holds what is that method's and registers it when imported; every
-module of this package is imported by `registry()`, so adding a method is adding a module. A module imports no torch
-at import time (the command line reads the options before torch is loaded); the hooks that need torch import it.
+module of this package is imported by `registry()`, so adding a method is adding a module. A method module imports no
+torch when imported (the command line reads the options before torch is loaded); its hooks import what they need.
+A method with tensors and computations of its own (layers, logits, a loss) is a package, as transformers keeps a
+model's configuration apart from its modeling code: `<name>/__init__.py` declares and registers the method (no
+torch), `<name>/modeling.py` holds its `nn.Module`s and functions (e.g. `maple_peft/methods/mmrl/`).
 
 What a method module declares, as class attributes of a `Method` subclass passed to `register`:
 

@@ -521,14 +521,15 @@ _PEFT_NEUTRAL = frozenset(
 )  # fmt: skip
 """Adapter-config fields that record where the model came from, not what it is."""
 
+
 def _objective_defaults() -> dict[str, float | str | None]:
     """The training objectives' options (as their methods declare them) and their values when absent: off (`0.0`)
     for a weight that can be off, else unset; and Gaussian prompt aggregation, unset."""
     from .. import methods
 
     defaults: dict[str, float | str | None] = {}
-    for name, (field, _) in methods.option_fields("objective_options").items():
-        defaults[name] = field.metadata.get("off")
+    for name, (declared, _) in methods.option_fields("objective_options").items():
+        defaults[name] = declared.metadata.get("off")
     return {**defaults, "gpa_mean": None, "gpa_std": None}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import Method, register
+from .. import Method, register
 
 
 @dataclass
@@ -48,7 +48,7 @@ class KgCoOp(Method):
     trained_with = "trained with the knowledge-guided loss of {paper}"
 
     def objective_class(self) -> type:
-        from ..objectives import KnowledgeGuidedLoss
+        from .modeling import KnowledgeGuidedLoss
 
         return KnowledgeGuidedLoss
 

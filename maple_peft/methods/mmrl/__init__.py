@@ -14,10 +14,7 @@ import numbers
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import Method, register
-
-#: MMRL's logit scale: its code multiplies the cosines by 100, not by CLIP's learned scale.
-LOGIT_SCALE = 100.0
+from .. import Method, register
 
 
 @dataclass
@@ -121,7 +118,7 @@ class MMRL(Method):
     def rep_layers(self, model: Any, config: Any) -> list[int]:
         """The adapter's layers (1-based): the config's, or the last 7 text layers, checked against both towers and
         the backbone (the tokens follow CLIP's class token: no such token in SigLIP)."""
-        from ..model import model_towers
+        from ...model import model_towers
 
         backbone, text_model, vision_model = model_towers(model)
         if not backbone.has_class_token():
@@ -150,7 +147,7 @@ class MMRL(Method):
     # ---- layers ----------------------------------------------------------------------------------------------------
 
     def target_modules(self, model: Any, config: Any) -> list[str]:
-        from ..model import model_towers
+        from ...model import model_towers
 
         backbone, text_model, _ = model_towers(model)
         n_text = len(text_model.encoder.layers)
@@ -162,93 +159,24 @@ class MMRL(Method):
     def create_layer(
         self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
     ) -> None:
-        import copy
+        from .modeling import create_representation_layer
 
-        import torch
-        from torch import nn
-
-        from ..backbones import backbone_of
-        from ..layer import MaPLeLayer, MaPLeRepresentationLayer, unwrap
-        from ..model import depth_of_key
-
-        if isinstance(target, MaPLeLayer) and not isinstance(target, MaPLeRepresentationLayer):
-            raise ValueError(
-                f"{key} already carries an adapter of another kind ({type(target).__name__}); {self.title}'s "
-                "representation tokens and the prompts of the other variants cannot share a model. Add the adapter "
-                "to a fresh base model."
-            )
-        backbone = backbone_of(tuner.model)
-        index = depth_of_key(key)
-        layer_number = index + 1
-        tower = "vision" if key.startswith(backbone.vision_layer.format("")) else "text"
-        first = layer_number == config.rep_layers[0]
-        d_text, d_vision = backbone.widths(tuner.model.config)
-        proj = None
-        if layer_number in config.rep_layers:
-            # each tower's projections start as copies of one freshly initialized Linear, as in the original code
-            templates = tuner.__dict__.setdefault("_maple_rep_templates", {})
-            template_key = (adapter_name, tower)
-            if template_key not in templates:
-                templates[template_key] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
-            proj = copy.deepcopy(templates[template_key])
-        tokens = proj_rep = None
-        if first and tower == "text":
-            tokens = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
-        if first and tower == "vision":
-            proj_rep = d_vision**-0.5 * torch.randn(d_vision, backbone.embed_dim(tuner.model.config))
-        args = (config.n_rep, first, proj, tokens, proj_rep)
-        if isinstance(target, MaPLeRepresentationLayer):
-            target.update_layer(adapter_name, *args)
-            return
-        new_module = MaPLeRepresentationLayer(unwrap(target), adapter_name, index, tower, *args)
-        if adapter_name not in tuner.active_adapters:
-            new_module.requires_grad_(False)
-        tuner._replace_module(parent, target_name, new_module, target)
+        create_representation_layer(tuner, config, adapter_name, target, target_name, parent, key)
 
     def link(self, tuner: Any, adapter_name: str) -> None:
-        from ..layer import MaPLeRepresentationLayer
+        from .modeling import link_representation_layers
 
-        for key in [key for key in tuner.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
-            del tuner.__dict__["_maple_rep_templates"][key]
-        layers = [m for m in tuner.model.modules() if isinstance(m, MaPLeRepresentationLayer)]
-        owner = next(m for m in layers if adapter_name in m.maple_rep_tokens)
-        for layer in layers:
-            if adapter_name in layer.maple_n_ctx:
-                layer.link(adapter_name, owner)
+        link_representation_layers(tuner, adapter_name)
 
     # ---- logits and loss -------------------------------------------------------------------------------------------
 
     def outputs(self, classifier: Any, inputs: Any, config: Any, **extra: Any) -> Any:
-        """The class path (the class token) and the representation path (its tokens' mean through `post_layernorm`
-        and `proj_rep`) from one pass of the vision tower, both against the same text features."""
-        from ..classifier import ClassifierOutput
-        from ..layer import MaPLeRepresentationLayer
+        from .modeling import representation_outputs
 
-        base, backbone = classifier.base_model, classifier.backbone
-        vision = backbone.image_outputs(base, inputs, **extra)
-        image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
-        owner = next(
-            m for m in base.vision_model.modules() if isinstance(m, MaPLeRepresentationLayer) and m.maple_proj_rep
-        )
-        proj_rep = owner.maple_proj_rep[owner.prompt_adapter()]
-        tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
-        rep = tokens.mean(dim=1) @ proj_rep.to(tokens.dtype)
-        rep = rep / rep.norm(dim=-1, keepdim=True)
-        text = classifier.text_features()
-        logits_class = backbone.logits(base, image, text, scale=LOGIT_SCALE)
-        logits_rep = backbone.logits(base, rep, text, scale=LOGIT_SCALE)
-        fused = config.alpha * logits_class + (1 - config.alpha) * logits_rep
-        return ClassifierOutput(
-            logits=fused if classifier.uses_fusion(config) else logits_class,
-            image_features=image,
-            text_features=text,
-            logits_class=logits_class,
-            logits_rep=logits_rep,
-            image_rep_features=rep,
-        )
+        return representation_outputs(classifier, inputs, config, **extra)
 
     def objective_class(self) -> type:
-        from ..objectives import RepresentationLoss
+        from .modeling import RepresentationLoss
 
         return RepresentationLoss
 

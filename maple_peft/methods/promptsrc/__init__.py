@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import Method, register
+from .. import Method, register
 
 
 @dataclass
@@ -47,7 +47,7 @@ class PromptSRC(Method):
     trained_with = "trained with the self-regulating losses and prompt aggregation of {paper}"
 
     def objective_class(self) -> type:
-        from ..regularization import SelfRegularizedLoss
+        from .modeling import SelfRegularizedLoss
 
         return SelfRegularizedLoss
 

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .classifier import PromptClassifier
-from .objectives import ObjectiveOutput, PromptObjective, check_templates, check_weight
-from .templates import IMAGENET_TEMPLATES
+from ...classifier import PromptClassifier
+from ...objectives import ObjectiveOutput, PromptObjective, check_templates, check_weight
+from ...templates import IMAGENET_TEMPLATES
 
 
 class SelfRegularizedLossOutput(ObjectiveOutput):
