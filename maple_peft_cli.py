@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["CommandParser", "build_parser", "command_line_message", "main", "printable"]
+__all__ = ["CommandParser", "build_parser", "command_line_message", "did_you_mean", "main", "printable"]
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -52,6 +52,29 @@ class CommandParser(argparse.ArgumentParser):
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args(self.canonical_spelling(args), namespace)
 
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            options = self._option_strings(parsed)
+            hints = [
+                hint
+                for arg in unknown
+                if arg.startswith("--") and (hint := did_you_mean(arg.partition("=")[0], options))
+            ]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{''.join(hints[:1])}")
+        return parsed
+
+    def _option_strings(self, parsed: argparse.Namespace) -> list[str]:
+        """The long options of this parser and of the subcommand that `parsed` chose."""
+        parsers = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                parsers += [chosen] if chosen is not None else []
+        return [o for parser in parsers for o in parser._option_string_actions if o.startswith("--")]
+
     def canonical_spelling(self, args: Sequence[str]) -> list[str]:
         """`args` with every option written in the other spelling (`-` for `_` or `_` for `-`) rewritten to this
         parser's; values, positional arguments and everything after a bare `--` are left as they are.
@@ -79,6 +102,32 @@ class CommandParser(argparse.ArgumentParser):
             # an option that takes exactly one value: the next argument is that value, even if it starts with --
             expects_value = not sep and action is not None and action.nargs is None
         return rewritten
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """` (did you mean `--num_shots`?)` naming the known names closest to a misspelled `name`, or `""`.
+
+    `-` and `_` count as the same character, so `--num-shot` finds `--num_shots`.
+
+    Args:
+        name (`str`): the misspelled option or key, e.g. `"--num_shot"` or `"num_shot"`.
+        known (`Sequence[str]`): the names it may have meant.
+
+    Example:
+        ```python
+        >>> did_you_mean("--num_shot", ["--num_shots", "--seed"])
+        ' (did you mean `--num_shots`?)'
+        ```
+    """
+    import difflib
+
+    by_normal = {}
+    for option in known:
+        by_normal.setdefault(option.replace("-", "_"), option)
+    matches = difflib.get_close_matches(name.replace("-", "_"), list(by_normal), n=2, cutoff=0.75)
+    if not matches:
+        return ""
+    return " (did you mean " + " or ".join(f"`{by_normal[match]}`" for match in matches) + "?)"
 
 
 _PYTHON_VALUE = r"(True|False|None|'[^']*'|\"[^\"]*\"|\[[^\]]*\]|[-+\w./:~]+)?"
