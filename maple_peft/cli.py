@@ -14,6 +14,7 @@ import sys
 
 from maple_peft_cli import command_line_message, one_line, printable, single_class_message
 
+from . import methods
 from .console import quiet_known_messages
 
 #: Parameters of the Python API named in error messages -> the `maple-peft predict` flags that set them.
@@ -58,14 +59,15 @@ def _convert_official(args: argparse.Namespace) -> int:
     except OSError as error:
         _error(one_line(error))
         return 2
-    mmrl_options = {"rep_layers": args.rep_layers, "alpha": args.alpha, "template": args.template}
+    # the options a file does not hold (MMRL's template, rep_layers and alpha); refused for files of other methods
+    file_options = {"rep_layers": args.rep_layers, "alpha": args.alpha, "template": args.template}
     try:
         clip_config = CLIPConfig.from_pretrained(args.base_model)
     except (OSError, ValueError) as error:
         _error(f"--base-model {args.base_model}: {str(error).strip().splitlines()[0]}")
         return 2
     try:  # widths, depth and MMRL's options, still before the base model is loaded
-        check_official_checkpoint_fits(converted, clip_config, **mmrl_options)
+        check_official_checkpoint_fits(converted, clip_config, **file_options)
     except ValueError as error:
         _error(" ".join(str(error).split()))
         return 2
@@ -82,20 +84,22 @@ def _convert_official(args: argparse.Namespace) -> int:
             tokenizer_name_or_path=args.tokenizer,
             class_names=args.class_names,
             dataset=args.dataset,
-            **mmrl_options,
+            **file_options,
         )
         model.save_pretrained(output)
     except (OSError, ValueError) as error:
         _error(str(error).strip().splitlines()[0])
         return 1
     config = model.peft_config["default"]
-    if config.variant == "mmrl":
-        shape = f"variant=mmrl, n_rep={config.n_rep}, rep_dim={config.rep_dim}, rep_layers={config.rep_layers}"
-        shape += f", alpha={config.alpha}, template={config.template!r}"
-    else:
-        shape = f"variant={config.variant}, n_ctx={config.n_ctx}, depth={config.depth}"
-    if config.variant == "ivlp":
-        shape += f", n_ctx_vision={config.num_vision_tokens}"
+    method = config.method
+    shape = f"variant={config.variant}"
+    if method.text_prompts or method.vision_prompts:
+        shape += f", n_ctx={config.n_ctx}, depth={config.depth}"
+        if config.n_ctx_vision is not None:
+            shape += f", n_ctx_vision={config.num_vision_tokens}"
+    shape += "".join(f", {f.name}={getattr(config, f.name)}" for f in methods.fields_of(method.options))
+    if not (method.text_prompts or method.vision_prompts):
+        shape += f", template={config.template!r}"
     print(f"Converted {args.checkpoint} ({converted.source} checkpoint: {shape}) to {output}")
     return 0
 

@@ -31,6 +31,9 @@ and these hooks, with defaults that build deep prompts (a method that builds som
 - `text_offset(config)`: tokens it inserts into the text sequences besides the prompts (the pooled token moves);
 - `outputs(classifier, inputs, config, **extra)`: its logits and features, or `None` for the classifier's own;
 - `objective_class()`: its training loss (an `maple_peft.objectives.PromptObjective` subclass);
+- `read_checkpoint(state)`, `checkpoint_dims`, `checkpoint_config`, `checkpoint_state_dict`: the import of the
+  original code's checkpoints (`maple_peft.convert` reads the file and asks the methods in `checkpoint_priority`
+  order);
 - `card_rows(peft_config)`: the rows of its options in a card's table; `display_title(peft_config)` and `papers()`:
   its names (CoOp is deep language prompting at depth 1) and their papers.
 
@@ -86,6 +89,12 @@ class Method:
     coupling: ClassVar[str | None] = None
     conditional: ClassVar[bool] = False
     default_depth: ClassVar[int | None] = 9
+    #: The order in which `maple_peft.convert` asks the methods whether a file is theirs (lower first).
+    checkpoint_priority: ClassVar[int] = 100
+    #: The keys a file holding the method's prompt learner alone may hold (CoOp, CoCoOp, KgCoOp).
+    learner_keys: ClassVar[frozenset[str]] = frozenset()
+    #: The original code uses its `ctx_init` only up to this many context tokens (MaPLe, PromptSRC); None: any.
+    ctx_init_max_tokens: ClassVar[int | None] = None
 
     # ---- the adapter's configuration ------------------------------------------------------------------------------
 
@@ -144,6 +153,60 @@ class Method:
     def objective_class(self) -> type:
         """The training loss this method defines (`objective`)."""
         raise NotImplementedError(f"{self.title} defines no training objective.")
+
+    # ---- the original code's checkpoints (`maple_peft.convert`) ----------------------------------------------------
+
+    def read_checkpoint(self, state: dict[str, Any]) -> Any:
+        """The `OfficialCheckpoint` in the state dict of a file of the method's original code (recognized by its
+        keys; `ValueError` when it is malformed), or `None` when the file is not one of its."""
+        return None
+
+    def checkpoint_dims(self, converted: Any) -> dict[str, int]:
+        """The widths of the CLIP an imported checkpoint was trained on, as its tensors tell (`d_text`, `d_vision`,
+        `embed_dim`)."""
+        from ..backbones import TEXT_EMBEDDING
+
+        return {"d_text": converted.state_dict[f"base_model.model.{TEXT_EMBEDDING}.maple_ctx"].shape[1]}
+
+    def checkpoint_prompt_init(self, converted: Any, prompt_init: str | None) -> str | None:
+        """The `prompt_init` that gives the original's class prompts, or `None` for its placeholder `"X X ... X"`: by
+        default (CoOp, CoCoOp, KgCoOp) the original takes `n_ctx` from `ctx_init`'s word count when it is set;
+        `ctx_init_max_tokens` (MaPLe, PromptSRC) uses `ctx_init` only up to that many context tokens."""
+        if prompt_init is None:
+            return None
+        if self.ctx_init_max_tokens is not None:
+            return prompt_init if converted.n_ctx <= self.ctx_init_max_tokens else None
+        return prompt_init if len(prompt_init.replace("_", " ").split()) == converted.n_ctx else None
+
+    def checkpoint_config(
+        self,
+        converted: Any,
+        clip_config: Any,
+        *,
+        prompt_init: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        template: str | None = None,
+        options: Mapping[str, Any] | None = None,
+        **extra: Any,
+    ) -> Any:
+        """The `MaPLeConfig` of an imported checkpoint on a base model of config `clip_config` (`options`: the
+        method's options the file does not hold; `extra`: `class_names`, `dataset`), checked against both."""
+        from ..config import MaPLeConfig
+
+        return MaPLeConfig(
+            n_ctx=converted.n_ctx,
+            n_ctx_vision=converted.n_ctx_vision,
+            depth=converted.depth,
+            variant=converted.variant,
+            prompt_init=self.checkpoint_prompt_init(converted, prompt_init),
+            tokenizer_name_or_path=tokenizer_name_or_path,
+            **{name: value for name, value in (options or {}).items() if value is not None},
+            **extra,
+        )
+
+    def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
+        """The imported tensors keyed like a saved `adapter_model.safetensors` of an adapter with `config`."""
+        return dict(converted.state_dict)
 
     # ---- cards ----------------------------------------------------------------------------------------------------
 

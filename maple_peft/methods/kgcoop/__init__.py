@@ -6,6 +6,7 @@ variant; with CoOp's adapter (`variant="language"`, `depth=1`) it is KgCoOp."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .. import Method, register
 
@@ -47,6 +48,22 @@ class KgCoOp(Method):
     suffix = "KgCoOp"
     trained_with = "trained with the knowledge-guided loss of {paper}"
 
+    checkpoint_priority = 40
+    #: what KgCoOp's prompt learner saves beside `ctx` and never uses
+    learner_keys = frozenset({"ctx", "bias_vectors", "meta_net.linear1.weight", "meta_net.linear1.bias"})
+
+    def read_checkpoint(self, state: dict[str, Any]) -> Any:
+        """KgCoOp's `prompt_learner/model.pth.tar-N`: `ctx` and two tensors its model never uses, `bias_vectors` and a
+        square `meta_net.linear1` (no `linear2`). Its model is CoOp: `variant="language"` with `depth=1`."""
+        from ...convert import OfficialCheckpoint, prompt_learner_alone
+        from ..language import convert_coop_state_dict
+
+        learner = prompt_learner_alone(state)
+        if learner is None or not is_kgcoop_learner(learner):
+            return None
+        n_ctx, converted = convert_coop_state_dict(learner)
+        return OfficialCheckpoint("KgCoOp", "language", n_ctx, None, 1, converted)
+
     def objective_class(self) -> type:
         from .modeling import KnowledgeGuidedLoss
 
@@ -54,3 +71,15 @@ class KgCoOp(Method):
 
 
 register(KgCoOp())
+
+
+def is_kgcoop_learner(learner: dict[str, Any]) -> bool:
+    """KgCoOp's prompt learner holds `bias_vectors` or a square `meta_net.linear1` (`Linear(512, 512)`), and never
+    CoCoOp's `meta_net.linear2`."""
+    import torch
+
+    if any(key.startswith("meta_net.linear2.") for key in learner):
+        return False
+    linear1 = learner.get("meta_net.linear1.weight")
+    square = isinstance(linear1, torch.Tensor) and linear1.ndim == 2 and linear1.shape[0] == linear1.shape[1]
+    return "bias_vectors" in learner or square

@@ -175,6 +175,40 @@ class MMRL(Method):
 
         return representation_outputs(classifier, inputs, config, **extra)
 
+    # ---- the original code's checkpoints --------------------------------------------------------------------------
+
+    checkpoint_priority = 30
+
+    def read_checkpoint(self, state: dict[str, Any]) -> Any:
+        from .convert import read_checkpoint
+
+        return read_checkpoint(state)
+
+    def checkpoint_dims(self, converted: Any) -> dict[str, int]:
+        from .convert import dims
+
+        return dims(converted)
+
+    def checkpoint_config(
+        self,
+        converted: Any,
+        clip_config: Any,
+        *,
+        prompt_init: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        template: str | None = None,
+        options: Any = None,
+        **extra: Any,
+    ) -> Any:
+        from .convert import checkpoint_config
+
+        return checkpoint_config(converted, clip_config, template=template, **(options or {}), **extra)
+
+    def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
+        from .convert import adapter_state_dict
+
+        return adapter_state_dict(converted, config)
+
     def objective_class(self) -> type:
         from .modeling import RepresentationLoss
 
