@@ -31,7 +31,7 @@ class MaPLe(Method):
         "learns {prompts} of the text encoder, and linear coupling functions that project each text prompt into a "
         "prompt of the image encoder, so that both modalities adapt together."
     )
-    recipes = ("maple_base2novel", "maple_cross_dataset", "maple_src_base2novel")
+    recipes = ("maple_base2novel", "maple_cross_dataset")
     text_prompts = True
     vision_prompts = True
     coupling = "per_depth"

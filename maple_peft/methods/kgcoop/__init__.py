@@ -39,7 +39,7 @@ class KgCoOp(Method):
   booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
   year={2023}
 }"""
-    recipes = ("kgcoop_base2novel",)
+    recipes = ("kgcoop_base2novel", "kgcoop_cross_dataset")
     is_variant = False
     objective = "kgcoop"
     objective_options = KgCoOpObjectiveOptions

@@ -75,7 +75,7 @@ class MMRL(Method):
         "learns representation tokens shared by both encoders, projected into their later layers, and a projection "
         "of the image's representation features (MMRL); the class prompts are the hand-written template."
     )
-    recipes = ("mmrl_base2novel", "mmrl_cross_dataset")
+    recipes = ("mmrl_base2novel", "mmrl_cross_dataset", "mmrl_few_shot")
     options = MMRLOptions
     objective = "mmrl"
     objective_options = MMRLObjectiveOptions

@@ -38,7 +38,7 @@ class PromptSRC(Method):
   booktitle={Proceedings of the IEEE/CVF International Conference on Computer Vision (ICCV)},
   year={2023}
 }"""
-    recipes = ("promptsrc_base2novel", "promptsrc_cross_dataset", "maple_src_base2novel")
+    recipes = ("promptsrc_base2novel", "promptsrc_cross_dataset", "promptsrc_few_shot", "maple_src_base2novel")
     is_variant = False
     objective = "src"
     objective_options = PromptSRCObjectiveOptions
