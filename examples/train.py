@@ -446,7 +446,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
                 step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
                 if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
                     save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            logger.info(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, lr {history[-1]['lr']:.2e}")
+            epoch_losses = [record["loss"] for record in history if record["epoch"] == epoch + 1]  # resumed ones too
+            logger.info(
+                f"epoch {epoch + 1}/{args.epochs}: mean loss {sum(epoch_losses) / len(epoch_losses):.4f} over its "
+                f"{len(epoch_losses)} steps, lr {history[-1]['lr']:.2e}"
+            )
             if aggregator is not None:
                 aggregator.update(model, epoch + 1)
                 history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
