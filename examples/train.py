@@ -37,7 +37,12 @@ from transformers import AutoTokenizer
 
 import maple_peft
 from maple_peft.adapter_card import method_name
-from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
+from maple_peft.console import (
+    disable_library_progress_bars,
+    peft_deprecation_quieted,
+    progress_bars_wanted,
+    quiet_known_messages,
+)
 from maple_peft.hub import check_sources, check_writable_cache
 from maple_peft.loading import load_base_model, load_image_processor
 from maple_peft.numerics import flush_denormal
@@ -294,7 +299,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         class_names=train_names,  # saved with the adapter: PromptClassifier.from_pretrained classifies among them
         dataset=data.name,
     )
-    model = get_peft_model(base_model, peft_config)
+    with peft_deprecation_quieted():  # PEFT's own read of a property transformers deprecated
+        model = get_peft_model(base_model, peft_config)
     for _, class_names, template, _ in splits.values():  # the evaluated class names fit the text context too
         for zero_shot_template in (None, template):
             maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
