@@ -122,3 +122,28 @@ def test_the_readme_training_block_trains_saves_and_reloads_an_adapter(run_block
         p.name for p in (folder / "my-maple-adapter").iterdir()
     }
     assert namespace["clf"].class_names == ["cat", "golden_retriever"]  # reloaded with the classes it was trained on
+
+
+def _section(text: str, title: str) -> str:
+    start = text.index(f"\n{title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+def test_the_two_commands_are_two_and_the_test_command_is_what_ci_runs():
+    section = _section((REPO / "README.md").read_text(encoding="utf-8"), "## The two commands")
+    commands = re.findall(r"(?ms)^```bash\n(.*?)^```", section)
+    assert len(commands) == 2 and all(len(command.strip().splitlines()) == 1 for command in commands)
+    main_job, tests = (command.strip() for command in commands)
+    assert main_job.startswith("python3 -m venv") and "examples/train.py" in main_job  # sets up, then runs
+    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+    assert tests.startswith("python3 -m venv") and tests.endswith(ci)  # sets up, then lints and tests as CI does
+
+
+def test_the_readme_smoke_run_is_the_one_smoke_yaml_names_and_every_recipe_is_listed():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    smoke = (REPO / "examples" / "configs" / "smoke.yaml").read_text(encoding="utf-8")
+    commented = [line.lstrip("# ").strip() for line in smoke.splitlines() if "examples/train.py" in line]
+    assert commented and all(command.split(" && ")[-1] in readme for command in commented)
+    recipes = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    assert [p.name for p in sorted((REPO / "examples" / "configs").glob("*.yaml")) if p.name not in recipes] == []
