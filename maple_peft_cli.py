@@ -157,7 +157,12 @@ def build_parser() -> CommandParser:
     convert.add_argument("--class-names", nargs="+", help="the class names it was trained on (saved with the adapter)")
     convert.add_argument("--dataset", help="the dataset it was trained on (saved with the adapter)")
     convert.add_argument("--template", help="MMRL: its class prompt template (default 'a photo of a {}.')")
-    convert.add_argument("--rep-layers", nargs="+", type=int, help="MMRL: its REP_LAYERS (default: the last 7 layers)")
+    convert.add_argument(
+        "--rep-layers",
+        nargs="+",
+        type=int,
+        help="MMRL: its REP_LAYERS (default: the last k text layers, k = projections in the file)",
+    )
     convert.add_argument("--alpha", type=float, help="MMRL: its ALPHA (default 0.7)")
 
     predict = commands.add_parser(

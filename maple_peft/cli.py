@@ -240,6 +240,7 @@ PUSH_ALLOW_PATTERNS = [
     "README.md",
     "metrics.json",
     "training_history.json",
+    "train_images.json",
     "*.png",
     "training_log.txt",
 ]
