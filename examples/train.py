@@ -54,6 +54,7 @@ from maple_peft.training.checkpointing import (
 from maple_peft.training.data import ImageClassificationDataset, image_transforms
 from maple_peft.training.experiment import (
     EpochSeededDataset,
+    draw_experiment_training_images,
     evaluate_classifier,
     image_batch,
     load_experiment_data,
@@ -271,9 +272,10 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             )
     data = load_experiment_data_from_args(args)
     splits = eval_splits(args, data)
-    train_records = data.train.few_shot(args.num_shots, seed=args.seed)
-    if args.setting == "base2novel":
-        train_records = train_records.class_subset("base")
+    draw = draw_experiment_training_images(
+        data, args.num_shots, args.seed, args.setting
+    )  # the original's on CoOp data
+    train_records = draw.train
     counts = train_records.class_counts()
     shots_used = {"min": min(counts), "max": max(counts)}  # fewer than --num_shots where a class has fewer images
     tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
@@ -351,6 +353,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         )
         logger.info(f"{data.name}: {len(data.class_names)} classes; evaluating on {list(splits)}")
         logger.info(f"split: {data.split_note}")
+        logger.info(f"{len(train_records)} training images, the {draw.draw!r} few-shot draw (train_images.json)")
         trainable, total = model.get_nb_trainable_parameters()
         logger.info(
             f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
@@ -506,6 +509,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             apply_umask(output_dir / "adapter_model.safetensors")
             atomic_write_json(output_dir / "training_history.json", history)
             atomic_write_json(output_dir / "metrics.json", metrics)
+            draw.write(output_dir, dataset=data.name, data_source=data.data_source)  # train_images.json
             images = write_plots(output_dir, metrics, history) if args.plots else []
             write_model_card(output_dir, repo_id=args.hub_model_id, images=images)
             mark_finished(output_dir)

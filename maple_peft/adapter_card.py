@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import PurePath
 from typing import Any
 
 __all__ = ["GENERATED_MARKER", "METHODS", "method_citations", "method_link", "method_name", "render_adapter_card"]
@@ -202,8 +203,28 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def is_hub_id(name: str | None) -> bool:
-    """Whether `name` reads as a Hub model id and is not a local path (only those go into the card's metadata)."""
+    """Whether `name` reads as a Hub model id and is not a local path."""
     return bool(name) and bool(_HUB_ID.match(name)) and not os.path.exists(name)
+
+
+def hub_model_id(name: str | None) -> str | None:
+    """The Hub model id that `name` stands for, or `None` for another local path (only ids go into a card's metadata).
+
+    A Hub id is kept as given; a snapshot folder of the Hugging Face cache (`.../models--org--name/snapshots/<commit>`,
+    what `snapshot_download` returns and an offline run often loads) is its repository `org/name`, so an adapter
+    trained from a cached copy still links to its base model on the Hub.
+
+    Args:
+        name (`str`, *optional*): the base model as the user gave it (Hub id or path).
+    """
+    if is_hub_id(name):
+        return name
+    parts = PurePath(name).parts if name else ()
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        repo_id = parts[-3].removeprefix("models--").replace("--", "/")
+        if _HUB_ID.match(repo_id):
+            return repo_id
+    return None
 
 
 def render_adapter_card(
@@ -222,7 +243,8 @@ def render_adapter_card(
         versions (`Mapping[str, str | None]`): package -> version, listed under "Framework versions".
 
     Returns:
-        `str`: the card, with YAML metadata (`library_name: peft`, `base_model` when it is a Hub id).
+        `str`: the card, with YAML metadata (`library_name: peft`, `base_model` when it names a Hub model, see
+        `hub_model_id`).
     """
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -230,7 +252,8 @@ def render_adapter_card(
 
     name = method_name(peft_config)
     backbone = BACKBONES.get(peft_config.get("backbone") or "clip", BACKBONES["clip"])
-    base = base_model or backbone.example_checkpoint
+    hub_id = hub_model_id(base_model)
+    base = hub_id or base_model or backbone.example_checkpoint
     adapter_id = "path/or/hub-id/of/this/adapter"
     names = list(class_names or [])
     n_ctx, depth, variant = peft_config.get("n_ctx"), peft_config.get("depth"), peft_config.get("variant") or "maple"
@@ -245,7 +268,7 @@ def render_adapter_card(
     shape.append(("Backbone", f"{backbone.display_name} (`{backbone.model_class_name}`)"))
     shown = names[:20]
     card_data = ModelCardData(
-        base_model=base if is_hub_id(base_model) else None,
+        base_model=hub_id,
         library_name="peft",
         pipeline_tag="zero-shot-image-classification",
         tags=["maple", "prompt-learning", backbone.family, "peft", "zero-shot-image-classification"],
@@ -259,7 +282,7 @@ def render_adapter_card(
         method=method_link(name),
         base_model=base,
         family=backbone.display_name,
-        base_link=f"[`{base}`](https://huggingface.co/{base})" if is_hub_id(base_model) else f"`{base}`",
+        base_link=f"[`{base}`](https://huggingface.co/{base})" if hub_id else f"`{base}`",
         num_classes=len(names),
         class_names=", ".join(f"`{n}`" for n in shown)
         + (f", ... ({len(names) - len(shown)} more)" if len(names) > len(shown) else ""),

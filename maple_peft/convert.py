@@ -592,15 +592,21 @@ def _mmrl_config(
     template: str | None = None,
     **extra: Any,
 ) -> MaPLeConfig:
-    """The `MaPLeConfig` of an MMRL checkpoint on a base model: `rep_layers` (default: the last 7 text layers, as the
-    engine's default) checked against the file's projections and the towers; the other options validated."""
+    """The `MaPLeConfig` of an MMRL checkpoint on a base model: `rep_layers` (default: the last k text layers, k the
+    file's projections per tower, as every MMRL config places them) checked against the file's projections and the
+    towers; the other options validated."""
     n_text = clip_config.text_config.num_hidden_layers
     n_vision = clip_config.vision_config.num_hidden_layers
     count = converted.rep_projections
     shown = f"rep_layers={rep_layers}"
     if rep_layers is None:
-        rep_layers = list(range(max(1, n_text - 6), n_text + 1))  # the engine's default (model.resolve_rep_layers)
-        shown = f"rep_layers={rep_layers} (the default: the last 7 text layers of the base model)"
+        if count > n_text:
+            raise ValueError(
+                f"The checkpoint has a projection per tower for {count} layers, but the base model's text tower has "
+                f"{n_text}; pass the CLIP the checkpoint was trained on."
+            )
+        rep_layers = list(range(n_text - count + 1, n_text + 1))
+        shown = f"rep_layers={rep_layers} (the default: the last {count} text layers, one per projection in the file)"
     config = MaPLeConfig(
         variant="mmrl",
         n_rep=converted.n_rep,
@@ -783,8 +789,8 @@ def from_official_checkpoint(
         template (`str`, *optional*): MMRL: the class prompt template it was trained with (its per-dataset
             `CUSTOM_TEMPLATES`, e.g. `"{} texture."` for DTD); defaults to `"a photo of a {}."`.
         rep_layers (`list[int]`, *optional*): MMRL: its `REP_LAYERS` (1-based), which the file does not hold; defaults
-            to the last 7 text layers (6 .. 12 on ViT-B/16, as all of MMRL's configs). Must list as many layers as
-            the file has projections per tower.
+            to the last k text layers, k the number of projections per tower in the file (6 .. 12 on ViT-B/16 for a
+            file of 7, as all of MMRL's configs). A given list must have k layers.
         alpha (`float`, *optional*): MMRL: its `ALPHA`, the weight of the class-token logits in the fused logits,
             which the file does not hold; defaults to 0.7 (all of MMRL's configs).
         dataset (`str`, *optional*): the dataset the checkpoint was trained on, stored in the adapter config (MMRL's

@@ -129,6 +129,32 @@ def test_local_base_model_is_kept_out_of_the_hub_metadata(tmp_path):
     assert f'AutoModel.from_pretrained("{tmp_path}")' in text
 
 
+@pytest.mark.parametrize("trailing", ["", "/"])
+def test_base_model_in_the_hugging_face_cache_is_written_as_its_hub_id(tmp_path, trailing):
+    from maple_peft.adapter_card import render_adapter_card
+
+    snapshot = (
+        tmp_path
+        / "hub"
+        / "models--openai--clip-vit-base-patch16"
+        / "snapshots"
+        / "3d74acf9a28c67741b2f4f2ea7635f0aaf6f0268"
+    )
+    snapshot.mkdir(parents=True)
+    run_card = render_model_card(_metrics(base_model=f"{snapshot}{trailing}"))
+    saved_card = render_adapter_card({"n_ctx": 2, "depth": 9}, f"{snapshot}{trailing}", ["a", "b"])
+    for text in (run_card, saved_card):
+        assert ModelCard(text).data.base_model == BASE_MODEL
+        assert f'AutoModel.from_pretrained("{BASE_MODEL}")' in text and str(tmp_path) not in text
+    # a model without an organization, and other local folders: no base_model in the metadata, the path kept as given
+    plain = tmp_path / "models--gpt2" / "snapshots" / "abc"
+    other = tmp_path / "models--openai--clip" / "refs" / "main"
+    for path, expected in ((plain, "gpt2"), (other, None), (tmp_path / "snapshots" / "abc", None)):
+        path.mkdir(parents=True)
+        assert ModelCard(render_model_card(_metrics(base_model=str(path)))).data.base_model == expected
+        assert ModelCard(render_adapter_card({}, str(path), None)).data.base_model == expected
+
+
 def test_write_model_card_renders_the_run_directory_with_its_plots(tmp_path):
     (tmp_path / "metrics.json").write_text(json.dumps(_metrics()))
     (tmp_path / "per_class_accuracy.png").write_bytes(b"")

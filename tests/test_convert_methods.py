@@ -228,11 +228,16 @@ def test_mmrl_checkpoint_gives_the_original_logits_and_gradients(tmp_path, token
     _assert_grads(params, leaves)
 
 
-def test_mmrl_checkpoint_goes_into_the_rep_layers_given(tmp_path, tokenizer, pixel_values):
+@pytest.mark.parametrize("rep_layers", [[2, 3], None], ids=["given", "not-given-the-last-2-text-layers"])
+def test_mmrl_checkpoint_goes_into_the_rep_layers_given_or_the_last_text_layers(
+    tmp_path, tokenizer, pixel_values, rep_layers
+):
+    # a file with 2 projections per tower: without rep_layers, the last 2 of the 3 text layers, as MMRL's configs
+    # place one projection per layer up to the last
     learner = write_mmrl_checkpoint(tmp_path / "ckpt", layers=2)
     clip = tiny_clip()
     untouched = copy.deepcopy(clip)
-    model = from_official_checkpoint(clip, tmp_path / "ckpt", rep_layers=[2, 3])
+    model = from_official_checkpoint(clip, tmp_path / "ckpt", rep_layers=rep_layers)
     config = model.peft_config["default"]
     assert (config.rep_layers, config.alpha, config.template) == ([2, 3], 0.7, "a photo of a {}.")
     text = model.get_base_model().text_model.encoder.layers
@@ -398,8 +403,8 @@ def test_malformed_files_get_one_clear_error(tmp_path, kind):
         ("kgcoop", {"d_text": 64}, r"64-wide \(text\), but the base model has d_text=32"),
         (
             "mmrl",
-            {"layers": 2},
-            r"rep_layers=\[1, 2, 3\] \(the default: the last 7 text layers of the base model\) has 3 layers, but the checkpoint has a projection per tower for 2 .* e.g. rep_layers=\[2, 3\]",
+            {"layers": 4},
+            r"projection per tower for 4 layers, but the base model's text tower has 3; pass the CLIP",
         ),
     ],
 )
@@ -552,7 +557,11 @@ def test_convert_official_command_takes_mmrls_options(tmp_path, capsys, saved_ba
 @pytest.mark.parametrize(
     "writer,args,message",
     [
-        ("mmrl", [], "has 3 layers, but the checkpoint has a projection per tower for 2"),
+        (
+            "mmrl",
+            ["--rep-layers", "3"],
+            r"rep_layers=\[3\] has 1 layers, but the checkpoint has a projection per tower for 2",
+        ),
         ("mmrl", ["--rep-layers", "3", "4"], r"rep_layers=\[3, 4\] but the base model's towers have 3 \(text\)"),
         ("kgcoop", ["--alpha", "0.5"], "alpha=0.5 given, but these options belong to MMRL checkpoints"),
     ],

@@ -14,6 +14,7 @@ RUN_FILES = {
     "README.md": True,
     "metrics.json": True,
     "training_history.json": True,
+    "train_images.json": True,
     "training_curves.png": True,
     "training_log.txt": True,
     "run.lock": False,

@@ -18,7 +18,7 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from ..adapter_card import is_hub_id, method_citations, method_link, method_name
+from ..adapter_card import hub_model_id, method_citations, method_link, method_name
 from ..backbones import BACKBONES
 from ..objectives import objective_classes, objective_name
 from .metrics import RunMetrics
@@ -136,7 +136,7 @@ def _recipe_rows(
         shots = f"{used} ({metrics.num_shots} asked for; fewer training images available)"
     rows: list[tuple[str, str]] = [
         ("Method", _escape(method_name(peft_config, train_config))),
-        ("Base model", _cell(metrics.base_model)),
+        ("Base model", _cell(hub_model_id(metrics.base_model) or metrics.base_model)),
         ("Dataset", _cell(metrics.dataset)),
         ("Setting", f"`{metrics.setting}` ({_SETTING_DESCRIPTIONS.get(metrics.setting, 'custom')})"),
         ("Shots per class", shots),
@@ -242,7 +242,9 @@ def build_model_card(
     metrics = metrics if isinstance(metrics, RunMetrics) else RunMetrics.from_dict(metrics)
     peft_config = dict(metrics.peft_config) if peft_config is None else dict(peft_config)
     train_config = dict(metrics.train_config) if train_config is None else dict(train_config)
-    base_model, dataset, setting = metrics.base_model, metrics.dataset, metrics.setting
+    dataset, setting = metrics.dataset, metrics.setting
+    hub_base = hub_model_id(metrics.base_model)
+    base_model = hub_base or metrics.base_model  # a Hugging Face cache snapshot is shown as its Hub id
     results = metrics.results
     zs_results = metrics.zero_shot_results or {}
 
@@ -250,13 +252,12 @@ def build_model_card(
     if setting == "cross_dataset":
         datasets += [target for target in results if target not in datasets]
     datasets = [name for name in datasets if ":" not in name]  # a local dataset's identity is no Hub dataset id
-    hub_base = is_hub_id(base_model)
     backbone = BACKBONES.get(peft_config.get("backbone") or "clip", BACKBONES["clip"])
     method = method_name(peft_config, train_config)
     slug = re.sub(r"[^a-z0-9]+", "-", method.lower()).strip("-")
     model_name = repo_id.split("/")[-1] if repo_id else f"{slug}-{base_model.rstrip('/').split('/')[-1]}-{dataset}"
     card_data = ModelCardData(
-        base_model=base_model if hub_base else None,
+        base_model=hub_base,
         library_name="peft",
         pipeline_tag=TASK_TYPE,
         license=license,

@@ -14,7 +14,9 @@ import torch
 
 from .data import (
     ImageRecords,
+    TrainingDraw,
     dataset_identity,
+    draw_training_images,
     find_hub_dataset,
     get_benchmark,
     load_coop_split,
@@ -42,6 +44,12 @@ class ExperimentData:
         split_note: The same in a sentence, for logs and cards.
         benchmark: The benchmark the data stands for (`"eurosat"`), if any: a CoOp benchmark, or a registered Hub
             dataset.
+        val: The validation pool the original code draws after the training images (CoOp layouts with one), else
+            `None`.
+        few_shot_draw: How the training images are drawn (`maple_peft.training.data.DRAWS`): `"dassl"`, the
+            original code's draw, on CoOp layouts (their split files fix the order); `"sorted"` on other sources.
+        data_source: Where CoOp-layout data was downloaded from, as `hf://<repo>@<revision>` (the hub data root),
+            else `None`.
     """
 
     name: str
@@ -52,6 +60,23 @@ class ExperimentData:
     split_source: str = "coop"
     split_note: str = ""
     benchmark: str | None = None
+    val: ImageRecords | None = None
+    few_shot_draw: str = "sorted"
+    data_source: str | None = None
+
+
+def draw_experiment_training_images(data: ExperimentData, num_shots: int, seed: int, setting: str) -> TrainingDraw:
+    """The run's training images: the few-shot draw of `data` (its `few_shot_draw`), then the base half of the
+    classes for the base-to-novel setting.
+
+    Args:
+        data (`ExperimentData`): The run's data.
+        num_shots (`int`): Shots per class.
+        seed (`int`): The run's seed.
+        setting (`str`): `"base2novel"` trains on the base classes; other settings on all of them.
+    """
+    subset = "base" if setting == "base2novel" else "all"
+    return draw_training_images(data.train, num_shots, seed, subset=subset, draw=data.few_shot_draw, val=data.val)
 
 
 def load_experiment_data(
@@ -92,9 +117,13 @@ def load_experiment_data(
             )
         test = load_coop_split(spec.name, data_root, "test")
         train = None if spec.test_only else load_coop_split(spec.name, data_root, "train")
+        # the validation pool the original draws after the training images (ImageNet's original draws none)
+        val = load_coop_split(spec.name, data_root, "val") if spec.layout in ("split_json", "fgvc_txt") else None
         where = spec.split_file or f"the {spec.layout} folders"
         note = f"CoOp's split ({where}), as in the papers"
-        data = ExperimentData(spec.name, train, test, list(test.class_names), spec.template, "coop", note, spec.name)
+        data = ExperimentData(
+            spec.name, train, test, list(test.class_names), spec.template, "coop", note, spec.name, val, "dassl"
+        )
     else:
         hub = find_hub_dataset(dataset_name, data_dir, registry)
         if hub is not None:  # the registry's values, for the options left at their defaults

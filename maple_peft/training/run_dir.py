@@ -39,6 +39,7 @@ RESULT_FILES = (
     "README.md",
     "metrics.json",
     "training_history.json",
+    "train_images.json",
     "training_curves.png",
     "per_class_accuracy.png",
     "base_novel_hm.png",

@@ -13,6 +13,7 @@ Typical few-shot base-to-novel setup::
 
 from .coop import BENCHMARKS, BenchmarkSpec, get_benchmark, list_benchmarks, load_coop_split, read_classnames
 from .dataset import ImageClassificationDataset
+from .draw import DRAWS, TRAIN_IMAGES_FILE, TrainingDraw, draw_training_images
 from .hf import (
     ImageClassificationData,
     dataset_identity,
@@ -29,7 +30,7 @@ from .registry import (
     load_dataset_registry,
     split_source_of,
 )
-from .sampling import sample_few_shot, split_base_novel, subsample_classes
+from .sampling import sample_few_shot, sample_few_shot_dassl, split_base_novel, subsample_classes
 from .synthetic import make_synthetic_imagefolder
 from .transforms import (
     CLIP_MEAN,
@@ -50,6 +51,7 @@ from .transforms import (
 
 __all__ = [
     "BENCHMARKS",
+    "DRAWS",
     "HUB_DATASETS",
     "CLIP_MEAN",
     "CLIP_STD",
@@ -60,6 +62,8 @@ __all__ = [
     "HFImageRef",
     "HubDatasetSpec",
     "PatchTransform",
+    "TRAIN_IMAGES_FILE",
+    "TrainingDraw",
     "PatchTransforms",
     "ImageClassificationData",
     "ImageClassificationDataset",
@@ -67,6 +71,7 @@ __all__ = [
     "ImageRecords",
     "center_crop",
     "dataset_identity",
+    "draw_training_images",
     "find_hub_dataset",
     "get_benchmark",
     "hub_dataset_for_benchmark",
@@ -83,6 +88,7 @@ __all__ = [
     "records_from_hf_dataset",
     "resize_shorter_side",
     "sample_few_shot",
+    "sample_few_shot_dassl",
     "split_source_of",
     "split_base_novel",
     "subsample_classes",

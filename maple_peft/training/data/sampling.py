@@ -7,14 +7,18 @@ The protocol for a base-to-novel run is::
     test_base = test.class_subset("base")
     test_novel = test.class_subset("novel")
 
-i.e. `sample_few_shot` first, then `subsample_classes`, as in CoOp's `generate_fewshot_dataset`
-followed by `subsample_classes`. (CoOp also draws `min(num_shots, 4)` shots for the validation split.)
+i.e. the draw first, then `subsample_classes`, as in CoOp's `generate_fewshot_dataset` followed by
+`subsample_classes`. (CoOp also draws `min(num_shots, 4)` shots for the validation split.)
 
-Sampling is deterministic across machines: items are ordered by a stable key (e.g. the relative image path) within
-each class before drawing, classes are visited in ascending label order, and the RNG is `random.Random(seed)`
-(Mersenne Twister, identical on every platform and Python version). The exact images differ from the ones CoOp's
-cached `split_fewshot/*.pkl` files hold (those depend on the order of CoOp's global RNG calls), but the
-distribution is the same: `num_shots` items per class drawn uniformly without replacement.
+Two draws, both with `random.Random(seed)` (Mersenne Twister, identical on every platform and Python version):
+
+- `sample_few_shot_dassl`, the original code's draw, for data listed in a fixed order (CoOp's split files): Dassl
+  seeds Python's `random` with the run's seed and `generate_fewshot_dataset` groups the items by label in order of
+  first appearance, then calls `random.sample(items, k)` for each label. Same seed, same split file: the same images
+  as the original's `split_fewshot/shot_K-seed_S.pkl`.
+- `sample_few_shot`, for sources without a fixed order (Hub datasets, image folders): items are ordered by a stable
+  key (e.g. the relative image path) within each class and classes are visited in ascending label order, so the draw
+  does not depend on the listing order.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Literal
 
-__all__ = ["sample_few_shot", "split_base_novel", "subsample_classes"]
+__all__ = ["sample_few_shot", "sample_few_shot_dassl", "split_base_novel", "subsample_classes"]
 
 _MAX_LISTED = 20
 
@@ -46,6 +50,27 @@ def _check_labels(labels: Sequence[int]) -> list[int]:
             )
         out.append(label)
     return out
+
+
+def _warn_short_classes(
+    short: list[tuple[int, int]], num_shots: int | None, class_names: Sequence[str] | None
+) -> None:
+    """One warning naming each class (label, count) that has fewer than `num_shots` items and keeps them all."""
+    if not short:
+        return
+
+    def name(label: int) -> str:
+        if class_names is not None and label < len(class_names):
+            return f"{label} ({class_names[label]!r})"
+        return str(label)
+
+    listed = ", ".join(f"class {name(label)} has {count}" for label, count in short[:_MAX_LISTED])
+    more = f", and {len(short) - _MAX_LISTED} more" if len(short) > _MAX_LISTED else ""
+    warnings.warn(
+        f"{len(short)} class(es) have fewer than num_shots={num_shots} items and keep all they have: {listed}{more}",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def sample_few_shot(
@@ -103,21 +128,52 @@ def sample_few_shot(
             chosen = rng.sample(items, num_shots)
         selected.extend(sorted(chosen, key=sort_key))
 
-    if short:
+    _warn_short_classes(short, num_shots, class_names)
+    return selected
 
-        def name(label: int) -> str:
-            if class_names is not None and label < len(class_names):
-                return f"{label} ({class_names[label]!r})"
-            return str(label)
 
-        listed = ", ".join(f"class {name(label)} has {count}" for label, count in short[:_MAX_LISTED])
-        more = f", and {len(short) - _MAX_LISTED} more" if len(short) > _MAX_LISTED else ""
-        warnings.warn(
-            f"{len(short)} class(es) have fewer than num_shots={num_shots} items and keep all they have: "
-            f"{listed}{more}",
-            UserWarning,
-            stacklevel=2,
-        )
+def sample_few_shot_dassl(
+    labels: Sequence[int],
+    num_shots: int | None,
+    rng: random.Random,
+    class_names: Sequence[str] | None = None,
+) -> list[int]:
+    """The original code's few-shot draw (Dassl's `generate_fewshot_dataset`), exactly, on items in a fixed order.
+
+    The items are grouped by label in order of first appearance (each group in item order), and for each group in
+    that order `rng.sample(group, num_shots)` draws the shots (a group with fewer items keeps all of them, in item
+    order). Dassl draws from Python's global `random` seeded with the run's seed and nothing before it: pass
+    `random.Random(seed)`, whose stream is the same. The validation pool is drawn next from the same `rng`.
+
+    Args:
+        labels (`Sequence[int]`): The label of each item, in the order of the split file.
+        num_shots (`int | None`): Items per label; `None` or a number below 1 keeps every item in its order (as
+            Dassl, which then returns the data unchanged).
+        rng (`random.Random`): The random stream, consumed by the draw.
+        class_names (`Sequence[str] | None`): Optional names by label, for the warning about labels with fewer items.
+
+    Returns:
+        `list[int]`: Indices into `labels`, in draw order (label by label, each label's shots in sampled order).
+
+    Example:
+        ```python
+        >>> sample_few_shot_dassl([1, 0, 1, 0, 1], 1, random.Random(1))  # label 1 first: items 0, 2, 4
+        [0, 1]
+        ```
+    """
+    labels = _check_labels(labels)
+    if num_shots is None or num_shots < 1:
+        return list(range(len(labels)))
+    by_label: dict[int, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    selected: list[int] = []
+    short: list[tuple[int, int]] = []
+    for label, items in by_label.items():
+        if len(items) < num_shots:
+            short.append((label, len(items)))
+        selected.extend(rng.sample(items, num_shots) if len(items) >= num_shots else items)
+    _warn_short_classes(short, num_shots, class_names)
     return selected
 
 
