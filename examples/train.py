@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 # the command-line / YAML options; this imports neither torch nor transformers
-from options import MAY_CHANGE_ON_RESUME, PACKAGED_BUILDERS, build_parser, command_line_error, parse_args
+from options import (
+    MAY_CHANGE_ON_RESUME,
+    PACKAGED_BUILDERS,
+    build_parser,
+    command_line_error,
+    command_line_message,
+    parse_args,
+)
 
 if __name__ == "__main__":  # --help and option errors answer at once, before the slow imports below
     ARGS = parse_args(description=__doc__)
@@ -260,6 +267,13 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     options = json.loads(json.dumps(vars(args)))
 
     # ---- everything is checked before anything is created: folder, checkpoint, data, model -------------------------
+    aggregator = None
+    if args.gpa_mean is not None:  # PromptSRC's Gaussian prompt aggregation; its refusals in the options' names
+        try:
+            aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
+        except ValueError as error:
+            gpa_flags = {"mean": "--gpa_mean", "std": "--gpa_std", "num_epochs": "--epochs"}
+            raise ValueError(command_line_message(str(error), gpa_flags)) from None
     checkpoint, resume_state = None, None
     if args.resume_from_checkpoint is not None:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
@@ -315,9 +329,6 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     )
     # the training objective: cross-entropy, PromptSRC's, KgCoOp's or MMRL's loss (a module holding the classifier)
     loss_fn = build_objective(args, classifier, data)
-    aggregator = None
-    if args.gpa_mean is not None:
-        aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
 
     # ---- the run folder: locked, previous run cleared, marked RUNNING until the results are written -----------------
     accelerator = Accelerator(

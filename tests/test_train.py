@@ -487,7 +487,7 @@ def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path
     for extra, message in [
         (["--text_weight", "-1"], "error: --text_weight -1.0 must be"),  # in terms of the options
         (["--gpa_mean", "3"], "needs both --gpa_mean and --gpa_std"),
-        (["--gpa_mean", "3", "--gpa_std", "0"], "std=0.0 must be > 0"),
+        (["--gpa_mean", "3", "--gpa_std", "0"], "error: --gpa_std 0.0 must be > 0"),
     ]:
         out = tmp_path / "bad"
         result = run_script("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)
