@@ -31,6 +31,7 @@ from torch import nn
 from . import methods
 from .backbones import backbone_for_config
 from .config import MaPLeConfig
+from .console import peft_deprecation_quieted
 from .model import non_finite_keys
 
 #: buffers of the original prompt learners, rebuilt from the class names: never imported
@@ -378,7 +379,8 @@ def peft_model_from_official(
         options=options,
         **extra,
     )
-    model = get_peft_model(base_model, config, adapter_name=adapter_name)
+    with peft_deprecation_quieted():
+        model = get_peft_model(base_model, config, adapter_name=adapter_name)
     state = converted.adapter_state_dict(config, adapter_name)
     _check_shapes(model, state, adapter_name)
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)
