@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import methods
-from .backbones import backbone_for_config
+from .backbones import TEXT_EMBEDDING, backbone_for_config
 from .config import MaPLeConfig
 from .console import peft_deprecation_quieted
 from .model import non_finite_keys
@@ -140,7 +140,8 @@ class OfficialCheckpoint:
     def dims(self) -> dict[str, int]:
         """The widths of the CLIP the checkpoint was trained on, as far as its tensors tell: `d_text`, and `d_vision`
         and `embed_dim` (the width of the image embedding) when its tensors depend on them."""
-        return self.method.checkpoint_dims(self)
+        dims = self.method.checkpoint_dims(self)
+        return dims if dims is not None else {"d_text": text_width(self)}
 
     def adapter_state_dict(self, config: MaPLeConfig, adapter_name: str = "default") -> dict[str, torch.Tensor]:
         """The tensors keyed like a saved `adapter_model.safetensors` of adapter `adapter_name` with `config`.
@@ -150,6 +151,11 @@ class OfficialCheckpoint:
             adapter_name (`str`): the adapter's name (the saved keys do not carry it).
         """
         return self.method.checkpoint_state_dict(self, config)
+
+
+def text_width(converted: OfficialCheckpoint) -> int:
+    """The width of the text context an imported checkpoint holds (that of the CLIP it was trained on)."""
+    return converted.state_dict[f"base_model.model.{TEXT_EMBEDDING}.maple_ctx"].shape[1]
 
 
 def checkpoint_tensor(learner: dict[str, Any], key: str, ndim: int, shown: str) -> torch.Tensor:
@@ -305,6 +311,25 @@ def _refuse_options_of_others(converted: OfficialCheckpoint, template: str | Non
         )
 
 
+def _config(converted: OfficialCheckpoint, clip_config: Any, **arguments: Any) -> MaPLeConfig:
+    """The adapter config of an imported checkpoint: its method's, or one with the file's prompt shape."""
+    config = converted.method.checkpoint_config(converted, clip_config, **arguments)
+    if config is not None:
+        return config
+    options = {name: value for name, value in (arguments.get("options") or {}).items() if value is not None}
+    extra = {name: value for name, value in arguments.items() if name in ("class_names", "dataset")}
+    return MaPLeConfig(
+        n_ctx=converted.n_ctx,
+        n_ctx_vision=converted.n_ctx_vision,
+        depth=converted.depth,
+        variant=converted.variant,
+        prompt_init=converted.method.checkpoint_prompt_init(converted, arguments.get("prompt_init")),
+        tokenizer_name_or_path=arguments.get("tokenizer_name_or_path"),
+        **options,
+        **extra,
+    )
+
+
 def check_official_checkpoint_fits(
     converted: OfficialCheckpoint, clip_config: Any, template: str | None = None, **options: Any
 ) -> None:
@@ -336,7 +361,7 @@ def check_official_checkpoint_fits(
             f"The checkpoint has prompts in {converted.depth} layers, but the base model's towers have {layers}; "
             "pass the CLIP the checkpoint was trained on."
         )
-    converted.method.checkpoint_config(converted, clip_config, template=template, options=options)
+    _config(converted, clip_config, template=template, options=options)
 
 
 def _check_shapes(model: nn.Module, state: dict[str, torch.Tensor], adapter_name: str) -> None:
@@ -370,7 +395,7 @@ def peft_model_from_official(
     extra: dict[str, Any] = {"class_names": list(class_names)} if class_names is not None else {}
     if dataset is not None:
         extra["dataset"] = dataset
-    config = converted.method.checkpoint_config(
+    config = _config(
         converted,
         base_model.config,
         prompt_init=prompt_init,

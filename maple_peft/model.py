@@ -64,7 +64,9 @@ def target_module_names(model: nn.Module, config: MaPLeConfig) -> list[str]:
         model (`nn.Module`): the base dual encoder.
         config (`MaPLeConfig`): the adapter configuration.
     """
-    return config.method.target_modules(model, config)
+    method = config.method
+    names = method.target_modules(model, config)
+    return names if names is not None else prompt_target_modules(model, config, method)
 
 
 def prompt_target_modules(model: nn.Module, config: MaPLeConfig, method: Any) -> list[str]:
@@ -402,7 +404,9 @@ class MaPLeModel(BaseTuner):
         current_key: str,
         **kwargs: Any,
     ) -> None:
-        peft_config.method.create_layer(self, peft_config, adapter_name, target, target_name, parent, current_key)
+        method = peft_config.method
+        if not method.create_layer(self, peft_config, adapter_name, target, target_name, parent, current_key):
+            create_prompt_layer(self, peft_config, method, adapter_name, target, target_name, parent, current_key)
 
     def _replace_module(self, parent: nn.Module, child_name: str, new_module: nn.Module, child: nn.Module) -> None:
         setattr(parent, child_name, new_module)
@@ -425,7 +429,9 @@ class MaPLeModel(BaseTuner):
             low_cpu_mem_usage=low_cpu_mem_usage,
             **kwargs,
         )
-        self.peft_config[adapter_name].method.link(self, adapter_name)
+        method = self.peft_config[adapter_name].method
+        if not method.link(self, adapter_name):
+            link_couplings(self, method, adapter_name)
         self._register_hooks()
 
     def _register_hooks(self) -> None:

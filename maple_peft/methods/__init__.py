@@ -22,7 +22,8 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - The prompt structure the shared deep-prompt engine builds for it: `text_prompts`, `vision_prompts`, `coupling`
   (`None`, `"per_depth"` or `"shared"`), `conditional`, `default_depth`.
 
-and these hooks, with defaults that build deep prompts (a method that builds something else overrides them):
+and these hooks; where a hook returns `None` (or `False`), the engine does its default, deep prompts (a method that
+builds something else overrides them). This module imports nothing of the engine, so that the engine can ask it:
 
 - `resolve(config)`: fill the defaults that depend on the method and check its options (no model, no torch);
 - `prepare(model, config)`: fill what needs the base model (e.g. MMRL's `rep_layers`);
@@ -124,25 +125,22 @@ class Method:
 
     # ---- the layers -----------------------------------------------------------------------------------------------
 
-    def target_modules(self, model: Any, config: Any) -> list[str]:
-        """The names of the modules of `model` the adapter wraps (deep prompts by default)."""
-        from ..model import prompt_target_modules
-
-        return prompt_target_modules(model, config, self)
+    def target_modules(self, model: Any, config: Any) -> list[str] | None:
+        """The names of the modules of `model` the adapter wraps; `None`: the engine's deep prompts (the embeddings
+        and the first `depth` layers of the towers with prompts)."""
+        return None
 
     def create_layer(
         self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
-    ) -> None:
-        """Wrap (or update) `target`, the module `key` of the model, for adapter `adapter_name`."""
-        from ..model import create_prompt_layer
+    ) -> bool:
+        """Wrap (or update) `target`, the module `key` of the model, for adapter `adapter_name`; `True` when done,
+        `False` to let the engine wrap it with its deep-prompt layers."""
+        return False
 
-        create_prompt_layer(tuner, config, self, adapter_name, target, target_name, parent, key)
-
-    def link(self, tuner: Any, adapter_name: str) -> None:
-        """After injection: connect the layers of `adapter_name` that share tensors."""
-        from ..model import link_couplings
-
-        link_couplings(tuner, self, adapter_name)
+    def link(self, tuner: Any, adapter_name: str) -> bool:
+        """After injection: connect the layers of `adapter_name` that share tensors; `True` when done, `False` to let
+        the engine link deep prompts (MaPLe's couplings)."""
+        return False
 
     # ---- logits and loss ------------------------------------------------------------------------------------------
 
@@ -161,12 +159,10 @@ class Method:
         keys; `ValueError` when it is malformed), or `None` when the file is not one of its."""
         return None
 
-    def checkpoint_dims(self, converted: Any) -> dict[str, int]:
+    def checkpoint_dims(self, converted: Any) -> dict[str, int] | None:
         """The widths of the CLIP an imported checkpoint was trained on, as its tensors tell (`d_text`, `d_vision`,
-        `embed_dim`)."""
-        from ..backbones import TEXT_EMBEDDING
-
-        return {"d_text": converted.state_dict[f"base_model.model.{TEXT_EMBEDDING}.maple_ctx"].shape[1]}
+        `embed_dim`); `None`: the width of its text context."""
+        return None
 
     def checkpoint_prompt_init(self, converted: Any, prompt_init: str | None) -> str | None:
         """The `prompt_init` that gives the original's class prompts, or `None` for its placeholder `"X X ... X"`: by
@@ -190,19 +186,9 @@ class Method:
         **extra: Any,
     ) -> Any:
         """The `MaPLeConfig` of an imported checkpoint on a base model of config `clip_config` (`options`: the
-        method's options the file does not hold; `extra`: `class_names`, `dataset`), checked against both."""
-        from ..config import MaPLeConfig
-
-        return MaPLeConfig(
-            n_ctx=converted.n_ctx,
-            n_ctx_vision=converted.n_ctx_vision,
-            depth=converted.depth,
-            variant=converted.variant,
-            prompt_init=self.checkpoint_prompt_init(converted, prompt_init),
-            tokenizer_name_or_path=tokenizer_name_or_path,
-            **{name: value for name, value in (options or {}).items() if value is not None},
-            **extra,
-        )
+        method's options the file does not hold; `extra`: `class_names`, `dataset`), checked against both; `None`:
+        the engine's, from the file's prompt shape and `checkpoint_prompt_init`."""
+        return None
 
     def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
         """The imported tensors keyed like a saved `adapter_model.safetensors` of an adapter with `config`."""

@@ -48,8 +48,10 @@ class CoCoOp(Method):
         return OfficialCheckpoint("CoCoOp", "cocoop", n_ctx, None, 1, converted)
 
     def checkpoint_dims(self, converted: Any) -> dict[str, int]:
+        from ..convert import text_width
+
         linear1 = converted.state_dict[f"base_model.model.{meta_net_key('linear1.weight')}"]
-        return {**super().checkpoint_dims(converted), "embed_dim": linear1.shape[1]}
+        return {"d_text": text_width(converted), "embed_dim": linear1.shape[1]}
 
     def resolve(self, config: Any) -> None:
         if config.depth not in (None, 1):

@@ -39,9 +39,10 @@ class IVLP(Method):
 
     def checkpoint_dims(self, converted: Any) -> dict[str, int]:
         from ..backbones import VISION_EMBEDDING
+        from ..convert import text_width
 
         prompt = converted.state_dict[f"base_model.model.{VISION_EMBEDDING}.maple_vision_ctx"]
-        return {**super().checkpoint_dims(converted), "d_vision": prompt.shape[1]}
+        return {"d_text": text_width(converted), "d_vision": prompt.shape[1]}
 
 
 register(IVLP())

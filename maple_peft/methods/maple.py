@@ -51,9 +51,10 @@ class MaPLe(Method):
 
     def checkpoint_dims(self, converted: Any) -> dict[str, int]:
         from ..backbones import VISION_EMBEDDING
+        from ..convert import text_width
 
         weight = converted.state_dict[f"base_model.model.{VISION_EMBEDDING}.maple_coupling.weight"]
-        return {**super().checkpoint_dims(converted), "d_vision": weight.shape[0]}
+        return {"d_text": text_width(converted), "d_vision": weight.shape[0]}
 
 
 class MaPLeShared(MaPLe):

@@ -158,15 +158,17 @@ class MMRL(Method):
 
     def create_layer(
         self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
-    ) -> None:
+    ) -> bool:
         from .modeling import create_representation_layer
 
         create_representation_layer(tuner, config, adapter_name, target, target_name, parent, key)
+        return True
 
-    def link(self, tuner: Any, adapter_name: str) -> None:
+    def link(self, tuner: Any, adapter_name: str) -> bool:
         from .modeling import link_representation_layers
 
         link_representation_layers(tuner, adapter_name)
+        return True
 
     # ---- logits and loss -------------------------------------------------------------------------------------------
 
