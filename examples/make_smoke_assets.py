@@ -2,10 +2,10 @@
 """Create the offline smoke-run assets: a tiny random CLIP (with the real CLIP tokenizer) and a small image dataset.
 
     python examples/make_smoke_assets.py            # writes smoke_assets/tiny-clip and smoke_assets/data
-    accelerate launch examples/train.py --config examples/configs/smoke.yaml
+    python examples/train.py --config examples/configs/smoke.yaml
 
     python examples/make_smoke_assets.py --family siglip2    # also smoke_assets/tiny-siglip2 (SigLIP 2, NaFlex)
-    accelerate launch examples/train.py --config examples/configs/smoke.yaml --model_name_or_path smoke_assets/tiny-siglip2
+    python examples/train.py --config examples/configs/smoke.yaml --model_name_or_path smoke_assets/tiny-siglip2
 
 No network is needed: the model is built from its config (`CLIPConfig`, `MetaClip2Config`, `SiglipConfig`,
 `Siglip2Config`), the tokenizer is the copy in tests/fixtures (the real CLIP tokenizer; toy tokenizers of the same

@@ -113,7 +113,7 @@ class PromptClassifier(nn.Module):
     Example:
 
         ```py
-        >>> clf = maple_peft.PromptClassifier.from_pretrained("user/maple-eurosat")  # base, tokenizer, classes
+        >>> clf = maple_peft.PromptClassifier.from_pretrained("your-name/maple-eurosat")  # base, tokenizer, classes
         >>> clf.predict(["forest.jpg", "river.png"])
         ['Forest', 'River']
         >>> clf = maple_peft.PromptClassifier(model, tokenizer, ["cat", "golden_retriever"])  # or build it yourself
@@ -200,7 +200,7 @@ class PromptClassifier(nn.Module):
         Example:
 
             ```py
-            >>> clf = maple_peft.PromptClassifier.from_pretrained("user/maple-eurosat", dtype=torch.bfloat16)
+            >>> clf = maple_peft.PromptClassifier.from_pretrained("your-name/maple-eurosat", dtype=torch.bfloat16)
             >>> clf.predict_proba("field.jpg", top_k=2)
             [{'label': 'AnnualCrop', 'score': 0.91}, {'label': 'PermanentCrop', 'score': 0.06}]
             ```
