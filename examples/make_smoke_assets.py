@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
 from maple_peft.training.data import make_synthetic_imagefolder
 from maple_peft.training.data.synthetic import MARKER as SYNTHETIC_MARKER
+from maple_peft.training.data.synthetic import SMOKE_MODEL_MARKER as CLIP_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "tests" / "fixtures" / "clip-tokenizer"
@@ -39,7 +40,6 @@ TOKENIZER_DIRS = {
     "siglip2": REPO / "tests" / "fixtures" / "siglip2-tokenizer",
 }
 CLASSES = ["annual_crop", "forest", "herbaceous_vegetation", "highway", "industrial", "pasture"]
-CLIP_MARKER = ".maple_peft_smoke_asset"  # written into tiny-clip: the folder is this script's to replace
 
 
 def _clip_image_processor(image_size: int):

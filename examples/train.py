@@ -63,7 +63,7 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import ImageClassificationDataset, image_transforms
+from maple_peft.training.data import ImageClassificationDataset, image_transforms, smoke_assets
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     draw_experiment_training_images,
@@ -515,6 +515,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             split_note=data.split_note,
             benchmark=data.benchmark,
             shots_used=shots_used,
+            smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
         )
         if "harmonic_mean" in metrics:
             zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")

@@ -85,6 +85,8 @@ def test_smoke_run_writes_adapter_card_metrics_plots_and_log(smoke_run):
     assert "hub_token" not in metrics["train_config"]
     card = (smoke_run / "README.md").read_text()
     assert "import maple_peft" in card and "library_name: peft" in card
+    assert metrics["smoke_assets"] == ["base_model", "data"]  # recorded from the assets' markers
+    assert "A smoke run, not a result" in card and "tiny random CLIP" in card and "model-index" not in card
     assert {name for name in plots if name in card} == plots  # the card embeds the plots this run wrote
     log = (smoke_run / "training_log.txt").read_text()
     assert "trainable params: " in log and "epoch 1/3" in log and "epoch 3/3" in log and "epoch 0/" not in log
