@@ -65,14 +65,15 @@ def _convert_official(args: argparse.Namespace) -> int:
     except OSError as error:
         _error(one_line(error))
         return 2
-    # the options a file does not hold (MMRL's template, rep_layers and alpha); refused for files of other methods
-    file_options = {"rep_layers": args.rep_layers, "alpha": args.alpha, "template": args.template}
+    # the options a file does not hold (its methods declare them); refused for files of other methods
+    file_options = {name: getattr(args, name) for name in methods.checkpoint_options()}
+    file_options["template"] = args.template
     try:
         clip_config = CLIPConfig.from_pretrained(args.base_model)
     except (OSError, ValueError) as error:
         _error(f"--base-model {args.base_model}: {str(error).strip().splitlines()[0]}")
         return 2
-    try:  # widths, depth and MMRL's options, still before the base model is loaded
+    try:  # widths, depth and the method's options, still before the base model is loaded
         check_official_checkpoint_fits(converted, clip_config, **file_options)
     except ValueError as error:
         _error(" ".join(str(error).split()))

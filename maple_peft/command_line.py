@@ -1,6 +1,7 @@
 """The arguments of the `maple-peft` command (`build_parser`) and the conventions every maple_peft command line follows.
 
-This module imports only the standard library, so that `--help` and option errors come back at once: the commands
+This module imports only the standard library (and the methods' declarations, `maple_peft.methods`, which import
+nothing else), so that `--help` and option errors come back at once: the commands
 (`maple_peft.cli`) import torch, transformers and PEFT only once the arguments are valid.
 
 The conventions, shared with `examples/train.py` and `examples/evaluate.py` (`CommandParser`):
@@ -19,6 +20,8 @@ import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
+
+from . import methods
 
 __all__ = [
     "CommandParser",
@@ -259,14 +262,18 @@ def build_parser() -> CommandParser:
     convert.add_argument("--overwrite", action="store_true", help="write into a non-empty --output-dir")
     convert.add_argument("--class-names", nargs="+", help="the class names it was trained on (saved with the adapter)")
     convert.add_argument("--dataset", help="the dataset it was trained on (saved with the adapter)")
-    convert.add_argument("--template", help="MMRL: its class prompt template (default 'a photo of a {}.')")
     convert.add_argument(
-        "--rep-layers",
-        nargs="+",
-        type=int,
-        help="MMRL: its REP_LAYERS (default: the last k text layers, k = projections in the file)",
+        "--template", help="a method without a learned context (MMRL): its class prompt template ('a photo of a {}.')"
     )
-    convert.add_argument("--alpha", type=float, help="MMRL: its ALPHA (default 0.7)")
+    for name, (field, owners) in methods.checkpoint_options().items():  # what the files do not hold
+        kind, nargs = methods.flag_type(field)
+        titles = ", ".join(method.title for method in owners)
+        convert.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=kind,
+            nargs="+" if nargs else None,
+            help=f"{titles}: {field.metadata['checkpoint_help']}",
+        )
 
     predict = commands.add_parser(
         "predict",

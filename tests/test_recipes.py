@@ -16,7 +16,6 @@ from conftest import tiny_clip_config
 from transformers import CLIPModel
 
 import maple_peft
-from maple_peft.model import resolve_rep_layers
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "examples" / "configs"
@@ -305,7 +304,7 @@ def _resolved(recipe: str, *data: str) -> dict:
     if options["variant"] == "mmrl":
         names = ("n_rep", "rep_dim", "rep_layers", "alpha")
         config = maple_peft.MaPLeConfig(variant="mmrl", **{n: options[n] for n in names if options[n] is not None})
-        config.rep_layers = resolve_rep_layers(_VIT_B16_DEPTH, config)
+        config.rep_layers = maple_peft.methods.get("mmrl").rep_layers(_VIT_B16_DEPTH, config)
         options.update({name: getattr(config, name) for name in names})
     else:
         names = ("variant", "n_ctx", "n_ctx_vision", "depth", "prompt_init")

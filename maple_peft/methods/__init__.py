@@ -14,7 +14,8 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - `title`, `paper`, `citation`, `description`: how cards and tables name and describe it.
 - `recipes`: the stems of its recipes in `examples/configs/`.
 - `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
-  `metadata={"help": ...}` (and `"title"` for cards). `MaPLeConfig` gets one field per option (unset: `None`), the
+  `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's files
+  do not hold, which `maple-peft convert-official` then takes as a flag). `MaPLeConfig` gets one field per option (unset: `None`), the
   training script one flag, and `adapter_config.json` holds the options of the adapter's own method only.
 - `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,
   declared like `options` (the training script's flags and the card rows read them).
@@ -299,6 +300,12 @@ def flag_type(field: dataclasses.Field) -> tuple[type, str | None]:
     if text.startswith("list[") and text.endswith("]"):
         return _TYPES.get(text[5:-1], str), "*"
     return _TYPES.get(text, str), None
+
+
+def checkpoint_options() -> dict[str, tuple[dataclasses.Field, list[Method]]]:
+    """The adapter options that the original code's checkpoints do not hold (`metadata["checkpoint_help"]`): the
+    import takes them from its caller."""
+    return {name: entry for name, entry in option_fields().items() if "checkpoint_help" in entry[0].metadata}
 
 
 def owners(name: str, kind: str = "options") -> list[Method]:

@@ -33,11 +33,16 @@ class MMRLOptions:
         metadata={
             "help": "mmrl: 1-based layers the representation tokens enter (default: the last 7 text layers)",
             "title": "Representation layers",
+            "checkpoint_help": "its REP_LAYERS (default: the last k text layers, k = projections in the file)",
         },
     )
     alpha: float = field(
         default=0.7,
-        metadata={"help": "mmrl: weight of the class path in the fused logits", "title": "Fusion weight (alpha)"},
+        metadata={
+            "help": "mmrl: weight of the class path in the fused logits",
+            "title": "Fusion weight (alpha)",
+            "checkpoint_help": "its ALPHA (default 0.7)",
+        },
     )
 
 
