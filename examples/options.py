@@ -305,8 +305,9 @@ def _check_method_options(parser: argparse.ArgumentParser, args: argparse.Namesp
             )
     variant = methods.get(args.variant)
     owner = next((m for m in methods.variants().values() if m.objective == objective), None)
-    if (variant.objective and objective != variant.objective) or (owner is not None and owner is not variant):
-        owner = owner or variant
+    needs = variant.default_objective if variant.default_objective != "ce" else None
+    if (needs and objective != needs) or (owner is not None and objective != variant.default_objective):
+        owner = owner or methods.objectives()[needs]
         parser.error(
             f"--objective {objective} with --variant {args.variant}: {owner.title}'s loss trains {owner.title}'s "
             f"adapter; use --variant {owner.name} with --objective {owner.objective} (its default), or another "

@@ -14,12 +14,14 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - `title`, `paper`, `citation`, `description`: how cards and tables name and describe it.
 - `recipes`: the stems of its recipes in `examples/configs/`.
 - `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
-  `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's files
-  do not hold, which `maple-peft convert-official` then takes as a flag). `MaPLeConfig` gets one field per option (unset: `None`), the
-  training script one flag, and `adapter_config.json` holds the options of the adapter's own method only.
+  `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's
+  files do not hold, which `maple-peft convert-official` then takes as a flag). `MaPLeConfig` gets one field per
+  option (unset: `None`), the training script one flag, and `adapter_config.json` holds the options of the adapter's
+  own method only. A name two methods declare (MMRL++ and MMRL's `n_rep`) is one field and one flag.
 - `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,
   declared like `options` (the training script's flags and the card rows read them).
-- `default_objective`: the objective a run of this variant trains with when none is named (`"ce"`).
+- `default_objective`: the objective a run of this variant trains with when none is named (`"ce"`); a variant whose
+  default is another method's objective may train with it (MMRL++ with MMRL's loss), other variants may not.
 - The prompt structure the shared deep-prompt engine builds for it: `text_prompts`, `vision_prompts`, `coupling`
   (`None`, `"per_depth"` or `"shared"`), `conditional`, `default_depth`.
 

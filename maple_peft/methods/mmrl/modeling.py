@@ -203,8 +203,10 @@ def link_representation_layers(tuner: Any, adapter_name: str) -> None:
 
 
 def representation_outputs(classifier: Any, inputs: Any, config: Any, **extra: Any) -> ClassifierOutput:
-    """MMRL's classifier outputs: the class path (the class token) and the representation path (its tokens' mean through `post_layernorm`
-    and `proj_rep`) from one pass of the vision tower, both against the same text features."""
+    """MMRL's classifier outputs: the class path (the class token) and the representation path (its tokens' mean
+    through `post_layernorm` and `proj_rep`) from one pass of the vision tower, both against the same text features;
+    the logits are the fused ones on the adapter's own classes (`PromptClassifier.uses_fusion`), else the class
+    path's."""
     base, backbone = classifier.base_model, classifier.backbone
     vision = backbone.image_outputs(base, inputs, **extra)
     image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
@@ -263,7 +265,7 @@ class RepresentationLoss(PromptObjective):
     def __init__(self, classifier: PromptClassifier, reg_weight: float = 1.0, alpha: float | None = None) -> None:
         super().__init__(classifier)
         config = active_maple_config(classifier.model)
-        if config is None or config.variant != "mmrl":
+        if config is None or config.method.default_objective != "mmrl":
             raise ValueError(
                 "RepresentationLoss trains MMRL's representation tokens, but the classifier's active adapter is not "
                 "an MMRL adapter; create it with MaPLeConfig(variant='mmrl')."
