@@ -97,7 +97,12 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     g.add_argument("--variant", default="maple", choices=VARIANTS)
     g.add_argument("--n_ctx", type=int, default=2)
     g.add_argument("--n_ctx_vision", type=int, default=None)
-    g.add_argument("--depth", type=int, default=None, help="prompt depth (default 9; cocoop: 1; not used by mmrl)")
+    g.add_argument(
+        "--depth",
+        type=int,
+        default=None,
+        help="prompt depth of the methods that learn prompts (default: the method's, 9 for most)",
+    )
     g.add_argument("--prompt_init", default="a photo of a", help="'none' for a random context")
     g.add_argument(
         "--vision_pool_prompts",
@@ -134,7 +139,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
         default=[0.08, 1.0],
         help="area range of the random resized crop (MMRL: 0.5 1)",
     )
-    g = p.add_argument_group("objective (default: mmrl for variant mmrl, src when a PromptSRC weight is > 0, else ce)")
+    g = p.add_argument_group("objective (default: the variant's own, else the one whose weights are given, else ce)")
     g.add_argument("--objective", default=None, choices=OBJECTIVES, help=", ".join(OBJECTIVES))
     add_method_arguments(p, "objective_options", "options of the objectives (unset: the objective's default)")
     g.add_argument("--gpa_mean", type=float, default=None, help="Gaussian prompt aggregation: mean epoch (1-based)")

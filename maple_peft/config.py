@@ -195,9 +195,7 @@ class MaPLeConfig(PeftConfig, _MethodOptions):
     )
     variant: str = field(
         default="maple",
-        metadata={
-            "help": "The method (`maple_peft.methods`): maple, maple_shared, ivlp, language, vision, cocoop, mmrl."
-        },
+        metadata={"help": f"The method (`maple_peft.methods`): one of {tuple(methods.variants())}."},
     )
     prompt_init_std: float = field(
         default=0.02, metadata={"help": "Std of the normal initialization of prompts not initialized from text."}
