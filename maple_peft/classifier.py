@@ -137,7 +137,8 @@ class PromptClassifier(nn.Module):
         dataset: str | None = None,
     ) -> None:
         super().__init__()
-        backbone_of(model)  # an unsupported model is refused here, naming the supported families
+        # an unsupported model is refused here, naming the supported families, and one that cannot compute logits
+        backbone_of(model).embed_dim(base_model_of(model).config)
         if rep_logits not in REP_LOGITS:
             raise ValueError(f"rep_logits={rep_logits!r} is not one of {REP_LOGITS}.")
         self.rep_logits = rep_logits
