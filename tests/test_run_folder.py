@@ -612,7 +612,7 @@ def test_a_finished_run_is_not_offered_a_resume_and_an_unfinished_one_is_offered
     finished, stopped = tmp_path / "finished", tmp_path / "stopped"
     finished.mkdir(), stopped.mkdir()
     a_finished_run(finished)
-    with pytest.raises(ValueError, match="holds a finished run. Pass --overwrite_output_dir") as refused:
+    with pytest.raises(ValueError, match="holds a finished run; pass --overwrite_output_dir") as refused:
         check_output_dir(finished, overwrite=False, resume=False)
     assert "--resume_from_checkpoint" not in str(refused.value)  # resuming it would be refused
 
@@ -620,6 +620,6 @@ def test_a_finished_run_is_not_offered_a_resume_and_an_unfinished_one_is_offered
     for name in RESULT_FILES:
         (stopped / name).unlink(missing_ok=True)
     (stopped / RUNNING_MARKER).write_text("")
-    with pytest.raises(ValueError, match="holds an unfinished run. Pass --resume_from_checkpoint latest"):
+    with pytest.raises(ValueError, match="holds an unfinished run; pass --resume_from_checkpoint latest"):
         check_output_dir(stopped, overwrite=False, resume=False)
     check_output_dir(stopped, overwrite=False, resume=True)  # the advice is accepted
