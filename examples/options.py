@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from maple_peft_cli import CommandParser, command_line_message, did_you_mean
+from maple_peft.command_line import CommandParser, command_line_message, did_you_mean
 
 SETTINGS = ("base2novel", "all", "cross_dataset")
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")

@@ -1,9 +1,7 @@
-"""The `maple-peft` console command's argument parsing, and the conventions every maple_peft command line follows.
+"""The arguments of the `maple-peft` command (`build_parser`) and the conventions every maple_peft command line follows.
 
-This module imports only the standard library, so that `--help` and option errors come back at once: torch,
-transformers and PEFT (seconds to import) are imported only once the arguments are valid, by the command itself
-(`maple_peft.cli`). It is a top-level module rather than part of the `maple_peft` package because importing anything
-from `maple_peft` runs `import maple_peft`, which registers the method with PEFT and so imports all of them.
+This module imports only the standard library, so that `--help` and option errors come back at once: the commands
+(`maple_peft.cli`) import torch, transformers and PEFT only once the arguments are valid.
 
 The conventions, shared with `examples/train.py` and `examples/evaluate.py` (`CommandParser`):
 
@@ -22,7 +20,16 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["CommandParser", "build_parser", "command_line_message", "did_you_mean", "main", "printable"]
+__all__ = [
+    "CommandParser",
+    "build_parser",
+    "check_predict_arguments",
+    "command_line_message",
+    "did_you_mean",
+    "one_line",
+    "printable",
+    "single_class_message",
+]
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -307,8 +314,14 @@ def build_parser() -> CommandParser:
     return parser
 
 
-def _check_predict_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Mistakes argparse cannot see: images swallowed by --classes, a single class."""
+def check_predict_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuses, with exit code 2, the `predict` mistakes argparse cannot see: images swallowed by --classes, a single
+    class.
+
+    Args:
+        parser (`argparse.ArgumentParser`): the `maple-peft` parser (its `prog` starts the error line).
+        args (`argparse.Namespace`): the parsed `predict` arguments.
+    """
     prog = f"{parser.prog} predict"
     if not args.images:
         if args.classes:
@@ -338,23 +351,3 @@ def single_class_message(source: str, name: str) -> str:
         "class names; to read them from a file (one per line) use --classes-file FILE; to classify among one class "
         "anyway, add --allow-single-class."
     )
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Runs `maple-peft` with `argv` (default: the command line) and returns the exit code.
-
-    Args:
-        argv (`list[str]`, *optional*): the arguments after `maple-peft`.
-    """
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "predict":
-        _check_predict_arguments(parser, args)
-    # only now the slow imports: torch, transformers, PEFT (and the registration of MaPLe with PEFT)
-    from maple_peft import cli
-
-    return cli.run(args)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
