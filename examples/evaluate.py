@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Evaluate a MaPLe adapter (a folder or a Hub id) on any dataset and any class names.
 
-    accelerate launch examples/evaluate.py --adapter user/maple-eurosat --dataset eurosat --data_root DATA --subset novel
+    accelerate launch examples/evaluate.py --adapter outputs/eurosat-rgb/maple_base2novel/seed1 \
+        --dataset eurosat --data_root DATA --subset novel
     python examples/evaluate.py --adapter outputs/smoke --dataset_name imagefolder --data_dir smoke_assets/data \
         --output outputs/smoke/eval_all.json
 

@@ -44,7 +44,12 @@ from transformers import AutoTokenizer
 
 import maple_peft
 from maple_peft.adapter_card import method_name
-from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
+from maple_peft.console import (
+    disable_library_progress_bars,
+    peft_deprecation_quieted,
+    progress_bars_wanted,
+    quiet_known_messages,
+)
 from maple_peft.hub import check_sources, check_writable_cache
 from maple_peft.loading import load_base_model, load_image_processor
 from maple_peft.numerics import flush_denormal
@@ -58,7 +63,7 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import ImageClassificationDataset, image_transforms
+from maple_peft.training.data import ImageClassificationDataset, image_transforms, smoke_assets
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     draw_experiment_training_images,
@@ -310,7 +315,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         class_names=train_names,  # saved with the adapter: PromptClassifier.from_pretrained classifies among them
         dataset=data.name,
     )
-    model = get_peft_model(base_model, peft_config)
+    with peft_deprecation_quieted():  # PEFT's own read of a property transformers deprecated
+        model = get_peft_model(base_model, peft_config)
     for _, class_names, template, _ in splits.values():  # the evaluated class names fit the text context too
         for zero_shot_template in (None, template):
             maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
@@ -460,7 +466,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
                 step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
                 if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
                     save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            logger.info(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, lr {history[-1]['lr']:.2e}")
+            epoch_losses = [record["loss"] for record in history if record["epoch"] == epoch + 1]  # resumed ones too
+            logger.info(
+                f"epoch {epoch + 1}/{args.epochs}: mean loss {sum(epoch_losses) / len(epoch_losses):.4f} over its "
+                f"{len(epoch_losses)} steps, lr {history[-1]['lr']:.2e}"
+            )
             if aggregator is not None:
                 aggregator.update(model, epoch + 1)
                 history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
@@ -505,6 +515,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             split_note=data.split_note,
             benchmark=data.benchmark,
             shots_used=shots_used,
+            smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
         )
         if "harmonic_mean" in metrics:
             zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")

@@ -13,6 +13,7 @@ Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
   "train_config": {}, "peft_config": {},
   "split_source": "coop", "split_note": "CoOp's split (split_zhou_EuroSAT.json), as in the papers",
   "benchmark": "eurosat",
+  "smoke_assets": [],
   "time_seconds": 123.4,
   "results": {"base": {"accuracy": 97.1, "macro_f1": 96.9, "per_class_accuracy": {}, "num_images": 4200,
                        "num_classes": 5}, "novel": {}},
@@ -27,7 +28,9 @@ per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` 
 zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
 `"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`). `split_source` says which split
 the images came from: `"coop"` (the papers' splits), `"hub:<id>:<train>/<test>"` or `"local:<train>/<test>"`; files
-written before it existed get it from their options (`run_split_source`).
+written before it existed get it from their options (`run_split_source`). `smoke_assets` (present when not empty)
+names the inputs that are the offline smoke run's stand-ins (`"base_model"`: a tiny random model built by
+`examples/make_smoke_assets.py`; `"data"`: generated images): such a run's numbers measure nothing.
 
 Runs are grouped for tables by `method_key` (everything that defines the method and the protocol: backbone,
 adapter architecture, objective and its weights, setting, shots, kind of split) and, within a table, by dataset and
@@ -281,6 +284,8 @@ class RunMetrics:
             `"local:<train>/<test>"`); `None` in files written before it was recorded (see `run_split_source`).
         split_note (`str | None`): The same in a sentence.
         benchmark (`str | None`): The benchmark the dataset stands for (`"eurosat"`), if any.
+        smoke_assets (`list[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`, `"data"`;
+            see `maple_peft.training.data.smoke_assets`); empty for a real run.
 
     Example:
         ```python
@@ -307,6 +312,7 @@ class RunMetrics:
     split_source: str | None = None
     split_note: str | None = None
     benchmark: str | None = None
+    smoke_assets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -332,6 +338,10 @@ class RunMetrics:
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name}={value!r} must be text (or absent).")
+        smoke = self.smoke_assets
+        if not isinstance(smoke, Sequence) or isinstance(smoke, str) or not set(smoke) <= {"base_model", "data"}:
+            raise ValueError(f"smoke_assets={smoke!r} must be a list of 'base_model' and 'data' (or empty).")
+        self.smoke_assets = sorted(set(smoke))
 
     @property
     def harmonic_mean(self) -> float | None:
@@ -364,6 +374,8 @@ class RunMetrics:
         for name in ("split_source", "split_note", "benchmark"):
             if getattr(self, name) is not None:
                 metrics[name] = getattr(self, name)
+        if self.smoke_assets:
+            metrics["smoke_assets"] = list(self.smoke_assets)
         if self.harmonic_mean is not None:
             metrics["harmonic_mean"] = self.harmonic_mean
         if self.zero_shot_results is not None:
@@ -413,6 +425,7 @@ class RunMetrics:
                 split_source=metrics.get("split_source"),
                 split_note=metrics.get("split_note"),
                 benchmark=metrics.get("benchmark"),
+                smoke_assets=metrics.get("smoke_assets") or [],
             )
         except ValueError as error:
             raise ValueError(f"Invalid metrics: {error}") from error
@@ -449,6 +462,7 @@ def build_run_metrics(
     split_note: str | None = None,
     benchmark: str | None = None,
     shots_used: Mapping[str, int] | None = None,
+    smoke_assets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
 
@@ -468,6 +482,8 @@ def build_run_metrics(
         benchmark (`str | None`): The benchmark the dataset stands for, if any.
         shots_used (`Mapping[str, int] | None`): `{"min": m, "max": M}`, the training images per class actually
             used (fewer than `num_shots` where a class has fewer images).
+        smoke_assets (`Sequence[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`,
+            `"data"`; `maple_peft.training.data.smoke_assets`).
 
     Returns:
         `dict[str, Any]`: The `metrics.json` dict (`harmonic_mean` present when base and novel were evaluated).
@@ -491,6 +507,7 @@ def build_run_metrics(
         split_source=split_source,
         split_note=split_note,
         benchmark=benchmark,
+        smoke_assets=list(smoke_assets),
     ).to_dict()
 
 

@@ -31,7 +31,7 @@ from .registry import (
     split_source_of,
 )
 from .sampling import sample_few_shot, sample_few_shot_dassl, split_base_novel, subsample_classes
-from .synthetic import make_synthetic_imagefolder
+from .synthetic import SMOKE_MODEL_MARKER, make_synthetic_imagefolder, smoke_assets
 from .transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -82,6 +82,8 @@ __all__ = [
     "load_dataset_registry",
     "load_image_classification",
     "make_synthetic_imagefolder",
+    "SMOKE_MODEL_MARKER",
+    "smoke_assets",
     "normalize",
     "random_resized_crop_params",
     "read_classnames",
