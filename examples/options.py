@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from maple_peft.command_line import CommandParser, command_line_message, did_you_mean
+from maple_peft.command_line import CommandParser, command_line_message, did_you_mean, one_line
 
 SETTINGS = ("base2novel", "all", "cross_dataset")
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
@@ -259,13 +259,14 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def command_line_error(error: BaseException | str, parser: argparse.ArgumentParser) -> str:
-    """An error of the Python API as the script's user should read it: one line, in terms of its options.
+    """An error of the Python API as the script's user should read it: one line (control characters of the paths and
+    class names it quotes escaped), in terms of its options.
 
     Args:
         error (`BaseException` or `str`): the error.
         parser (`argparse.ArgumentParser`): the script's parser (its options name the Python arguments).
     """
-    return command_line_message(" ".join(str(error).split()) or type(error).__name__, option_flags(parser))
+    return command_line_message(one_line(error), option_flags(parser))
 
 
 def _one_data_source(first: argparse.Namespace, values: dict[str, Any]) -> None:

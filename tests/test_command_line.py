@@ -145,6 +145,13 @@ def test_a_misspelled_option_names_the_closest_one(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+def test_a_scripts_error_line_escapes_the_control_characters_of_what_it_quotes():
+    error = FileNotFoundError("no class folder 'cat\x1b]0;owned\x07' in data_dir='d\tir'")
+    assert options.command_line_error(error, options.build_parser()) == (
+        "no class folder 'cat\\x1b]0;owned\\x07' in --data_dir d ir"
+    )
+
+
 def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("num_shot: 4\n")

@@ -3,8 +3,10 @@
 A run folder always describes one run. While a run writes to it, the folder holds `run.lock` (locked with an OS lock
 and holding the process id) and a `RUNNING` marker; a run that fails leaves `FAILED` (with the error) instead, and a
 finished run leaves neither. The result files (adapter, model card, metrics, history, plots) are written only at the
-end of a run, after the previous ones were removed, so a result file in the folder is always the result of the run
-that finished last. Result files that `examples/evaluate.py` writes inside a run folder are recorded in its
+end of a run, after the previous ones were removed, each atomically (`atomic_write`, `save_into_atomically`), and the
+`RUNNING` marker is removed after the last of them: a folder without a marker holds the complete results of the run
+that finished last, and one with a marker holds an unfinished run, which `--resume_from_checkpoint latest` continues
+whatever results it had begun to write. Result files that `examples/evaluate.py` writes inside a run folder are recorded in its
 `evaluations.json` and removed with the run.
 
 What a run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
@@ -20,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -71,27 +74,86 @@ _LONGEST_INSIDE = len("/checkpoints/checkpoint_1000000/.custom_checkpoint_10.pkl
 # ---- safe writing -----------------------------------------------------------------------------------------------
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Writes a text file through a temporary file in the same folder and a rename: never a half-written file.
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> None:
+    """Writes a file through a temporary file in the same folder, flushed to disk and then renamed over `path`: a
+    reader (or a run resumed after a kill or a full disk) finds the previous file or the complete new one, never a
+    half-written one.
 
     The file gets the permissions of any newly created file (the user's umask), not the private mode of a temporary
-    file.
+    file. When `write` fails, the temporary file is removed and `path` is left as it was.
+
+    Args:
+        path (`str` or `os.PathLike`): The file to write.
+        write (`Callable[[Path], Any]`): Writes the content to the path it is given (the temporary file), e.g.
+            `lambda tmp: figure.savefig(tmp, format="png")`.
+
+    Example:
+        ```python
+        >>> atomic_write("out/weights.safetensors", lambda tmp: save_file(state_dict, tmp))
+        ```
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        apply_umask(tmp)
+        _flush_to_disk(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flush_to_disk(path: str | os.PathLike) -> None:
+    """`fsync`s a file, so that its content is on disk before a rename makes it visible."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Writes a text file (UTF-8) with `atomic_write`: never a half-written file.
 
     Args:
         path (`str` or `os.PathLike`): The file to write.
         text (`str`): Its content.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def save_into_atomically(output_dir: str | os.PathLike, save: Callable[[Path], Any]) -> list[str]:
+    """Lets `save` write files into a hidden temporary folder inside `output_dir`, then moves each of them into
+    `output_dir` by a rename after flushing it to disk: every file is there complete or not at all, whenever the
+    process is killed or the disk fills up.
+
+    For writers that take a folder, e.g. `model.save_pretrained`. A temporary folder left by a killed process is a
+    hidden `.<name>.<random>.tmp` entry, which `clear_previous_run` removes.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The folder the files are for.
+        save (`Callable[[Path], Any]`): Writes the files into the folder it is given (flat: no sub-folders).
+
+    Returns:
+        The names of the files moved into `output_dir`.
+    """
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=output_dir, prefix=".results.", suffix=".tmp"))
     try:
-        apply_umask(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        save(staging)
+        names = sorted(entry.name for entry in staging.iterdir())
+        for name in names:
+            apply_umask(staging / name)
+            _flush_to_disk(staging / name)
+        for name in names:
+            os.replace(staging / name, output_dir / name)
+        return names
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def apply_umask(*paths: str | os.PathLike) -> None:
@@ -479,8 +541,9 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
     The folder must be creatable and writable (`check_can_write`), its lock free, and the folders a run writes into
     (`checkpoints/`, `maple_peft/`) must hold nothing but a run's files. Without `overwrite`, the folder may be missing,
     empty, hold only what a failed run left (`training_log.txt`, `FAILED`, tracker logs, a stale lock), or, when
-    resuming, a run's checkpoints and log. Result files of an earlier run (adapter, card, metrics, plots, recorded
-    evaluation results) are only replaced with `overwrite`, even when resuming.
+    resuming, a run's checkpoints and log. Result files of a finished run (adapter, card, metrics, plots, recorded
+    evaluation results) are only replaced with `overwrite`, even when resuming; those of an unfinished run (marked
+    `RUNNING` or `FAILED`: killed or failed while writing them) are partial, and resuming replaces them.
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder.
@@ -505,11 +568,12 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
         )
     if overwrite:
         return
-    present = {p.name for p in path.iterdir()} - {LOCK_FILE}
+    present = {p.name for p in path.iterdir() if not TEMPORARY.match(p.name)} - {LOCK_FILE}
     failed_leftovers = {LOG_FILE, FAILED_MARKER, RUNNING_MARKER, TRACKER_DIR}
     if resume:
         results = sorted(present & {*RESULT_FILES, EVALUATIONS_FILE})
-        if results:
+        unfinished = bool(present & {RUNNING_MARKER, FAILED_MARKER})  # its results are partial: resumed, replaced
+        if results and not unfinished:
             raise ValueError(
                 f"--output_dir {path} holds the results of an earlier run ({', '.join(results)}); resuming would "
                 "overwrite them. Pass --overwrite_output_dir to replace them (the checkpoints are kept), or resume "
@@ -522,6 +586,29 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
             "--overwrite_output_dir to replace the run in it (other files are kept), --resume_from_checkpoint latest "
             "to continue its run, or another --output_dir."
         )
+
+
+def holds_only_unfinished_state(output_dir: str | os.PathLike) -> bool:
+    """Whether a run folder is missing, empty, or holds only what an unfinished run left (its status marker, log,
+    tracker logs, stale lock, interrupted writes, and, when it is marked `RUNNING` or `FAILED`, partial results) and
+    no complete checkpoint: a run asked to resume from its latest checkpoint (a job requeued with the same command)
+    may start from the beginning there.
+
+    Args:
+        output_dir (`str` or `os.PathLike`): The run folder.
+    """
+    path = Path(output_dir)
+    if not path.is_dir():
+        return not os.path.lexists(path)
+    present = {p.name for p in path.iterdir() if not TEMPORARY.match(p.name)} - {LOCK_FILE}
+    allowed = {LOG_FILE, RUNNING_MARKER, FAILED_MARKER, TRACKER_DIR, CHECKPOINTS_DIR}
+    if present & {RUNNING_MARKER, FAILED_MARKER}:
+        allowed |= {*RESULT_FILES, EVALUATIONS_FILE}
+    checkpoints = path / CHECKPOINTS_DIR
+    complete = checkpoints.is_dir() and any(
+        (entry / "trainer_state.json").is_file() for entry in checkpoints.iterdir()
+    )
+    return present <= allowed and not complete
 
 
 def _remove(path: Path) -> None:
@@ -590,7 +677,19 @@ def clear_previous_run(output_dir: str | os.PathLike, *, keep_checkpoints: bool)
     for leftover in path.iterdir():  # interrupted atomic writes
         if TEMPORARY.match(leftover.name) and _is_plain_file(leftover):
             leftover.unlink()
+        elif _is_staging_folder(leftover):
+            shutil.rmtree(leftover)
     return removed
+
+
+def _is_staging_folder(path: Path) -> bool:
+    """Whether `path` is a temporary folder of `save_into_atomically` left by an interrupted run."""
+    return (
+        path.name.startswith(".results.")
+        and TEMPORARY.match(path.name) is not None
+        and _is_plain_dir(path)
+        and all(_is_plain_file(entry) for entry in path.iterdir())
+    )
 
 
 # ---- result files of evaluate.py in a run folder ---------------------------------------------------------------------
@@ -664,13 +763,17 @@ def mark_running(output_dir: str | os.PathLike) -> None:
 
 
 def mark_failed(output_dir: str | os.PathLike, error: BaseException) -> None:
-    """Replaces the `RUNNING` marker with `FAILED`, holding the error.
+    """Replaces the `RUNNING` marker with `FAILED`, holding the error. Where `FAILED` cannot be written (a full
+    disk), `RUNNING` stays: the folder still reads as unfinished.
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder.
         error (`BaseException`): Why the run stopped.
     """
-    atomic_write_text(Path(output_dir) / FAILED_MARKER, f"{type(error).__name__}: {error}\n")
+    try:
+        atomic_write_text(Path(output_dir) / FAILED_MARKER, f"{type(error).__name__}: {error}\n")
+    except OSError:  # a full disk: the RUNNING marker stays, which says "unfinished" as well
+        return
     (Path(output_dir) / RUNNING_MARKER).unlink(missing_ok=True)
 
 
