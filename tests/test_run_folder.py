@@ -72,14 +72,17 @@ def test_atomic_writes_get_the_users_umask_not_a_private_mode(tmp_path):
 
 def hold_lock(folder: Path, *, fork_child: bool = False) -> subprocess.Popen:
     """Another process that takes the folder's lock (and, with `fork_child`, forks a child that outlives it)."""
-    code = (  # run_dir.py alone (standard library only): no import of torch, so the holder starts at once
+    code = (  # run_dir.py alone (standard library and filelock): no import of torch, so the holder starts at once
         "import importlib.util, os, sys, time\n"
         f"spec = importlib.util.spec_from_file_location('run_dir', {str(RUN_DIR_PY)!r})\n"
         "run_dir = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(run_dir)\n"
         f"run_dir.RunLock({str(folder)!r}).acquire()\n"
+        "ready, started = os.pipe()\n"
         f"if {fork_child} and os.fork() == 0:\n"
-        "    time.sleep(60); os._exit(0)\n"
+        "    os.write(started, b'1'); time.sleep(60); os._exit(0)\n"  # after the child's at-fork handlers ran
+        f"if {fork_child}:\n"
+        "    os.read(ready, 1)\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
