@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 # the data options, declared once for both scripts; this imports neither torch nor transformers
-from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error
+from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error, script_parser
 
 
 def build_parser() -> CommandParser:
-    p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = script_parser("evaluate.py", __doc__)
     p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
     p.add_argument(
         "--model_name_or_path",
