@@ -101,6 +101,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     }
     if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
+    elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
+        sources["--data_dir"] = (args.data_dir, "folder")
     check_sources(sources)
     if args.dataset_name:
         import datasets
