@@ -32,6 +32,8 @@ from maple_peft.training.checkpointing import (
     write_trainer_state,
 )
 from maple_peft.training.run_dir import (
+    RESULT_FILES,
+    RUNNING_MARKER,
     RunLock,
     RunLockError,
     atomic_write,
@@ -686,3 +688,20 @@ def test_resuming_from_non_finite_adapter_weights_is_refused(checkpointed):
     save_file(weights, str(path / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="non-finite adapter weights"):
         accelerator.load_state(str(path))
+
+
+def test_a_finished_run_is_not_offered_a_resume_and_an_unfinished_one_is_offered_one_that_is_accepted(tmp_path):
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    finished.mkdir(), stopped.mkdir()
+    a_finished_run(finished)
+    with pytest.raises(ValueError, match="holds a finished run; pass --overwrite_output_dir") as refused:
+        check_output_dir(finished, overwrite=False, resume=False)
+    assert "--resume_from_checkpoint" not in str(refused.value)  # resuming it would be refused
+
+    a_finished_run(stopped)  # then paused by --stop_after_epoch, or killed: checkpoints, log, RUNNING
+    for name in RESULT_FILES:
+        (stopped / name).unlink(missing_ok=True)
+    (stopped / RUNNING_MARKER).write_text("")
+    with pytest.raises(ValueError, match="holds an unfinished run; pass --resume_from_checkpoint latest"):
+        check_output_dir(stopped, overwrite=False, resume=False)
+    check_output_dir(stopped, overwrite=False, resume=True)  # the advice is accepted

@@ -581,10 +581,17 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
             )
         return
     if present and not present <= failed_leftovers:
+        listed = ", ".join(sorted(present)[:5])
+        if present & {RUNNING_MARKER, FAILED_MARKER}:  # stopped, killed or failed: resuming is what it is for
+            raise ValueError(
+                f"--output_dir {path} exists and is not empty ({listed}): it holds an unfinished run; pass "
+                "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start it again (other "
+                "files are kept), or another --output_dir."
+            )
+        what = ": it holds a finished run" if present & set(RESULT_FILES) else ""  # nothing left to resume
         raise ValueError(
-            f"--output_dir {path} exists and is not empty ({', '.join(sorted(present)[:5])}); pass "
-            "--overwrite_output_dir to replace the run in it (other files are kept), --resume_from_checkpoint latest "
-            "to continue its run, or another --output_dir."
+            f"--output_dir {path} exists and is not empty ({listed}){what}; pass --overwrite_output_dir to replace "
+            "the run in it (other files are kept), or another --output_dir."
         )
 
 
