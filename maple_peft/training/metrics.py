@@ -1,41 +1,8 @@
-"""Evaluation metrics and the run record (`metrics.json`) shared by the training and evaluation scripts; the grouping
-of runs into tables is `maple_peft.training.tables`.
+"""Evaluation metrics (accuracy, macro-F1, per-class accuracy, harmonic means; percentages, 0-100) and the record of a
+run, `metrics.json` (`RunMetrics`, `build_run_metrics`), shared by the training and evaluation scripts.
 
-Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
-
-```json
-{
-  "maple_peft_version": "0.1.0",
-  "versions": {"torch": "...", "transformers": "...", "peft": "...", "accelerate": "..."},
-  "base_model": "openai/clip-vit-base-patch16",
-  "dataset": "eurosat",
-  "setting": "base2novel",
-  "seed": 1, "num_shots": 16, "shots_used": {"min": 16, "max": 16},
-  "train_config": {}, "peft_config": {},
-  "split_source": "coop", "split_note": "CoOp's split (split_zhou_EuroSAT.json), as in the papers",
-  "benchmark": "eurosat",
-  "smoke_assets": [],
-  "time_seconds": 123.4,
-  "results": {"base": {"accuracy": 97.1, "macro_f1": 96.9, "per_class_accuracy": {}, "num_images": 4200,
-                       "num_classes": 5}, "novel": {}},
-  "harmonic_mean": 80.2,
-  "zero_shot": {"results": {}, "harmonic_mean": 75.0}
-}
-```
-
-`num_shots` is the number of training images per class asked for; `shots_used` the numbers actually used (fewer
-where a class has fewer images). `results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
-per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
-zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
-`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`). `split_source` says which split
-the images came from: `"coop"` (the papers' splits), `"hub:<id>:<train>/<test>"` or `"local:<train>/<test>"`; files
-written before it existed get it from their options (`run_split_source`). `smoke_assets` (present when not empty)
-names the inputs that are the offline smoke run's stand-ins (`"base_model"`: a tiny random model built by
-`examples/make_smoke_assets.py`; `"data"`: generated images): such a run's numbers measure nothing.
-
-`RunMetrics` is this schema as a dataclass: `RunMetrics.from_dict` reads and validates a loaded file (the card, the
-plots and `examples/aggregate.py` read runs through it), `to_dict` writes one, and every harmonic mean of the project
-(a run's, zero-shot CLIP's, a seed average's, a table's average row) comes from `base_novel_harmonic_mean`.
+The file's fields: docs/formats.md#metricsjson-the-record-of-a-run. Grouping runs into tables:
+`maple_peft.training.tables`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,7 @@
-"""The papers' tables from many runs: Markdown, CSV and a figure against the published figures.
-
-Runs are grouped by `method_key` (everything that defines the method and the protocol: backbone, adapter
-architecture, objective and its weights, setting, shots, kind of split) and, within a table, by dataset and split
-source (`group_runs`, the one grouping of the project: `examples/aggregate.py` and `examples/benchmark.py` both use
-it); `summarize_runs` averages the seeds of one such group and refuses runs that differ in any other option that
-changes a result (`differing_run_options`), listing them.
-
-`build_tables` turns runs (`RunMetrics`) into one `ResultTable` per method and protocol, with one row per dataset and
-split:
-
-- base-to-novel: `Base | Novel | HM`, the average row (mean base and novel over datasets, and their HM);
-- cross-dataset and domain generalization: the source, then each target in the papers' order, and the targets'
-  average;
-- few-shot: one column per number of shots.
-
-Values are mean ± sample standard deviation over seeds. A row or a seed the caller expected but that has no result
-is shown as missing and never averaged in. Published figures (`load_published`, YAML files with their source) are
-shown beside the measured ones when the table's method and protocol match the published entry.
+"""The papers' tables from many runs: the grouping of runs (`method_key`, `group_runs`: the one grouping of the project,
+used by `examples/aggregate.py` and `examples/benchmark.py`), the average over seeds (`summarize_runs`, which refuses
+runs that differ in an option that changes a result), and the tables in Markdown, CSV and a figure beside the
+published figures (`build_tables`, `load_published`). What a table holds: docs/formats.md#the-tables.
 """
 
 from __future__ import annotations
