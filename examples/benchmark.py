@@ -30,13 +30,13 @@ import contextlib
 import io
 import json
 import os
-import queue
 import shlex
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -487,32 +487,27 @@ def run_grid(
             outcome[cell.name] = ("refused", plan.detail)
         else:
             todo.append((cell, plan))
-    settled = len(outcome)
-    bar = tqdm(total=len(cells), initial=settled, unit="cell", desc="benchmark", dynamic_ncols=True)
-    free: queue.Queue[str | None] = queue.Queue()
-    for device in devices:
-        free.put(device)
-    lock = threading.Lock()
-    running = {"n": 0}
-    failed = {"n": sum(state == "refused" for state, _ in outcome.values())}
+    failed = sum(state == "refused" for state, _ in outcome.values())
+    bar = tqdm(total=len(cells), initial=len(outcome), unit="cell", desc="benchmark", dynamic_ncols=True)
+    # one worker thread per device, each keeping its device for the whole grid
+    unassigned, assigned = list(devices), threading.local()
 
-    def postfix() -> None:
-        bar.set_postfix_str(f"running {running['n']}, failed {failed['n']}", refresh=True)
+    def take_device() -> None:
+        assigned.device = unassigned.pop(0)
 
-    def work(cell: Cell, plan: Plan) -> None:
-        device = free.get()
-        with lock:
-            running["n"] += 1
-            postfix()
+    def work(cell: Cell, plan: Plan) -> tuple[str, str, float]:
         started = time.time()
-        try:
-            state, detail = run_cell(cell, plan, device, run_command)
-        finally:
-            free.put(device)
-        minutes = (time.time() - started) / 60
-        with lock:
-            running["n"] -= 1
-            failed["n"] += state == "failed"
+        state, detail = run_cell(cell, plan, assigned.device, run_command)
+        return state, detail, (time.time() - started) / 60
+
+    executor = ThreadPoolExecutor(max_workers=len(devices), initializer=take_device)
+    try:
+        futures = {executor.submit(work, cell, plan): cell for cell, plan in todo}
+        bar.set_postfix_str(f"running {min(len(devices), len(todo))}, failed {failed}", refresh=True)
+        for done in as_completed(futures):
+            cell = futures[done]
+            state, detail, minutes = done.result()
+            failed += state == "failed"
             outcome[cell.name] = (state, detail)
             line = f"{state:>7} {cell.name} ({minutes:.1f} min, {Path(cell.recipe).name})"
             line += f": {detail}" if detail else ""
@@ -521,17 +516,10 @@ def run_grid(
             else:
                 write(line)
             bar.update(1)
-            postfix()
-
-    postfix()
-    threads = [threading.Thread(target=work, args=item, daemon=True) for item in todo]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)
+            running = sum(future.running() for future in futures)
+            bar.set_postfix_str(f"running {running}, failed {failed}", refresh=True)
     finally:
+        executor.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C: no new cell starts
         bar.close()
     return outcome
 

@@ -1,15 +1,8 @@
-"""The output folder of a training run: safe writes, a lock, status markers, and what "overwrite" clears.
+"""The output folder of a training run: safe (atomic) writes, the lock (`run.lock`), the `RUNNING` / `FAILED` markers,
+and what "overwrite" clears.
 
-A run folder always describes one run. While a run writes to it, the folder holds `run.lock` (locked with an OS lock
-and holding the process id) and a `RUNNING` marker; a run that fails leaves `FAILED` (with the error) instead, and a
-finished run leaves neither. The result files (adapter, model card, metrics, history, plots) are written only at the
-end of a run, after the previous ones were removed, each atomically (`atomic_write`, `save_into_atomically`), and the
-`RUNNING` marker is removed after the last of them: a folder without a marker holds the complete results of the run
-that finished last, and one with a marker holds an unfinished run, which `--resume_from_checkpoint latest` continues
-whatever results it had begun to write. Result files that `examples/evaluate.py` writes inside a run folder are recorded in its
-`evaluations.json` and removed with the run.
-
-What a run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
+What a run folder holds and when: docs/training.md#what-a-run-folder-holds and docs/formats.md#the-run-folder. What a
+run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
 folders holding only checkpoint files, TensorBoard files in `maple_peft/`); a folder a run writes into that holds
 anything else is refused, and nothing else is ever removed.
 """
