@@ -78,13 +78,13 @@ from maple_peft.training.run_dir import (
     LOG_FILE,
     TRACKER_DIR,
     RunLock,
-    apply_umask,
     atomic_write_json,
     check_output_dir,
     clear_previous_run,
     mark_failed,
     mark_finished,
     mark_running,
+    save_into_atomically,
 )
 from maple_peft.training.schedule import build_scheduler
 
@@ -139,6 +139,8 @@ def check_sources_and_caches(args: argparse.Namespace) -> None:
     }
     if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
+    elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
+        sources["--data_dir"] = (args.data_dir, "folder")
     check_sources(sources)
     if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
         import datasets
@@ -284,8 +286,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     checkpoint, resume_state = None, None
     if args.resume_from_checkpoint is not None:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept)
-    resume_here = checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+    # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept); 'latest'
+    # before the first checkpoint (None: a job killed early and requeued) starts from the beginning in this folder
+    resume_here = args.resume_from_checkpoint == "latest" or (
+        checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+    )
     check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
     check_sources_and_caches(args)
     if checkpoint is not None:
@@ -372,6 +377,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
     setup_logging(accelerator, output_dir)
     try:
+        if resume_here and checkpoint is None:
+            logger.info(
+                f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint yet (the run stopped before its "
+                "first); starting from the beginning"
+            )
         logger.info(
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
         )
@@ -534,8 +544,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         if accelerator.is_main_process:
             from maple_peft.training.card import write_model_card
 
-            model.save_pretrained(output_dir)
-            apply_umask(output_dir / "adapter_model.safetensors")
+            save_into_atomically(output_dir, model.save_pretrained)  # every result file complete or absent
             atomic_write_json(output_dir / "training_history.json", history)
             atomic_write_json(output_dir / "metrics.json", metrics)
             draw.write(output_dir, dataset=data.name, data_source=data.data_source)  # train_images.json

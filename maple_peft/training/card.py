@@ -23,6 +23,7 @@ from ..adapter_card import hub_model_id, method_citations, method_link, method_n
 from ..backbones import BACKBONES
 from ..objectives import objective_classes, objective_name
 from .metrics import RunMetrics
+from .run_dir import atomic_write_text
 
 __all__ = ["CARD_TAGS", "build_model_card", "render_model_card", "write_model_card"]
 
@@ -439,5 +440,5 @@ def write_model_card(
             )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     path = output_dir / filename
-    path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
+    atomic_write_text(path, render_model_card(metrics, repo_id=repo_id, license=license, images=images))
     return path

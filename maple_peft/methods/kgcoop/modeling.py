@@ -44,7 +44,7 @@ class KnowledgeGuidedLoss(PromptObjective):
     def __init__(self, classifier: PromptClassifier, weight: float = 8.0, template: str = "a photo of a {}.") -> None:
         super().__init__(classifier)
         self.weight = check_weight("weight", weight)
-        self.template = check_templates([template], "template")[0]
+        self.template = check_templates([template], "template", classifier)[0]
 
     @classmethod
     def from_options(cls, classifier: PromptClassifier, kg_weight: float = 8.0, kg_template: str | None = None):
