@@ -291,7 +291,7 @@ MEDIUM = "a photo " * 34 + "of a {}."  # 74
     ],
 )
 def test_a_frozen_text_template_is_checked_as_class_names_are_naming_it(tokenizer, template, message):
-    from maple_peft.objectives import KnowledgeGuidedLoss
+    from maple_peft import KnowledgeGuidedLoss
 
     model, _ = make_adapted(n_ctx=2, depth=2)
     classifier = PromptClassifier(model, tokenizer, CLASSES)
