@@ -184,6 +184,7 @@ def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     data = tmp_path / "data"
+    data.mkdir()  # (empty: the cache is checked before the data is read)
     result = _train(
         tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data,
         env={"HF_HOME": str(blocker / "hf")},
