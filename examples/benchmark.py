@@ -222,6 +222,19 @@ def recipe_lines(cells: Sequence[Cell], given: str) -> list[str]:
     return lines
 
 
+class MissingDataError(ValueError):
+    """Datasets of the grid that are not under `--data_root`: all of them named at once, with the grid's cells (a dry
+    run still prints every command)."""
+
+    def __init__(self, data_root: str, missing: Sequence[tuple[str, Path]], cells: list[Cell]) -> None:
+        listed = ", ".join(f"{name} ({path})" for name, path in missing)
+        super().__init__(
+            f"{len(missing)} dataset(s) of the grid are not under --data_root {data_root}: {listed}; prepare them as "
+            "CoOp's DATASETS.md says, or leave them out of --datasets."
+        )
+        self.cells = cells
+
+
 def build_cells(args: argparse.Namespace) -> list[Cell]:
     """The grid's cells, with each cell's train.py arguments checked like train.py checks them.
 
@@ -229,7 +242,8 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         args (`argparse.Namespace`): The benchmark's options.
 
     Raises:
-        ValueError: A bad dataset name, missing data, a bad `--set`, or options train.py refuses (naming the cell).
+        MissingDataError: Datasets missing under `--data_root`, every one of them named (the cells are built anyway).
+        ValueError: A bad dataset name, a bad `--set`, or options train.py refuses (naming the cell).
     """
     from maple_peft.training.data import get_benchmark, hub_dataset_for_benchmark, load_dataset_registry
 
@@ -253,6 +267,7 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         )
 
     rows: dict[str, str | None] = {}
+    missing: dict[str, Path] = {}  # every dataset missing under --data_root, named together at the end
 
     def data_args(name: str) -> tuple[str, list[str]]:
         """A dataset's canonical name and its data arguments."""
@@ -264,10 +279,7 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             return spec.name, extra
         spec = get_benchmark(name)
         if not (Path(args.data_root) / spec.dataset_dir).is_dir():
-            raise ValueError(
-                f"{spec.name}: {Path(args.data_root) / spec.dataset_dir} does not exist; prepare it as CoOp's "
-                "DATASETS.md says, or leave it out of --datasets."
-            )
+            missing[spec.name] = Path(args.data_root) / spec.dataset_dir
         rows[spec.name] = spec.name
         return spec.name, ["--dataset", spec.name, "--data_root", args.data_root]
 
@@ -314,6 +326,8 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             cell.options = _parse_train_options(cell.train_args)
         except ValueError as error:
             raise ValueError(f"cell {cell.name}: {error}") from None
+    if missing:
+        raise MissingDataError(args.data_root, list(missing.items()), cells)
     return cells
 
 
@@ -703,7 +717,13 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
         if args.protocol is None:
             setting = _recipe(args.recipe).get("setting", "base2novel")
             args.protocol = {"all": "few_shot", "cross_dataset": "cross_dataset"}.get(setting, "base2novel")
-        cells = build_cells(args)
+        missing_data = None
+        try:
+            cells = build_cells(args)
+        except MissingDataError as error:
+            if not args.dry_run:
+                raise
+            cells, missing_data = error.cells, error  # a dry run prints every command, then every missing dataset
         if args.cell is not None and not 0 <= args.cell < len(cells):
             raise ValueError(f"--cell {args.cell} is not a cell of this grid (0..{len(cells) - 1})")
         plans = [plan_cell(cell) for cell in cells]
@@ -729,6 +749,9 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
     if args.dry_run:
         note = "on GPUs each runs with CUDA_VISIBLE_DEVICES set to one free GPU; on a CPU one at a time"
         print(dry_run_text(cells, plans, note, recipe_lines(cells, args.recipe)), end="")
+        if missing_data is not None:
+            print(f"error: {missing_data}", file=sys.stderr)
+            return 2
         return 0
     if args.table_only:
         written = write_tables(cells, plans, args)

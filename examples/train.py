@@ -141,6 +141,8 @@ def check_sources_and_caches(args: argparse.Namespace) -> None:
     }
     if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
+    elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
+        sources["--data_dir"] = (args.data_dir, "folder")
     check_sources(sources)
     if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
         import datasets

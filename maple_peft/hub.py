@@ -75,14 +75,27 @@ def local_path_reason(name: str) -> str | None:
 
 
 def _closest(name: str) -> str:
-    """` Did you mean ...?` with the existing names closest to the missing path `name`, or `""`."""
-    parent, _, leaf = name.rstrip("/\\").rpartition("/")
-    parent_path = os.path.expanduser(parent) if parent else "."
+    """` Did you mean ...?` with the existing paths closest to the missing path `name`, or `""`: each missing folder
+    on the way is replaced by its closest existing name (`smoke_asset/data` -> `smoke_assets/data`)."""
+    *folders, leaf = name.rstrip("/\\").split("/")
+    parent = "/".join(folders)
+    for index, folder in enumerate(folders):
+        here = "/".join(folders[:index]) or ("/" if name.startswith("/") else "")
+        if folder in ("", ".", "..", "~") or os.path.isdir(os.path.expanduser(os.path.join(here, folder))):
+            continue
+        try:
+            match = difflib.get_close_matches(folder, os.listdir(os.path.expanduser(here) or "."), n=1, cutoff=0.6)
+        except OSError:
+            return ""
+        if not match:
+            return ""
+        folders[index] = match[0]
+        parent = "/".join(folders)
     try:
-        entries = os.listdir(parent_path)
+        entries = os.listdir(os.path.expanduser(parent) if parent else ".")
     except OSError:
         return ""
-    matches = difflib.get_close_matches(leaf, entries, n=3, cutoff=0.6)
+    matches = [leaf] if leaf in entries else difflib.get_close_matches(leaf, entries, n=3, cutoff=0.6)
     if not matches:
         return ""
     return " Did you mean " + " or ".join(f"{parent}/{m}" if parent else m for m in matches) + "?"
@@ -160,8 +173,9 @@ def check_sources(
 
     Args:
         sources (`Mapping[str, tuple]`): how the source is called in messages (`"--adapter"` or
-            `"adapter_name_or_path"`) -> `(name or path, repo type)`, the repo type being `"model"` or `"dataset"`;
-            a `None` name is skipped.
+            `"adapter_name_or_path"`) -> `(name or path, repo type)`, the repo type being `"model"` or `"dataset"`,
+            or `"folder"` for a source that can only be a local folder (`--data_dir` of an image folder); a `None`
+            name is skipped.
         cache_dir (`str` or `os.PathLike`, *optional*): the Hub cache the downloads go to (default: `HF_HUB_CACHE`).
         local_files_only (`bool`): no download is wanted: only the local paths are checked.
 
@@ -184,6 +198,13 @@ def check_sources(
         if name is None or name == "":
             continue
         name = os.fspath(name)
+        if repo_type == "folder":
+            if not os.path.isdir(os.path.expanduser(name)):
+                problem = "is a file, not a folder" if os.path.exists(os.path.expanduser(name)) else "no such folder"
+                raise FileNotFoundError(
+                    f"{_described(what, name)}: {problem}.{_closest(name)} Pass an existing folder."
+                )
+            continue
         if os.path.exists(os.path.expanduser(name)):
             continue
         reason = local_path_reason(name)

@@ -238,3 +238,33 @@ def test_a_download_into_an_unwritable_hub_cache_is_refused_before_it_starts(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(blocker / ".cache" / "huggingface" / "hub"))
     with pytest.raises(hub.CacheNotWritableError, match=r"Cannot write the Hugging Face cache \(HF_HUB_CACHE\)"):
         hub.check_sources({"--model_name_or_path": ("user/model", "model")})
+
+
+def test_a_data_dir_that_does_not_exist_is_named_with_the_closest_folder(tmp_path, monkeypatch):
+    (tmp_path / "smoke_assets" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        hub.check_sources({"--data_dir": ("smoke_asset/data", "folder")})
+    assert str(error.value) == (
+        "--data_dir smoke_asset/data: no such folder. Did you mean smoke_assets/data? Pass an existing folder."
+    )
+    hub.check_sources({"--data_dir": ("smoke_assets/data", "folder")})
+
+
+def test_train_and_evaluate_refuse_a_missing_image_folder_before_loading_anything(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import evaluate
+        import train
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # evaluate.py configures logging; undone after the test
+    data = ["--dataset_name", "imagefolder", "--data_dir", "smoke_asset/data"]
+    for call in (
+        lambda: train.main([*data, "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "run")]),
+        lambda: evaluate.main(data),
+    ):
+        with pytest.raises(FileNotFoundError, match=r"^--data_dir smoke_asset/data: no such folder\."):
+            call()
+    assert not (tmp_path / "run").exists()
