@@ -188,7 +188,12 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
     Raises:
         ValueError: A bad dataset name, missing data, a bad `--set`, or options train.py refuses (naming the cell).
     """
-    from maple_peft.training.data import get_benchmark, hub_dataset_for_benchmark, load_dataset_registry
+    from maple_peft.training.data import (
+        get_benchmark,
+        hub_dataset_for_benchmark,
+        load_dataset_registry,
+        parse_hub_root,
+    )
 
     out = Path(args.output_dir)
     recipe = _recipe(args.recipe)
@@ -205,10 +210,12 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         raise ValueError(f"--protocol {protocol} evaluates the CoOp targets: pass --data_root instead of --hub.")
     if not args.hub and not args.data_root:
         raise ValueError(
-            "Pass --data_root DIR (the CoOp layout, the papers' splits) or --hub (the registry's datasets)."
+            "Pass --data_root DIR (the CoOp layout, the papers' splits), --data_root hub (the same, downloaded from "
+            "the Hub) or --hub (the registry's datasets)."
         )
 
     rows: dict[str, str | None] = {}
+    hub_root = None if args.hub else parse_hub_root(args.data_root)  # --data_root hub: CoOp's layout from the Hub
 
     def data_args(name: str) -> tuple[str, list[str]]:
         """A dataset's canonical name and its data arguments."""
@@ -219,7 +226,10 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             rows[spec.name] = None if spec.data_dir else spec.dataset_id  # a local folder's identity has a hash
             return spec.name, extra
         spec = get_benchmark(name)
-        if not (Path(args.data_root) / spec.dataset_dir).is_dir():
+        if hub_root is not None:  # downloaded by the cell that needs it; ImageNet comes from ILSVRC/imagenet-1k
+            if spec.name != "imagenet":
+                hub_root.archive(spec.name)  # a dataset the repository has (else the list of those it has)
+        elif not (Path(args.data_root) / spec.dataset_dir).is_dir():
             raise ValueError(
                 f"{spec.name}: {Path(args.data_root) / spec.dataset_dir} does not exist; prepare it as CoOp's "
                 "DATASETS.md says, or leave it out of --datasets."
@@ -633,7 +643,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["all"], help="'all' (the protocol's), or names (targets for DG)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="few_shot: shots per class")
-    p.add_argument("--data_root", default=None, help="the CoOp data folder (the papers' splits)")
+    p.add_argument(
+        "--data_root", default=None, help="the CoOp data folder (the papers' splits), or 'hub' to download them"
+    )
     p.add_argument("--hub", action="store_true", help="use the registry's Hub datasets instead of --data_root")
     p.add_argument("--dataset_registry", default=None, help="a YAML file of Hub datasets beside the built-in")
     p.add_argument("--output_dir", required=True, help="one run folder per cell: OUTPUT_DIR/<dataset>/seed<k>/")

@@ -494,6 +494,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             split_note=data.split_note,
             benchmark=data.benchmark,
             shots_used=shots_used,
+            data_source=data.data_source,  # hf://<repo>@<revision> for the Hub data root
         )
         if "harmonic_mean" in metrics:
             zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")

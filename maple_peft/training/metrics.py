@@ -281,6 +281,7 @@ class RunMetrics:
             `"local:<train>/<test>"`); `None` in files written before it was recorded (see `run_split_source`).
         split_note (`str | None`): The same in a sentence.
         benchmark (`str | None`): The benchmark the dataset stands for (`"eurosat"`), if any.
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`hf://<repo>@<revision>`), if it was.
 
     Example:
         ```python
@@ -307,6 +308,7 @@ class RunMetrics:
     split_source: str | None = None
     split_note: str | None = None
     benchmark: str | None = None
+    data_source: str | None = None
 
     def __post_init__(self) -> None:
         if self.setting not in SETTINGS:
@@ -328,7 +330,7 @@ class RunMetrics:
         self.train_config = dict(self.train_config or {})
         self.peft_config = dict(self.peft_config or {})
         self.versions = dict(self.versions or {})
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name}={value!r} must be text (or absent).")
@@ -361,7 +363,7 @@ class RunMetrics:
             "time_seconds": self.time_seconds,
             "results": {name: dict(result) for name, result in self.results.items()},
         }
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             if getattr(self, name) is not None:
                 metrics[name] = getattr(self, name)
         if self.harmonic_mean is not None:
@@ -413,6 +415,7 @@ class RunMetrics:
                 split_source=metrics.get("split_source"),
                 split_note=metrics.get("split_note"),
                 benchmark=metrics.get("benchmark"),
+                data_source=metrics.get("data_source"),
             )
         except ValueError as error:
             raise ValueError(f"Invalid metrics: {error}") from error
@@ -449,6 +452,7 @@ def build_run_metrics(
     split_note: str | None = None,
     benchmark: str | None = None,
     shots_used: Mapping[str, int] | None = None,
+    data_source: str | None = None,
 ) -> dict[str, Any]:
     """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
 
@@ -468,6 +472,7 @@ def build_run_metrics(
         benchmark (`str | None`): The benchmark the dataset stands for, if any.
         shots_used (`Mapping[str, int] | None`): `{"min": m, "max": M}`, the training images per class actually
             used (fewer than `num_shots` where a class has fewer images).
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`ExperimentData.data_source`).
 
     Returns:
         `dict[str, Any]`: The `metrics.json` dict (`harmonic_mean` present when base and novel were evaluated).
@@ -491,6 +496,7 @@ def build_run_metrics(
         split_source=split_source,
         split_note=split_note,
         benchmark=benchmark,
+        data_source=data_source,
     ).to_dict()
 
 

@@ -21,6 +21,16 @@ from .hf import (
     load_image_classification,
     records_from_hf_dataset,
 )
+from .hub_root import (
+    HUB_ARCHIVES,
+    HUB_DATA_REPO,
+    HUB_DATA_REVISION,
+    IMAGENET_HUB_DATASET,
+    HubDataRoot,
+    imagenet_classnames,
+    load_imagenet_from_hub,
+    parse_hub_root,
+)
 from .records import HFImageRef, ImageRecord, ImageRecords
 from .registry import (
     HUB_DATASETS,
@@ -52,7 +62,11 @@ from .transforms import (
 __all__ = [
     "BENCHMARKS",
     "DRAWS",
+    "HUB_ARCHIVES",
     "HUB_DATASETS",
+    "HUB_DATA_REPO",
+    "HUB_DATA_REVISION",
+    "IMAGENET_HUB_DATASET",
     "CLIP_MEAN",
     "CLIP_STD",
     "BenchmarkSpec",
@@ -60,6 +74,7 @@ __all__ = [
     "CLIPTrainTransform",
     "CLIPTransforms",
     "HFImageRef",
+    "HubDataRoot",
     "HubDatasetSpec",
     "PatchTransform",
     "TRAIN_IMAGES_FILE",
@@ -76,13 +91,16 @@ __all__ = [
     "get_benchmark",
     "hub_dataset_for_benchmark",
     "image_transforms",
+    "imagenet_classnames",
     "list_benchmarks",
     "load_class_name_map",
     "load_coop_split",
     "load_dataset_registry",
     "load_image_classification",
+    "load_imagenet_from_hub",
     "make_synthetic_imagefolder",
     "normalize",
+    "parse_hub_root",
     "random_resized_crop_params",
     "read_classnames",
     "records_from_hf_dataset",
