@@ -22,7 +22,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["CommandParser", "build_parser", "command_line_message", "main"]
+__all__ = ["CommandParser", "build_parser", "command_line_message", "did_you_mean", "main", "printable"]
 
 
 class CommandParser(argparse.ArgumentParser):
@@ -44,13 +44,36 @@ class CommandParser(argparse.ArgumentParser):
     """
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\nRun `{self.prog} --help` for the options.\n")
+        self.exit(2, f"{self.prog}: error: {printable(message)}\nRun `{self.prog} --help` for the options.\n")
 
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         args = sys.argv[1:] if args is None else list(args)
         return super().parse_known_args(self.canonical_spelling(args), namespace)
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> argparse.Namespace:
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            options = self._option_strings(parsed)
+            hints = [
+                hint
+                for arg in unknown
+                if arg.startswith("--") and (hint := did_you_mean(arg.partition("=")[0], options))
+            ]
+            self.error(f"unrecognized arguments: {' '.join(unknown)}{''.join(hints[:1])}")
+        return parsed
+
+    def _option_strings(self, parsed: argparse.Namespace) -> list[str]:
+        """The long options of this parser and of the subcommand that `parsed` chose."""
+        parsers = [self]
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
+                parsers += [chosen] if chosen is not None else []
+        return [o for parser in parsers for o in parser._option_string_actions if o.startswith("--")]
 
     def canonical_spelling(self, args: Sequence[str]) -> list[str]:
         """`args` with every option written in the other spelling (`-` for `_` or `_` for `-`) rewritten to this
@@ -79,6 +102,32 @@ class CommandParser(argparse.ArgumentParser):
             # an option that takes exactly one value: the next argument is that value, even if it starts with --
             expects_value = not sep and action is not None and action.nargs is None
         return rewritten
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """` (did you mean `--num_shots`?)` naming the known names closest to a misspelled `name`, or `""`.
+
+    `-` and `_` count as the same character, so `--num-shot` finds `--num_shots`.
+
+    Args:
+        name (`str`): the misspelled option or key, e.g. `"--num_shot"` or `"num_shot"`.
+        known (`Sequence[str]`): the names it may have meant.
+
+    Example:
+        ```python
+        >>> did_you_mean("--num_shot", ["--num_shots", "--seed"])
+        ' (did you mean `--num_shots`?)'
+        ```
+    """
+    import difflib
+
+    by_normal = {}
+    for option in known:
+        by_normal.setdefault(option.replace("-", "_"), option)
+    matches = difflib.get_close_matches(name.replace("-", "_"), list(by_normal), n=2, cutoff=0.75)
+    if not matches:
+        return ""
+    return " (did you mean " + " or ".join(f"`{by_normal[match]}`" for match in matches) + "?)"
 
 
 _PYTHON_VALUE = r"(True|False|None|'[^']*'|\"[^\"]*\"|\[[^\]]*\]|[-+\w./:~]+)?"
@@ -121,9 +170,46 @@ def command_line_message(message: str, flags: Mapping[str, str]) -> str:
 
 
 def one_line(message: Any) -> str:
-    """`message` (an exception or text) on one line, whitespace collapsed."""
-    text = " ".join(str(message).split())
+    """`message` (an exception or text) on one line, whitespace collapsed and control characters escaped
+    (`printable`)."""
+    text = printable(" ".join(str(message).split()))
     return text or type(message).__name__
+
+
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_NAMED_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def printable(text: str) -> str:
+    """`text` with the characters that act on a terminal or on a line-based reader written as escapes: control
+    characters (`\\x1b`, tab `\\t`, newline `\\n`, ...), line and paragraph separators and bidirectional controls
+    (`\\u202e`). Everything else, non-ASCII letters included, is kept.
+
+    Text from untrusted sources (an adapter's class names, paths read from a file) goes through it before it is
+    printed, so that it cannot move the cursor, retitle the terminal or forge an extra output line.
+
+    Args:
+        text (`str`): the text to print.
+
+    Example:
+        ```python
+        >>> printable("cat\\tforged.png\\x1b[2J")
+        'cat\\\\tforged.png\\\\x1b[2J'
+        ```
+    """
+    if text.isprintable():  # (fast path: no control, separator or bidirectional character, and no tab)
+        return text
+    return "".join(_escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    import unicodedata
+
+    if char not in _BIDI_CONTROLS and unicodedata.category(char) not in ("Cc", "Zl", "Zp"):
+        return char
+    if char in _NAMED_ESCAPES:
+        return _NAMED_ESCAPES[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def _positive_int(text: str) -> int:
@@ -133,6 +219,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a positive number")
     return value
 
 
@@ -169,7 +265,9 @@ def build_parser() -> CommandParser:
         "predict",
         help="Classify images with a saved adapter (Hub id or folder).",
         description="Prints one line per image: the path, then the top-k labels and scores, tab-separated (or JSON "
-        "lines with --json). An unreadable image gives one error line on stderr and the others are still classified; "
+        "lines with --json). Control characters in paths and class names (tab, newline, escape) are printed as "
+        "\\t, \\n, \\x1b, so each image is one line; --json is exact. An unreadable image, or an image URL whose "
+        "server does not answer within --timeout, gives one error line on stderr and the others are still classified; "
         "the exit code is 1 if any image failed, 2 if nothing could be classified, 0 otherwise.",
     )
     predict.add_argument("images", nargs="*", metavar="IMAGE", help="image files or http(s) URLs")
@@ -180,7 +278,9 @@ def build_parser() -> CommandParser:
         nargs="+",
         help="class names (default: those saved with the adapter); end the list with -- when IMAGE follows",
     )
-    classes.add_argument("--classes-file", help="a text file with one class name per line")
+    classes.add_argument(
+        "--classes-file", help="a text file with one class name per line (UTF-8, or UTF-16 with its byte-order mark)"
+    )
     predict.add_argument(
         "--allow-single-class",
         action="store_true",
@@ -191,6 +291,14 @@ def build_parser() -> CommandParser:
     predict.add_argument("--base-model", default=None, help="the base CLIP (default: the one the adapter names)")
     predict.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
     predict.add_argument("--device", default=None, help="e.g. cuda, cuda:1, mps; default: CPU")
+    predict.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="the longest wait on an image URL's server, to connect and for each read (default: 10 s to connect, "
+        "30 s to read); a server that does not answer in time is one error line for that image",
+    )
 
     push = commands.add_parser("push", help="Upload a finished training run folder to the Hugging Face Hub.")
     push.add_argument("run_dir", help="the run folder written by examples/train.py")

@@ -6,7 +6,10 @@
 
 Protocols (the recipe's `setting` picks the default): base2novel (the 11 datasets), cross_dataset (train on
 ImageNet once per seed, the adapter evaluated on the targets), domain_generalization (the same ImageNet adapter
-evaluated on ImageNetV2, -Sketch, -A and -R with evaluate.py), few_shot (--shots 1 2 4 8 16, all classes).
+evaluated on ImageNetV2, -Sketch, -A and -R with evaluate.py), few_shot (--shots 1 2 4 8 16, all classes). The
+few-shot protocol trains with the method's own few-shot recipe when one lies beside --recipe
+(`promptsrc_base2novel.yaml` -> `promptsrc_few_shot.yaml`, as PromptSRC's and MMRL's repositories ship separate
+few-shot configs); the recipe each cell uses, with its per-dataset values, is printed before the cells run.
 
 Each cell is one run folder, OUTPUT_DIR/<dataset>/seed<k>/ (few-shot: <dataset>/<k>shots/seed<s>), written by
 train.py exactly as by hand; its console output goes to OUTPUT_DIR/logs/<cell>.log. A finished cell with the same
@@ -94,6 +97,7 @@ class Cell:
     evaluations: list[tuple[str, Path]] = field(default_factory=list)
     shots: int | None = None
     options: dict[str, Any] = field(default_factory=dict)  # train.py's parsed options, as it records them
+    recipe: str = ""  # the train.py recipe (--config) it runs
     output_dir: Path = Path(".")
     row: str | None = None  # the table row it fills (the dataset's identity), when known before it runs
 
@@ -179,6 +183,45 @@ def _parse_train_options(args: list[str]) -> dict[str, Any]:
     return json.loads(json.dumps(vars(namespace)))
 
 
+def few_shot_recipe(path: str) -> str:
+    """The recipe the few-shot protocol trains a method with: its own few-shot recipe beside `path`
+    (`<method>_few_shot.yaml` for `<method>_base2novel.yaml` or `<method>_cross_dataset.yaml`) when there is one,
+    else `path` itself.
+
+    Args:
+        path (`str`): The `--recipe` given.
+    """
+    recipe = Path(path)
+    for suffix in ("_base2novel", "_cross_dataset"):
+        if recipe.stem.endswith(suffix):
+            sibling = recipe.with_name(recipe.stem.removesuffix(suffix) + "_few_shot" + recipe.suffix)
+            if sibling.is_file():
+                return str(sibling)
+    return path
+
+
+def recipe_lines(cells: Sequence[Cell], given: str) -> list[str]:
+    """Which recipe the cells use, and the per-dataset values (`dataset_overrides`) it gives each dataset's cells.
+
+    Args:
+        cells (`Sequence[Cell]`): The cells.
+        given (`str`): The `--recipe` given.
+    """
+    lines: list[str] = []
+    for recipe in dict.fromkeys(cell.recipe for cell in cells):
+        instead = f" (the method's few-shot recipe, in place of {Path(given).name})" if recipe != given else ""
+        lines.append(f"recipe: {recipe}{instead}")
+        overrides = _recipe(recipe).get("dataset_overrides") or {}
+        for cell in cells:
+            key = cell.options.get("dataset") or cell.options.get("dataset_name")
+            values = overrides.get(key) if cell.recipe == recipe else None
+            if values:
+                line = f"  {cell.dataset} cells: its {key} values " + ", ".join(f"{k}={v}" for k, v in values.items())
+                if line not in lines:
+                    lines.append(line)
+    return lines
+
+
 def build_cells(args: argparse.Namespace) -> list[Cell]:
     """The grid's cells, with each cell's train.py arguments checked like train.py checks them.
 
@@ -196,13 +239,14 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
     )
 
     out = Path(args.output_dir)
-    recipe = _recipe(args.recipe)
     protocol = args.protocol
+    recipe_path = few_shot_recipe(args.recipe) if protocol == "few_shot" else args.recipe
+    recipe = _recipe(recipe_path)
     sets = parse_sets(args.set, protocol)
     for key in ("dataset_name", "data_dir"):
         if recipe.get(key):
             raise ValueError(
-                f"The recipe {args.recipe} names its data ({key}: {recipe[key]}); a benchmark recipe must not (the "
+                f"The recipe {recipe_path} names its data ({key}: {recipe[key]}); a benchmark recipe must not (the "
                 "benchmark passes each cell's dataset): remove that line."
             )
     registry = load_dataset_registry(args.dataset_registry) if args.hub else None
@@ -237,7 +281,7 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         rows[spec.name] = spec.name
         return spec.name, ["--dataset", spec.name, "--data_root", args.data_root]
 
-    common = ["--config", args.recipe]
+    common = ["--config", recipe_path]
     cells: list[Cell] = []
     if protocol in ("base2novel", "few_shot"):
         if args.datasets == ["all"]:
@@ -275,7 +319,7 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             dg = [(target, out / target / f"seed{seed}" / "eval.json") for target in evaluations]
             cells.append(Cell(f"{dataset}/seed{seed}", dataset, seed, run_dir, cell_args, dg))
     for cell in cells:
-        cell.output_dir, cell.row = out, rows.get(cell.dataset)
+        cell.output_dir, cell.row, cell.recipe = out, rows.get(cell.dataset), recipe_path
         try:
             cell.options = _parse_train_options(cell.train_args)
         except ValueError as error:
@@ -466,7 +510,8 @@ def run_grid(
             running["n"] -= 1
             failed["n"] += state == "failed"
             outcome[cell.name] = (state, detail)
-            line = f"{state:>7} {cell.name} ({minutes:.1f} min)" + (f": {detail}" if detail else "")
+            line = f"{state:>7} {cell.name} ({minutes:.1f} min, {Path(cell.recipe).name})"
+            line += f": {detail}" if detail else ""
             if write is print:
                 bar.write(line)
             else:
@@ -557,7 +602,7 @@ def write_tables(cells: Sequence[Cell], plans: Sequence[Plan], args: argparse.Na
         if protocol == "domain_generalization":  # the cross-dataset setting, evaluated on the ImageNet variants
             table.title = table.title.replace("cross-dataset", "domain generalization", 1)
     out = Path(args.output_dir)
-    title = f"Benchmark: {protocol} ({Path(args.recipe).name})"
+    title = f"Benchmark: {protocol} ({Path(cells[0].recipe or args.recipe).name})"
     markdown = out / f"results-{protocol}.md"
     markdown.write_text(render_markdown(tables, title=title), encoding="utf-8")
     written = [markdown]
@@ -584,15 +629,16 @@ def write_tables(cells: Sequence[Cell], plans: Sequence[Plan], args: argparse.Na
 # ---- outputs of --dry_run and --slurm ------------------------------------------------------------------------------
 
 
-def dry_run_text(cells: Sequence[Cell], plans: Sequence[Plan], devices_note: str) -> str:
+def dry_run_text(cells: Sequence[Cell], plans: Sequence[Plan], devices_note: str, recipes: Sequence[str] = ()) -> str:
     """The exact commands each cell would run, each after a comment with the cell's state.
 
     Args:
         cells (`Sequence[Cell]`): The cells.
         plans (`Sequence[Plan]`): Their plans.
         devices_note (`str`): How the cells share the devices.
+        recipes (`Sequence[str]`): The recipe lines (`recipe_lines`), shown as comments after the first line.
     """
-    lines = [f"# {len(cells)} cells; {devices_note}"]
+    lines = [f"# {len(cells)} cells; {devices_note}", *(f"# {line}" for line in recipes)]
     for cell, plan in zip(cells, plans):
         state = {"done": "finished with the same options: skipped", "run": "run", "resume": "resume"}.get(plan.state)
         lines.append(f"# {cell.name}: {state or plan.state}" + (f" ({plan.detail})" if plan.detail else ""))
@@ -706,7 +752,7 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
         return 0
     if args.dry_run:
         note = "on GPUs each runs with CUDA_VISIBLE_DEVICES set to one free GPU; on a CPU one at a time"
-        print(dry_run_text(cells, plans, note), end="")
+        print(dry_run_text(cells, plans, note, recipe_lines(cells, args.recipe)), end="")
         return 0
     if args.table_only:
         written = write_tables(cells, plans, args)
@@ -718,6 +764,7 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
         devices: list[str | None] = [None]  # the GPU the scheduler gave this task
     else:
         devices = visible_devices(args.gpus)
+    print("\n".join(recipe_lines(cells, args.recipe)))
     try:
         outcome = run_grid(cells, plans, devices, run_command)
     except KeyboardInterrupt:

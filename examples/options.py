@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from maple_peft_cli import CommandParser, command_line_message
+from maple_peft_cli import CommandParser, command_line_message, did_you_mean
 
 SETTINGS = ("base2novel", "all", "cross_dataset")
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
@@ -213,7 +213,8 @@ def _checked_values(
     for key, value in values.items():
         action = actions.get(key)
         if action is None:
-            parser.error(f"--config {path}: unknown key {key!r}; the keys are this script's options")
+            hint = did_you_mean(key, [name for name in actions if not name.startswith("no_")])
+            parser.error(f"--config {path}: unknown key {key!r}{hint}; the keys are this script's options")
         if value is None and key == "prompt_init":  # null: a random context, like --prompt_init none
             values[key] = "none"
             continue

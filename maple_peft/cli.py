@@ -8,10 +8,11 @@ the same command, for `python -m maple_peft.cli` and for tests.
 from __future__ import annotations
 
 import argparse
+import codecs
 import os
 import sys
 
-from maple_peft_cli import command_line_message, one_line, single_class_message
+from maple_peft_cli import command_line_message, one_line, printable, single_class_message
 
 from .console import quiet_known_messages
 
@@ -24,7 +25,12 @@ PREDICT_FLAGS = {
 
 
 def _error(message: str) -> None:
-    print(f"maple-peft: error: {message}", file=sys.stderr)
+    print(f"maple-peft: error: {printable(message)}", file=sys.stderr)
+
+
+def _predict_error(message: str) -> None:
+    """One error line of `maple-peft predict` (control characters of paths and class names escaped)."""
+    print(f"error: {printable(message)}", file=sys.stderr)
 
 
 def _convert_official(args: argparse.Namespace) -> int:
@@ -159,6 +165,52 @@ def _predict(args: argparse.Namespace) -> int:
             transformers_logging.enable_progress_bar()
 
 
+_BYTE_ORDER_MARKS = (  # (the UTF-32 marks first: UTF-32 LE's begins with UTF-16 LE's)
+    (codecs.BOM_UTF32_LE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "utf-32", "UTF-32"),
+    (codecs.BOM_UTF8, "utf-8-sig", "UTF-8"),
+    (codecs.BOM_UTF16_LE, "utf-16", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "utf-16", "UTF-16"),
+)
+
+
+def read_classes_file(path: str | os.PathLike) -> list[str]:
+    """The class names of a text file, one per line (blank lines skipped, spaces around a name removed).
+
+    The file is UTF-8, with or without a byte-order mark (as Notepad saves it), or UTF-16 / UTF-32 with their
+    byte-order mark; lines end in LF, CRLF or CR.
+
+    Args:
+        path (`str` or `os.PathLike`): the file.
+
+    Raises:
+        `OSError`: the file cannot be read.
+        `ValueError`: it is not text in one of these encodings, naming the encoding and what to do.
+    """
+    import io
+    from pathlib import Path
+
+    raw = Path(path).read_bytes()
+    encoding, name = "utf-8", "UTF-8"
+    for mark, codec, label in _BYTE_ORDER_MARKS:
+        if raw.startswith(mark):
+            encoding, name = codec, label
+            break
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"--classes-file {os.fspath(path)} is not {name} text (byte {raw[err.start]:#04x} at position "
+            f"{err.start}); save it as UTF-8 (or UTF-16 with its byte-order mark)."
+        ) from None
+    if "\x00" in text:
+        raise ValueError(
+            f"--classes-file {os.fspath(path)} holds NUL characters: it looks like UTF-16 or UTF-32 without a "
+            "byte-order mark; save it as UTF-8."
+        )
+    return [line.strip() for line in io.StringIO(text, newline=None) if line.strip()]
+
+
 def _classify_images(args: argparse.Namespace) -> int:
     import json
 
@@ -168,34 +220,33 @@ def _classify_images(args: argparse.Namespace) -> int:
     class_names = args.classes
     if args.classes_file is not None:
         try:
-            with open(args.classes_file, encoding="utf-8") as handle:
-                class_names = [line.strip() for line in handle if line.strip()]
-        except (OSError, UnicodeDecodeError) as err:
-            print(f"error: cannot read --classes-file {args.classes_file}: {_one_line(err)}", file=sys.stderr)
+            class_names = read_classes_file(args.classes_file)
+        except OSError as err:
+            _predict_error(f"cannot read --classes-file {args.classes_file}: {_one_line(err)}")
+            return 2
+        except ValueError as err:
+            _predict_error(str(err))
             return 2
         if not class_names:
-            print(f"error: --classes-file {args.classes_file} holds no class names (one per line).", file=sys.stderr)
+            _predict_error(f"--classes-file {args.classes_file} holds no class names (one per line).")
             return 2
         if len(class_names) == 1 and not args.allow_single_class:
-            message = single_class_message(f"--classes-file {args.classes_file}", class_names[0])
-            print(f"error: {message}", file=sys.stderr)
+            _predict_error(single_class_message(f"--classes-file {args.classes_file}", class_names[0]))
             return 2
     try:  # everything that can be checked before the model is loaded, then the model
         if args.device is not None:
             check_device(args.device)
         if class_names is None:
-            from peft import PeftConfig
-
             from .hub import check_sources
+            from .loading import load_adapter_config
 
             check_sources({"--adapter": (args.adapter, "model")})
 
-            config = PeftConfig.from_pretrained(args.adapter)
+            config = load_adapter_config(args.adapter)
             if getattr(config, "class_names", None) is None:
-                print(
-                    f"error: the adapter {args.adapter} has no class names saved with it; pass --classes a b c or "
-                    "--classes-file FILE.",
-                    file=sys.stderr,
+                _predict_error(
+                    f"the adapter {args.adapter} has no class names saved with it; pass --classes a b c or "
+                    "--classes-file FILE."
                 )
                 return 2
         classifier = PromptClassifier.from_pretrained(
@@ -204,7 +255,7 @@ def _classify_images(args: argparse.Namespace) -> int:
         if args.device is not None:
             classifier.to(args.device)
     except (OSError, ValueError, TypeError, RuntimeError) as err:  # nothing can be classified: one line, code 2
-        print(f"error: {_one_line(err)}", file=sys.stderr)
+        _predict_error(_one_line(err))
         return 2
 
     failed = 0
@@ -215,17 +266,20 @@ def _classify_images(args: argparse.Namespace) -> int:
             return
         results = classifier.predict_proba([image for _, image in pending], top_k=args.top_k)
         for (path, _), predictions in zip(pending, results):
-            if args.json:
+            if args.json:  # exact: JSON escapes what it must
                 print(json.dumps({"image": path, "predictions": predictions}, ensure_ascii=False))
-            else:
-                print("\t".join([path, *(f"{p['label']}\t{p['score']:.4f}" for p in predictions)]))
+            else:  # one line per image, whatever the path and the (untrusted) class names hold
+                fields = [printable(path)]
+                for p in predictions:
+                    fields += [printable(p["label"]), f"{p['score']:.4f}"]
+                print("\t".join(fields))
         pending.clear()
 
     for path in args.images:
         try:
-            pending.append((path, load_image(path)))
+            pending.append((path, load_image(path, timeout=args.timeout)))
         except (OSError, ValueError) as err:
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            _predict_error(_one_line(err))
             failed += 1
             continue
         if len(pending) == args.batch_size:

@@ -57,7 +57,7 @@ def load_for_classification(
         adapter_name (`str`, defaults to `"default"`): the name the adapter gets in the `PeftModel`.
         model_kwargs: download and loading options (see `PromptClassifier.from_pretrained`).
     """
-    from peft import PeftConfig, PeftModel
+    from peft import PeftModel
     from peft.utils.save_and_load import load_peft_weights
     from transformers import AutoConfig, AutoTokenizer
 
@@ -74,18 +74,7 @@ def load_for_classification(
 
     # a misspelled local folder, an unreachable Hub, a read-only cache: one clear error now, not minutes of retries
     check_sources({"adapter_name_or_path": (adapter, "model")}, **_check_kwargs(hub_kwargs))
-    try:
-        config = PeftConfig.from_pretrained(adapter, **adapter_kwargs)
-    except (OSError, ValueError) as err:
-        raise OSError(
-            f"Cannot load the adapter adapter_name_or_path={adapter!r}: {err} Pass the Hub id or local folder of "
-            "a saved MaPLe adapter (with adapter_config.json)."
-        ) from err
-    if not isinstance(config, MaPLeConfig):
-        raise ValueError(
-            f"adapter_name_or_path={adapter!r} is a {config.peft_type} adapter, not a MaPLe adapter; load it with "
-            "peft.PeftModel.from_pretrained instead."
-        )
+    config = load_adapter_config(adapter, **adapter_kwargs)
     names = class_names if class_names is not None else config.class_names
     if names is None:
         raise ValueError(
@@ -132,9 +121,13 @@ def load_for_classification(
             "adapter was trained on."
         ) from None
     check_same_family(config.backbone, backbone, f"{base!r} (named by {base_source})")
+    _check_adapter_safetensors(adapter, adapter_kwargs)
     weights = load_peft_weights(adapter, device="cpu", **adapter_kwargs)
     _check_widths(weights, base_config, adapter, base, base_source)
 
+    model_kwargs.setdefault("use_safetensors", True)
+    if model_kwargs["use_safetensors"]:
+        _check_base_safetensors(base, f"{base!r} (named by {base_source})")
     clip = backbone.model_class.from_pretrained(base, config=base_config, **base_kwargs, **model_kwargs)
     model = PeftModel.from_pretrained(
         clip, adapter, adapter_name=adapter_name, is_trainable=False, config=config, **adapter_kwargs
@@ -150,16 +143,134 @@ def load_for_classification(
     return LoadedAdapter(model, tokenizer, image_processor, names)
 
 
+def load_adapter_config(adapter_name_or_path: str | os.PathLike, **kwargs: Any) -> MaPLeConfig:
+    """The `MaPLeConfig` of a saved adapter, refusing in one line an `adapter_config.json` that is not a MaPLe
+    adapter's (another PEFT method, or a `peft_type` PEFT does not know).
+
+    Args:
+        adapter_name_or_path (`str` or `os.PathLike`): Hub id or local folder of the adapter.
+        kwargs: download options of `PeftConfig.from_pretrained` (`revision`, `subfolder`, `token`, ...).
+
+    Raises:
+        `OSError`: there is no readable `adapter_config.json`.
+        `ValueError`: its `peft_type` is not `"MAPLE"`, naming the value.
+    """
+    from peft import PeftConfig
+    from peft.utils import PeftType
+
+    adapter = os.fspath(adapter_name_or_path)
+    try:
+        config = PeftConfig.from_pretrained(adapter, **kwargs)
+    except (KeyError, TypeError) as err:  # a peft_type PEFT does not know (the mapping's KeyError), or not a name
+        try:
+            value = PeftConfig._get_peft_type(adapter, **kwargs)
+        except Exception:
+            raise ValueError(
+                f"The adapter_config.json of adapter_name_or_path={adapter!r} cannot be read as a PEFT config "
+                f"({type(err).__name__}: {err}); pass the Hub id or local folder of a saved MaPLe adapter."
+            ) from None
+        hint = (
+            " (PEFT's names are upper case)"
+            if isinstance(value, str) and value.upper() in PeftType.__members__
+            else ""
+        )
+        raise ValueError(
+            f"The adapter_config.json of adapter_name_or_path={adapter!r} has peft_type {json_value(value)}, which "
+            f'is not a PEFT method; a MaPLe adapter has "peft_type": "MAPLE"{hint}. Pass the Hub id or local '
+            "folder of a saved MaPLe adapter."
+        ) from None
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"Cannot load the adapter adapter_name_or_path={adapter!r}: {err} Pass the Hub id or local folder of "
+            "a saved MaPLe adapter (with adapter_config.json)."
+        ) from err
+    if not isinstance(config, MaPLeConfig):
+        raise ValueError(
+            f"adapter_name_or_path={adapter!r} is a {config.peft_type} adapter, not a MaPLe adapter; load it with "
+            "peft.PeftModel.from_pretrained instead."
+        )
+    return config
+
+
+def json_value(value: Any) -> str:
+    """`value` as it is written in a JSON file (`null`, `"maple"`, `["MAPLE"]`), shortened to 60 characters."""
+    import json
+
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_PICKLE_REFUSED = "only safetensors weights are read (a pickle file can run code when it is loaded, so none is opened)"
+
+
+def _check_adapter_safetensors(adapter: str, adapter_kwargs: dict) -> None:
+    """Refuses an adapter whose weights are only a pickle (`adapter_model.bin`), before anything opens it."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    from peft.utils.constants import SAFETENSORS_WEIGHTS_NAME, WEIGHTS_NAME
+
+    subfolder = adapter_kwargs.get("subfolder")
+    folder = os.path.join(adapter, subfolder) if subfolder else adapter
+    if os.path.isdir(folder):
+        pickle_only = not os.path.isfile(os.path.join(folder, SAFETENSORS_WEIGHTS_NAME)) and os.path.isfile(
+            os.path.join(folder, WEIGHTS_NAME)
+        )
+    else:  # a Hub repository: its safetensors file is fetched now (PEFT then reads it from the cache)
+        kwargs = {k: v for k, v in adapter_kwargs.items() if k in (*_HUB_KWARGS, "revision", "subfolder")}
+        try:
+            hf_hub_download(adapter, SAFETENSORS_WEIGHTS_NAME, **kwargs)
+            return
+        except LocalEntryNotFoundError:  # offline and not cached: a pickle in the cache is refused, else PEFT says
+            cached = try_to_load_from_cache(
+                adapter,
+                WEIGHTS_NAME,
+                cache_dir=kwargs.get("cache_dir"),
+                revision=kwargs.get("revision"),
+            )
+            pickle_only = isinstance(cached, str)
+        except EntryNotFoundError:
+            pickle_only = True
+    if pickle_only:
+        raise ValueError(
+            f"The adapter {adapter!r} holds its weights only as the pickle {WEIGHTS_NAME}; {_PICKLE_REFUSED}. If you "
+            f'trust its source, convert it once: python -c "import torch, safetensors.torch as s; '
+            f"s.save_file(torch.load('{WEIGHTS_NAME}', weights_only=True), '{SAFETENSORS_WEIGHTS_NAME}')\" in its "
+            "folder."
+        )
+
+
+def _check_base_safetensors(base: str, described: str) -> None:
+    """Refuses a local base model folder whose weights are only pickles (`pytorch_model.bin`), before anything
+    opens them. (A Hub repository is loaded with `use_safetensors=True`: transformers refuses it.)"""
+    if not os.path.isdir(base):
+        return
+    names = set(os.listdir(base))
+    if any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json") for name in names):
+        return
+    pickles = sorted(name for name in names if name.endswith((".bin", ".bin.index.json")))
+    if pickles:
+        raise ValueError(
+            f"The base model {described} holds its weights only as the pickle {pickles[0]}; {_PICKLE_REFUSED}. If "
+            'you trust its source, convert it once: python -c "from transformers import AutoModel; '
+            f"AutoModel.from_pretrained('{base}', use_safetensors=False).save_pretrained('{base}-safetensors')\", "
+            f"then pass {base}-safetensors."
+        )
+
+
 def load_base_model(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     """The dual encoder of a checkpoint, of whichever supported family its config names (`CLIPModel`,
-    `MetaClip2Model`, `SiglipModel`, `Siglip2Model`), loaded with that family's class.
+    `MetaClip2Model`, `SiglipModel`, `Siglip2Model`), loaded with that family's class, from safetensors weights.
 
     Args:
         name_or_path (`str` or `os.PathLike`): a Hub id or a local folder.
         kwargs: passed to `from_pretrained` (`revision`, `token`, `cache_dir`, `local_files_only`, `dtype`, ...).
 
     Raises:
-        `ValueError`: the checkpoint is of another model type, naming it and the supported families.
+        `ValueError`: the checkpoint is of another model type, naming it and the supported families; or its weights
+            are only pickles (`pytorch_model.bin`), which are never opened.
     """
     from transformers import AutoConfig
 
@@ -168,6 +279,9 @@ def load_base_model(name_or_path: str | os.PathLike, **kwargs: Any) -> Any:
     config_kwargs = {key: kwargs[key] for key in (*_HUB_KWARGS, "revision") if key in kwargs}
     config = AutoConfig.from_pretrained(name_or_path, **config_kwargs)
     backbone = backbone_for_config(config)
+    kwargs.setdefault("use_safetensors", True)
+    if kwargs["use_safetensors"]:
+        _check_base_safetensors(os.fspath(name_or_path), repr(os.fspath(name_or_path)))
     return backbone.model_class.from_pretrained(name_or_path, **kwargs)
 
 
@@ -207,21 +321,29 @@ def _check_kwargs(hub_kwargs: dict) -> dict:
     return {"cache_dir": hub_kwargs.get("cache_dir"), "local_files_only": bool(hub_kwargs.get("local_files_only"))}
 
 
-def load_image(image: Any) -> Any:
+IMAGE_URL_TIMEOUT = (10.0, 30.0)
+"""The seconds `load_image` waits on an image URL's server by default: to connect, then for each read (between
+bytes), so that a server that accepts the connection and never answers cannot hang a run."""
+
+
+def load_image(image: Any, timeout: float | tuple[float, float] | None = None) -> Any:
     """Read an image given as a local path or an `http(s)://` URL into an RGB PIL image, naming it on failure.
 
-    Paths and URLs are read with transformers' `load_image` (EXIF orientation applied); PIL images and other objects
-    (numpy arrays, tensors) are returned as they are, for the image processor.
+    Paths and URLs are read as transformers' `load_image` reads them (EXIF orientation applied); a URL's server is
+    waited on at most `timeout`. PIL images and other objects (numpy arrays, tensors) are returned as they are, for
+    the image processor.
 
     Args:
         image (`PIL.Image.Image`, `str`, `os.PathLike` or array): the image or where to read it.
+        timeout (`float` or `(float, float)`, *optional*): for a URL, the seconds to wait for the connection and then
+            for each read, as `(connect, read)` or one number for both; default `IMAGE_URL_TIMEOUT` (10 s, 30 s).
 
     Returns:
         The PIL image (or `image` itself when it is not a path or URL).
 
     Raises:
         `FileNotFoundError`: a path that does not exist.
-        `ValueError`: a file or URL that is not a readable image.
+        `ValueError`: a file or URL that is not a readable image, or a server that does not answer in time.
     """
     from PIL import Image
     from transformers.image_utils import load_image as transformers_load_image
@@ -237,10 +359,38 @@ def load_image(image: Any) -> Any:
             raise ValueError(f"Cannot read image {source!r}: it is a folder, not an image file.")
         raise FileNotFoundError(f"Cannot read image {source!r}: no such file.")
     try:
+        if is_url:
+            return transformers_load_image(source, timeout=_url_timeout(timeout))
         return transformers_load_image(source)
-    except Exception as err:  # PIL's UnidentifiedImageError, truncated files, HTTP errors...
-        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    except Exception as err:  # PIL's UnidentifiedImageError, truncated files, HTTP errors, timeouts...
+        reason = _timeout_reason(err, timeout) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
         raise ValueError(f"Cannot read image {source!r}: {reason}") from err
+
+
+def _timeouts(timeout: float | tuple[float, float] | None) -> tuple[float, float]:
+    if timeout is None:
+        return IMAGE_URL_TIMEOUT
+    return tuple(timeout) if isinstance(timeout, (tuple, list)) else (timeout, timeout)
+
+
+def _url_timeout(timeout: float | tuple[float, float] | None) -> Any:
+    """The `httpx.Timeout` of an image download (transformers' `load_image` passes it to `httpx.get`)."""
+    from huggingface_hub.utils import httpx
+
+    connect, read = _timeouts(timeout)
+    return httpx.Timeout(read, connect=connect)
+
+
+def _timeout_reason(error: Exception, timeout: float | tuple[float, float] | None) -> str | None:
+    """What a download's timeout means, or `None` when `error` is not one."""
+    from huggingface_hub.utils import httpx
+
+    connect, read = _timeouts(timeout)
+    if isinstance(error, httpx.ConnectTimeout):
+        return f"the server did not accept the connection within {connect:g} s"
+    if isinstance(error, httpx.TimeoutException):
+        return f"the server did not answer within {read:g} s"
+    return None
 
 
 def _check_widths(

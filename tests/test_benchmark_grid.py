@@ -13,6 +13,7 @@ import contextlib
 import io
 import json
 import logging
+import re
 import shlex
 import subprocess
 import sys
@@ -183,6 +184,8 @@ def test_a_failing_cell_is_reported_with_its_log_while_the_others_finish(grid):
     assert "4 cells: 3 run, 0 already finished (skipped), 1 failed, 0 refused" in stdout
     log = out / "logs" / "eurosat-seed2.log"
     assert f"failed eurosat/seed2: exit code 1; log: {log}" in stdout
+    assert f"recipe: {grid['root'] / 'recipe.yaml'}" in stdout.splitlines()  # the recipe the cells run, then each
+    assert re.search(r"done dtd/seed1 \([0-9.]+ min, recipe.yaml\)", stdout), stdout  # cell's line names it
     assert "notes.txt" in log.read_text()  # train.py's refusal names the file in the way
     for cell in ("eurosat/seed1", "dtd/seed1", "dtd/seed2"):
         assert (out / cell / "metrics.json").is_file()
@@ -389,6 +392,32 @@ def test_cross_dataset_and_domain_generalization_cells(tmp_path):
     assert (
         "--setting all --num_shots 4 --seed 1 --output_dir " + str(tmp_path / "f" / "dtd" / "4shots" / "seed1") in text
     )
+
+
+@pytest.mark.parametrize(
+    "given,used",
+    [
+        ("promptsrc_base2novel.yaml", "promptsrc_few_shot.yaml"),
+        ("mmrl_cross_dataset.yaml", "mmrl_few_shot.yaml"),
+        ("mmrl_few_shot.yaml", "mmrl_few_shot.yaml"),
+        ("maple_base2novel.yaml", "maple_base2novel.yaml"),  # no few-shot recipe of its own
+    ],
+)
+def test_few_shot_cells_use_the_methods_few_shot_recipe_and_say_which(tmp_path, given, used):
+    data = tmp_path / "data"
+    for name in ("dtd", "caltech101"):
+        (data / get_benchmark(name).dataset_dir).mkdir(parents=True)
+    configs = REPO / "examples" / "configs"
+    argv = ["--recipe", configs / given, "--protocol", "few_shot", "--data_root", data, "--datasets", "dtd"]
+    argv += ["caltech101", "--shots", 2, "--seeds", 1, "--output_dir", tmp_path / "out", "--dry_run"]
+    code, text, err = run(argv, never)
+    assert code == 0, err
+    commands = [shlex.split(line) for line in text.splitlines() if not line.startswith("#")]
+    assert len(commands) == 2 and all(c[c.index("--config") + 1] == str(configs / used) for c in commands)
+    instead = f" (the method's few-shot recipe, in place of {given})" if used != given else ""
+    assert f"# recipe: {configs / used}{instead}" in text.splitlines()
+    if used == "mmrl_few_shot.yaml":  # MMRL's per-dataset weights replace the config's 0.5, as in the original
+        assert "#   dtd cells: its dtd values reg_weight=6.0" in text and "caltech101 values reg_weight=0.5" in text
 
 
 def test_domain_generalization_evaluates_the_cross_dataset_adapter_and_tabulates_it(tmp_path):

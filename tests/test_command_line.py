@@ -130,6 +130,35 @@ def test_both_data_sources_on_the_command_line_is_one_clear_error(capsys):
     assert "--dataset eurosat (a CoOp benchmark) and --dataset_name user/ds" in err and "usage:" not in err
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["--num_shot", "4"], "unrecognized arguments: --num_shot 4 (did you mean `--num_shots`?)"),
+        (["--num-shot=4"], "unrecognized arguments: --num-shot=4 (did you mean `--num_shots`?)"),
+        (["--zzzz"], "unrecognized arguments: --zzzz\n"),
+    ],
+)
+def test_a_misspelled_option_names_the_closest_one(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        options.parse_args(["--dataset", "eurosat", *argv])
+    assert exit_info.value.code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("num_shot: 4\n")
+    with pytest.raises(SystemExit):
+        options.parse_args(["--config", str(recipe), "--dataset", "eurosat"])
+    assert "unknown key 'num_shot' (did you mean `num_shots`?)" in capsys.readouterr().err
+
+
+def test_a_misspelled_option_of_a_subcommand_names_the_closest_one_of_that_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["predict", "--adapter", "a", "--topk", "3", "x.jpg"])
+    assert "unrecognized arguments: --topk (did you mean `--top-k`?)" in capsys.readouterr().err
+
+
 # ---- maple-peft predict: mistakes caught before any model is loaded ---------------------------------------------
 
 

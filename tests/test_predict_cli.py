@@ -8,7 +8,7 @@ import pytest
 from test_oneliner import images, save_adapter
 
 from maple_peft import PromptClassifier
-from maple_peft.cli import main
+from maple_peft.cli import main, read_classes_file
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,176 @@ def test_bad_classes_are_one_clear_error(adapter, image_files, capsys):
         "error: Classes 'sea_lake' and 'sea lake' give the same prompt ('a photo of a sea lake.'), so they cannot be "
         "told apart; rename or merge one of them."
     ]
+
+
+# ---- untrusted adapters, files and servers --------------------------------------------------------------------------
+
+ESCAPE_CLASS = "cat\x1b]0;owned\x07\x1b[2J"
+FORGING_CLASS = "dog\tforged.png\tdog\t0.11\nx"
+
+
+@pytest.fixture(scope="module")
+def hostile_adapter(saved_base, tmp_path_factory):
+    """An adapter from an untrusted source: its class names hold terminal escapes, a tab and a newline."""
+    return save_adapter(saved_base, tmp_path_factory.mktemp("hostile"), class_names=[ESCAPE_CLASS, FORGING_CLASS])
+
+
+def test_control_characters_of_class_names_and_paths_are_escaped_so_each_image_is_one_line(
+    hostile_adapter, image_files, tmp_path, capsys
+):
+    odd = tmp_path / "odd\tname\x1b[1m.png"
+    odd.write_bytes(open(image_files[0], "rb").read())
+    files = [str(odd), image_files[1]]
+    assert main(["predict", "--adapter", hostile_adapter, "--top-k", "2", *files]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    lines = out.splitlines()
+    assert len(lines) == 2
+    assert [line.split("\t") for line in lines][0][0] == str(tmp_path / "odd\\tname\\x1b[1m.png")
+    for line in lines:
+        fields = line.split("\t")
+        assert len(fields) == 5  # path, then (label, score) twice
+        assert set(fields[1::2]) == {"cat\\x1b]0;owned\\x07\\x1b[2J", "dog\\tforged.png\\tdog\\t0.11\\nx"}
+    # --json stays exact
+    assert main(["predict", "--adapter", hostile_adapter, "--json", *files]) == 0
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["image"] for r in records] == files
+    assert {r["predictions"][0]["label"] for r in records} <= {ESCAPE_CLASS, FORGING_CLASS}
+
+
+def test_an_error_line_escapes_the_control_characters_of_the_path_it_names(adapter, image_files, tmp_path, capsys):
+    missing = str(tmp_path / "gone\x1b]0;owned\x07.png")
+    assert main(["predict", "--adapter", adapter, missing]) == 1
+    assert main(["predict", "--adapter", adapter, "--classes-file", missing, *image_files]) == 2
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert len(err.splitlines()) == 2
+    assert all("gone\\x1b]0;owned\\x07.png" in line for line in err.splitlines())
+
+
+@pytest.mark.parametrize(
+    "encoding, content",
+    [("utf-8-sig", "zebra\r\nokapi\r\n"), ("utf-16", "zebra\r\nokapi\r\n"), ("utf-8", " zebra\rokapi\n\n")],
+    ids=["notepad-utf8-bom-crlf", "utf16-bom", "cr"],
+)
+def test_a_classes_file_with_a_byte_order_mark_or_crlf_reads_clean_names(tmp_path, encoding, content):
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_bytes(content.encode(encoding))
+    assert read_classes_file(classes_file) == ["zebra", "okapi"]
+
+
+def test_predict_with_a_notepad_classes_file_classifies_as_with_the_same_classes_given(
+    adapter, image_files, tmp_path, capsys
+):
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_bytes("zebra\r\nokapi\r\n".encode("utf-8-sig"))
+    assert main(["predict", "--adapter", adapter, "--classes-file", str(classes_file), "--json", *image_files]) == 0
+    from_file = capsys.readouterr().out
+    assert main(["predict", "--adapter", adapter, "--classes", "zebra", "okapi", "--json", "--", *image_files]) == 0
+    assert from_file == capsys.readouterr().out  # the same classes, so the same scores
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("zebra\nokapi\n".encode("utf-16-le"), "holds NUL characters: it looks like UTF-16 or UTF-32 without a byte"),
+        ("zébra\nokapi\n".encode("latin-1"), "is not UTF-8 text (byte 0xe9 at position 1); save it as UTF-8"),
+    ],
+    ids=["utf16-without-bom", "latin-1"],
+)
+def test_a_classes_file_in_another_encoding_is_refused_in_one_line_naming_it(
+    adapter, image_files, tmp_path, capsys, content, expected
+):
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_bytes(content)
+    assert main(["predict", "--adapter", adapter, "--classes-file", str(classes_file), *image_files]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and expected in err[0]
+
+
+def test_an_image_url_whose_server_never_answers_is_one_error_line_and_the_others_are_classified(
+    adapter, image_files, capsys
+):
+    import socket
+
+    with socket.socket() as server:  # accepts connections (the kernel's backlog) and never answers
+        server.bind(("127.0.0.1", 0))
+        server.listen(4)
+        url = f"http://127.0.0.1:{server.getsockname()[1]}/image.png"
+        code = main(["predict", "--adapter", adapter, "--timeout", "0.5", image_files[0], url, image_files[1]])
+    assert code == 1
+    captured = capsys.readouterr()
+    assert [line.split("\t")[0] for line in captured.out.splitlines()] == [image_files[0], image_files[1]]
+    assert captured.err.splitlines() == [f"error: Cannot read image '{url}': the server did not answer within 0.5 s"]
+
+
+def test_image_urls_are_waited_on_10_s_to_connect_and_30_s_per_read_by_default(monkeypatch):
+    from huggingface_hub.utils import httpx
+
+    from maple_peft.loading import load_image
+
+    seen = {}
+
+    def get(url, timeout, **kwargs):
+        seen["timeout"] = timeout
+        raise httpx.ReadTimeout("timed out")
+
+    monkeypatch.setattr(httpx, "get", get)
+    with pytest.raises(ValueError, match="did not answer within 30 s"):
+        load_image("https://example.com/image.png")
+    assert (seen["timeout"].connect, seen["timeout"].read) == (10.0, 30.0)
+
+
+def test_a_pickle_only_adapter_or_base_model_is_refused_in_one_line_without_unpickling(
+    adapter, saved_base, image_files, tmp_path, capsys, monkeypatch
+):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    pickle_adapter = tmp_path / "pickle-adapter"
+    shutil.copytree(adapter, pickle_adapter)
+    torch.save(load_file(str(pickle_adapter / "adapter_model.safetensors")), pickle_adapter / "adapter_model.bin")
+    (pickle_adapter / "adapter_model.safetensors").unlink()
+    pickle_base = tmp_path / "pickle-base"
+    shutil.copytree(saved_base, pickle_base)
+    torch.save(load_file(str(pickle_base / "model.safetensors")), pickle_base / "pytorch_model.bin")
+    (pickle_base / "model.safetensors").unlink()
+
+    def unpickled(*args, **kwargs):
+        raise AssertionError("a pickle was opened")
+
+    monkeypatch.setattr(torch, "load", unpickled)
+    for argv, name in [
+        (["--adapter", str(pickle_adapter)], "adapter_model.bin"),
+        (["--adapter", adapter, "--base-model", str(pickle_base)], "pytorch_model.bin"),
+    ]:
+        assert main(["predict", *argv, *image_files]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == ""
+        err = captured.err.splitlines()
+        assert len(err) == 1 and f"only as the pickle {name}; only safetensors weights are read" in err[0]
+        assert "convert it once: python -c" in err[0]
+
+
+@pytest.mark.parametrize(
+    "peft_type, shown",
+    [("MAPLE_V9", '"MAPLE_V9"'), ("maple", '"maple"'), (None, "null"), (["MAPLE"], '["MAPLE"]')],
+    ids=["unknown", "lower-case", "null", "list"],
+)
+def test_an_unknown_peft_type_is_one_line_naming_the_field_and_the_value(
+    adapter, image_files, tmp_path, capsys, peft_type, shown
+):
+    import shutil
+
+    crafted = tmp_path / "crafted"
+    shutil.copytree(adapter, crafted)
+    config = json.loads((crafted / "adapter_config.json").read_text())
+    config["peft_type"] = peft_type
+    (crafted / "adapter_config.json").write_text(json.dumps(config))
+    for classes in ([], ["--classes", "zebra", "okapi", "--"]):  # the adapter's class names, or given ones
+        assert main(["predict", "--adapter", str(crafted), *classes, *image_files]) == 2
+        err = capsys.readouterr().err.splitlines()
+        assert len(err) == 1
+        assert f'has peft_type {shown}, which is not a PEFT method; a MaPLe adapter has "peft_type": "MAPLE"' in err[0]
