@@ -7,6 +7,7 @@ tmp_path.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -279,7 +280,20 @@ def test_a_disk_without_room_is_refused_before_downloading_or_extracting(hub, tm
     with pytest.raises(OSError, match=r"Not enough free disk space for downloading eurosat.zip .* set HF_HOME"):
         parse_hub_root("hub").prepare("eurosat")
     assert hub.gets == []
-    monkeypatch.undo()
+
+
+def test_a_disk_filling_up_during_the_extraction_leaves_nothing_half_made(hub, tmp_path, monkeypatch):
+    def full(self, path, members=None):
+        (Path(path) / "eurosat").mkdir()
+        (Path(path) / "eurosat" / "half.png").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "extractall", full)
+        with pytest.raises(OSError, match=r"The disk filled up while extracting eurosat.zip .*nothing was kept"):
+            parse_hub_root("hub").prepare("eurosat")
+    no_partial_left(tmp_path)
+    assert (parse_hub_root("hub").prepare("eurosat") / "eurosat" / "split_zhou_EuroSAT.json").is_file()
 
 
 def _prepare_in_child(queue) -> None:
