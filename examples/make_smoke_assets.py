@@ -2,10 +2,10 @@
 """Create the offline smoke-run assets: a tiny random CLIP (with the real CLIP tokenizer) and a small image dataset.
 
     python examples/make_smoke_assets.py            # writes smoke_assets/tiny-clip and smoke_assets/data
-    accelerate launch examples/train.py --config examples/configs/smoke.yaml
+    python examples/train.py --config examples/configs/smoke.yaml
 
     python examples/make_smoke_assets.py --family siglip2    # also smoke_assets/tiny-siglip2 (SigLIP 2, NaFlex)
-    accelerate launch examples/train.py --config examples/configs/smoke.yaml --model_name_or_path smoke_assets/tiny-siglip2
+    python examples/train.py --config examples/configs/smoke.yaml --model_name_or_path smoke_assets/tiny-siglip2
 
 No network is needed: the model is built from its config (`CLIPConfig`, `MetaClip2Config`, `SiglipConfig`,
 `Siglip2Config`), the tokenizer is the copy in tests/fixtures (the real CLIP tokenizer; toy tokenizers of the same
@@ -28,6 +28,7 @@ from transformers import AutoTokenizer, CLIPConfig, CLIPModel, CLIPTokenizer
 from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
 from maple_peft.training.data import make_synthetic_imagefolder
 from maple_peft.training.data.synthetic import MARKER as SYNTHETIC_MARKER
+from maple_peft.training.data.synthetic import SMOKE_MODEL_MARKER as CLIP_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER_DIR = REPO / "tests" / "fixtures" / "clip-tokenizer"
@@ -39,7 +40,6 @@ TOKENIZER_DIRS = {
     "siglip2": REPO / "tests" / "fixtures" / "siglip2-tokenizer",
 }
 CLASSES = ["annual_crop", "forest", "herbaceous_vegetation", "highway", "industrial", "pasture"]
-CLIP_MARKER = ".maple_peft_smoke_asset"  # written into tiny-clip: the folder is this script's to replace
 
 
 def _clip_image_processor(image_size: int):

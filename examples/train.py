@@ -22,7 +22,14 @@ from pathlib import Path
 from typing import Any
 
 # the command-line / YAML options; this imports neither torch nor transformers
-from options import MAY_CHANGE_ON_RESUME, PACKAGED_BUILDERS, build_parser, command_line_error, parse_args
+from options import (
+    MAY_CHANGE_ON_RESUME,
+    PACKAGED_BUILDERS,
+    build_parser,
+    command_line_error,
+    command_line_message,
+    parse_args,
+)
 
 if __name__ == "__main__":  # --help and option errors answer at once, before the slow imports below
     ARGS = parse_args(description=__doc__)
@@ -37,7 +44,12 @@ from transformers import AutoTokenizer
 
 import maple_peft
 from maple_peft.adapter_card import method_name
-from maple_peft.console import disable_library_progress_bars, progress_bars_wanted, quiet_known_messages
+from maple_peft.console import (
+    disable_library_progress_bars,
+    peft_deprecation_quieted,
+    progress_bars_wanted,
+    quiet_known_messages,
+)
 from maple_peft.hub import check_sources, check_writable_cache
 from maple_peft.loading import load_base_model, load_image_processor
 from maple_peft.numerics import flush_denormal
@@ -51,7 +63,7 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import ImageClassificationDataset, image_transforms
+from maple_peft.training.data import ImageClassificationDataset, image_transforms, smoke_assets
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     draw_experiment_training_images,
@@ -66,13 +78,13 @@ from maple_peft.training.run_dir import (
     LOG_FILE,
     TRACKER_DIR,
     RunLock,
-    apply_umask,
     atomic_write_json,
     check_output_dir,
     clear_previous_run,
     mark_failed,
     mark_finished,
     mark_running,
+    save_into_atomically,
 )
 from maple_peft.training.schedule import build_scheduler
 
@@ -127,6 +139,8 @@ def check_sources_and_caches(args: argparse.Namespace) -> None:
     }
     if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
+    elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
+        sources["--data_dir"] = (args.data_dir, "folder")
     check_sources(sources)
     if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
         import datasets
@@ -255,11 +269,21 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     options = json.loads(json.dumps(vars(args)))
 
     # ---- everything is checked before anything is created: folder, checkpoint, data, model -------------------------
+    aggregator = None
+    if args.gpa_mean is not None:  # PromptSRC's Gaussian prompt aggregation; its refusals in the options' names
+        try:
+            aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
+        except ValueError as error:
+            gpa_flags = {"mean": "--gpa_mean", "std": "--gpa_std", "num_epochs": "--epochs"}
+            raise ValueError(command_line_message(str(error), gpa_flags)) from None
     checkpoint, resume_state = None, None
     if args.resume_from_checkpoint is not None:
         checkpoint = resolve_checkpoint(args.resume_from_checkpoint, output_dir)
-    # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept)
-    resume_here = checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+    # a run resumed from another folder's checkpoint starts this folder afresh (its checkpoints are not kept); 'latest'
+    # before the first checkpoint (None: a job killed early and requeued) starts from the beginning in this folder
+    resume_here = args.resume_from_checkpoint == "latest" or (
+        checkpoint is not None and checkpoint.resolve().parent == (output_dir / "checkpoints").resolve()
+    )
     check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
     check_sources_and_caches(args)
     if checkpoint is not None:
@@ -296,7 +320,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         class_names=train_names,  # saved with the adapter: PromptClassifier.from_pretrained classifies among them
         dataset=data.name,
     )
-    model = get_peft_model(base_model, peft_config)
+    with peft_deprecation_quieted():  # PEFT's own read of a property transformers deprecated
+        model = get_peft_model(base_model, peft_config)
     for _, class_names, template, _ in splits.values():  # the evaluated class names fit the text context too
         for zero_shot_template in (None, template):
             maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
@@ -309,9 +334,6 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     )
     # the training objective: cross-entropy, PromptSRC's, KgCoOp's or MMRL's loss (a module holding the classifier)
     loss_fn = build_objective(args, classifier, data)
-    aggregator = None
-    if args.gpa_mean is not None:
-        aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
 
     # ---- the run folder: locked, previous run cleared, marked RUNNING until the results are written -----------------
     accelerator = Accelerator(
@@ -348,6 +370,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     accelerator.wait_for_everyone()
     setup_logging(accelerator, output_dir)
     try:
+        if resume_here and checkpoint is None:
+            logger.info(
+                f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint yet (the run stopped before its "
+                "first); starting from the beginning"
+            )
         logger.info(
             f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
         )
@@ -449,7 +476,11 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
                 step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
                 if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
                     save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            logger.info(f"epoch {epoch + 1}/{args.epochs}: loss {history[-1]['loss']:.4f}, lr {history[-1]['lr']:.2e}")
+            epoch_losses = [record["loss"] for record in history if record["epoch"] == epoch + 1]  # resumed ones too
+            logger.info(
+                f"epoch {epoch + 1}/{args.epochs}: mean loss {sum(epoch_losses) / len(epoch_losses):.4f} over its "
+                f"{len(epoch_losses)} steps, lr {history[-1]['lr']:.2e}"
+            )
             if aggregator is not None:
                 aggregator.update(model, epoch + 1)
                 history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
@@ -495,6 +526,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             benchmark=data.benchmark,
             shots_used=shots_used,
             data_source=data.data_source,  # hf://<repo>@<revision> for the Hub data root
+            smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
         )
         if "harmonic_mean" in metrics:
             zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")
@@ -506,8 +538,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         if accelerator.is_main_process:
             from maple_peft.training.card import write_model_card
 
-            model.save_pretrained(output_dir)
-            apply_umask(output_dir / "adapter_model.safetensors")
+            save_into_atomically(output_dir, model.save_pretrained)  # every result file complete or absent
             atomic_write_json(output_dir / "training_history.json", history)
             atomic_write_json(output_dir / "metrics.json", metrics)
             draw.write(output_dir, dataset=data.name, data_source=data.data_source)  # train_images.json

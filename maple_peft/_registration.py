@@ -1,33 +1,19 @@
-"""Registration of MaPLe with PEFT: the `PeftType` member, the tuner mapping and the card of a saved adapter.
+"""Registration of MaPLe with PEFT: the tuner mapping and the card of a saved adapter (the `PeftType` member is added
+by `maple_peft.config`, which uses it).
 
-`register()` is called once by `import maple_peft`; it is idempotent (a re-import points PEFT at the current classes).
+`import maple_peft` imports neither PEFT nor torch (so that the command line answers at once), yet registers the
+method as soon as PEFT is there: at once if PEFT is imported already, otherwise right after PEFT's own import
+(`register_when_peft_is_imported`). `register()` is idempotent (a re-import points PEFT at the current classes).
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-
-from peft.utils import PeftType
-
-
-def add_peft_type(name: str) -> None:
-    """Add `name` to PEFT's `PeftType` (a `str` Enum), which `register_peft_method` requires; idempotent.
-
-    Args:
-        name (`str`): the member's name and value, e.g. `"MAPLE"`.
-    """
-    if name in PeftType.__members__:
-        return
-    member = str.__new__(PeftType, name)
-    member._name_ = name
-    member._value_ = name
-    member.__objclass__ = PeftType
-    setattr(PeftType, name, member)  # before the member map, which forbids (re)assigning members
-    PeftType._member_map_[name] = member
-    PeftType._value2member_map_[name] = member
-    PeftType._member_names_.append(name)
+from types import ModuleType
+from typing import Any
 
 
 def add_loading_section(
@@ -121,6 +107,7 @@ def _patch_peft_model_card() -> None:
     """Make `save_pretrained` of a MaPLe adapter write a real card (method, base model, classes, how to use) instead of
     PEFT's generic template; a card that is not ours gets PEFT's update and a "How to use" section (idempotent)."""
     from peft import PeftModel
+    from peft.utils import PeftType
 
     original = PeftModel.create_or_update_model_card
     if getattr(original, "_maple_peft", False):
@@ -147,7 +134,7 @@ def _patch_peft_model_card() -> None:
 def register() -> None:
     """Register "MAPLE" with PEFT (config, tuner, prefix) and the card hook; safe to call again."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_PREFIX_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
-    from peft.utils import register_peft_method
+    from peft.utils import PeftType, register_peft_method
 
     from .config import MaPLeConfig
     from .model import MaPLeModel
@@ -162,4 +149,66 @@ def register() -> None:
     _patch_peft_model_card()
 
 
-add_peft_type("MAPLE")  # before config.py is imported: MaPLeConfig sets peft_type = PeftType.MAPLE
+class _RegisterAfterPeftImport:
+    """Calls `register()` at the first moment it can: once `peft` is imported and no module of maple_peft is halfway
+    through its own import (registering imports `maple_peft.config` and `maple_peft.model`). It finds nothing itself:
+    it lets the other finders find `peft` and maple_peft's modules and watches their loaders finish (a meta path
+    finder, duck-typed: `importlib.abc` would cost the command line's start-up more than this whole module)."""
+
+    def __init__(self, peft_imported: bool) -> None:
+        self.peft_imported = peft_imported
+        self.importing = 0  # modules of maple_peft being executed
+
+    def find_spec(self, fullname: str, path=None, target=None):
+        if fullname != "peft" and not fullname.startswith(f"{__package__}."):
+            return None
+        for finder in sys.meta_path:
+            if finder is not self and hasattr(finder, "find_spec"):
+                spec = finder.find_spec(fullname, path, target)
+                if spec is not None:
+                    break
+        else:
+            return None
+        if hasattr(spec.loader, "exec_module"):
+            spec.loader = _WatchedLoader(spec.loader, self)
+        return spec
+
+    def executed(self, module: ModuleType, finished: bool) -> None:
+        if module.__name__ == "peft":
+            self.peft_imported = self.peft_imported or finished
+        else:
+            self.importing += -1 if finished else 1
+        if finished and self.peft_imported and not self.importing and self in sys.meta_path:
+            sys.meta_path.remove(self)
+            register()
+
+
+class _WatchedLoader:
+    """A module's own loader, telling `_RegisterAfterPeftImport` when the module starts and finishes executing."""
+
+    def __init__(self, loader: Any, watcher: _RegisterAfterPeftImport) -> None:
+        self.loader, self.watcher = loader, watcher
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader  # the module sees its own loader only
+        self.watcher.executed(module, finished=False)
+        try:
+            self.loader.exec_module(module)
+        finally:
+            self.watcher.executed(module, finished=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self.loader, name)
+
+
+def register_when_peft_is_imported() -> None:
+    """Registers MaPLe with PEFT now if PEFT is imported, else right after PEFT's import (whoever imports it)."""
+    if any(isinstance(finder, _RegisterAfterPeftImport) for finder in sys.meta_path):
+        return
+    if "peft" in sys.modules:
+        register()
+    else:
+        sys.meta_path.insert(0, _RegisterAfterPeftImport(peft_imported=False))

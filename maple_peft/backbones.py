@@ -121,10 +121,23 @@ class Backbone:
 
     def embed_dim(self, config: Any) -> int:
         """The width of the image and text embeddings that the logits compare (CLIP: `projection_dim`; SigLIP: the
-        vision width, which its text head projects to)."""
+        vision width, which its text head projects to).
+
+        Raises:
+            `ValueError`: a SigLIP-family config whose text head projects to another width than the image embeddings
+                (`text_config.projection_size` != `vision_config.hidden_size`): such a model cannot compute logits.
+        """
         if self.image_pooling == "class_token":
             return int(config.projection_dim)
-        return int(config.vision_config.hidden_size)
+        image = int(config.vision_config.hidden_size)
+        text = int(getattr(config.text_config, "projection_size", None) or config.text_config.hidden_size)
+        if text != image:
+            raise ValueError(
+                f"This {self.display_name} model's text embeddings are {text} wide (text_config.projection_size) and "
+                f"its image embeddings {image} wide (vision_config.hidden_size): its logits compare the two, so it "
+                "cannot classify (nor compute its own logits); use a checkpoint whose two widths are equal."
+            )
+        return image
 
     def has_class_token(self) -> bool:
         """The vision embeddings start with a class token (CLIP, MetaCLIP 2), pooled after the last layer."""

@@ -23,7 +23,14 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import Backbone, backbone_of
 from .config import MaPLeConfig
 from .layer import MaPLeLayer, MaPLeTextPromptLayer, conditioned
-from .prompts import check_class_names, format_prompts, prompt_template, tokenize_prompts
+from .prompts import (
+    check_class_names,
+    check_template,
+    check_template_tokens,
+    format_prompts,
+    prompt_template,
+    tokenize_prompts,
+)
 from .shared_prefix import (
     active_text_prompt,
     common_prefix_length,
@@ -221,6 +228,8 @@ class ClassTextEncoder:
     def _tokenize(self, names: list[str], key: tuple) -> TokenizedPrompts:
         _, template, _, batch_size, _, start = key
         backbone, config = self.backbone, self.base_model.config
+        if self.template is not None:  # a template given is checked as such, before the class names are blamed
+            check_template_tokens(self.tokenizer, check_template(template), backbone.max_text_length(config))
         prompts = format_prompts(None, names, template=template)
         input_ids = tokenize_prompts(
             self.tokenizer,

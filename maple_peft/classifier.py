@@ -113,7 +113,7 @@ class PromptClassifier(nn.Module):
     Example:
 
         ```py
-        >>> clf = maple_peft.PromptClassifier.from_pretrained("user/maple-eurosat")  # base, tokenizer, classes
+        >>> clf = maple_peft.PromptClassifier.from_pretrained("your-name/maple-eurosat")  # base, tokenizer, classes
         >>> clf.predict(["forest.jpg", "river.png"])
         ['Forest', 'River']
         >>> clf = maple_peft.PromptClassifier(model, tokenizer, ["cat", "golden_retriever"])  # or build it yourself
@@ -137,7 +137,8 @@ class PromptClassifier(nn.Module):
         dataset: str | None = None,
     ) -> None:
         super().__init__()
-        backbone_of(model)  # an unsupported model is refused here, naming the supported families
+        # an unsupported model is refused here, naming the supported families, and one that cannot compute logits
+        backbone_of(model).embed_dim(base_model_of(model).config)
         if rep_logits not in REP_LOGITS:
             raise ValueError(f"rep_logits={rep_logits!r} is not one of {REP_LOGITS}.")
         self.rep_logits = rep_logits
@@ -199,7 +200,7 @@ class PromptClassifier(nn.Module):
         Example:
 
             ```py
-            >>> clf = maple_peft.PromptClassifier.from_pretrained("user/maple-eurosat", dtype=torch.bfloat16)
+            >>> clf = maple_peft.PromptClassifier.from_pretrained("your-name/maple-eurosat", dtype=torch.bfloat16)
             >>> clf.predict_proba("field.jpg", top_k=2)
             [{'label': 'AnnualCrop', 'score': 0.91}, {'label': 'PermanentCrop', 'score': 0.06}]
             ```

@@ -1,8 +1,8 @@
-"""The `maple-peft` console command: what each subcommand does, once its arguments are parsed.
+"""The `maple-peft` console command: `main` parses the arguments, then runs the subcommand.
 
-The arguments are parsed by the top-level module `maple_peft_cli` (the console script's entry point), which imports
-only the standard library, so that `--help` and option errors come back at once; it then calls `run`. `main` here is
-the same command, for `python -m maple_peft.cli` and for tests.
+`--help` and option errors answer before anything slow is imported: the parser (`maple_peft.command_line`) and this
+module import only the standard library at the top; torch, transformers and PEFT are imported inside the
+subcommands, as huggingface_hub's `hf` command does.
 """
 
 from __future__ import annotations
@@ -12,9 +12,14 @@ import codecs
 import os
 import sys
 
-from maple_peft_cli import command_line_message, one_line, printable, single_class_message
-
-from .console import quiet_known_messages
+from .command_line import (
+    build_parser,
+    check_predict_arguments,
+    command_line_message,
+    one_line,
+    printable,
+    single_class_message,
+)
 
 #: Parameters of the Python API named in error messages -> the `maple-peft predict` flags that set them.
 PREDICT_FLAGS = {
@@ -360,11 +365,13 @@ def _push(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Runs the subcommand of parsed `maple-peft` arguments (see `maple_peft_cli.build_parser`); returns the exit code.
+    """Runs the subcommand of parsed `maple-peft` arguments (see `command_line.build_parser`); returns the exit code.
 
     Args:
         args (`argparse.Namespace`): the parsed arguments.
     """
+    from .console import quiet_known_messages
+
     quiet_known_messages()
     if args.command == "predict":
         return _predict(args)
@@ -374,14 +381,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`maple-peft` with `argv` (default: the command line); returns the exit code.
+    """Runs `maple-peft` with `argv` (default: the command line) and returns the exit code.
 
     Args:
         argv (`list[str]`, *optional*): the arguments after `maple-peft`.
     """
-    import maple_peft_cli
-
-    return maple_peft_cli.main(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "predict":
+        check_predict_arguments(parser, args)
+    return run(args)
 
 
 if __name__ == "__main__":

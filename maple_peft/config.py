@@ -12,6 +12,27 @@ from peft.utils import PeftType
 
 from .version import __version__
 
+
+def add_peft_type(name: str) -> None:
+    """Add `name` to PEFT's `PeftType` (a `str` Enum), which `register_peft_method` requires; idempotent.
+
+    Args:
+        name (`str`): the member's name and value, e.g. `"MAPLE"`.
+    """
+    if name in PeftType.__members__:
+        return
+    member = str.__new__(PeftType, name)
+    member._name_ = name
+    member._value_ = name
+    member.__objclass__ = PeftType
+    setattr(PeftType, name, member)  # before the member map, which forbids (re)assigning members
+    PeftType._member_map_[name] = member
+    PeftType._value2member_map_[name] = member
+    PeftType._member_names_.append(name)
+
+
+add_peft_type("MAPLE")  # MaPLeConfig sets peft_type = PeftType.MAPLE
+
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
 
 #: Variants whose vision prompts are computed from the text prompts by a coupling function.

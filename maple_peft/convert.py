@@ -43,6 +43,7 @@ from torch import nn
 
 from .backbones import TEXT_EMBEDDING, TEXT_LAYER, VISION_EMBEDDING, VISION_LAYER, backbone_for_config
 from .config import MaPLeConfig
+from .console import peft_deprecation_quieted
 from .model import non_finite_keys
 from .prompts import prompt_template
 
@@ -734,7 +735,8 @@ def peft_model_from_official(
             tokenizer_name_or_path=tokenizer_name_or_path,
             **extra,
         )
-    model = get_peft_model(base_model, config, adapter_name=adapter_name)
+    with peft_deprecation_quieted():
+        model = get_peft_model(base_model, config, adapter_name=adapter_name)
     state = converted.adapter_state_dict(config.rep_layers, adapter_name)
     _check_shapes(model, state, adapter_name)
     result = set_peft_model_state_dict(model, state, adapter_name=adapter_name)

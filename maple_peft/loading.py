@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import torch
 
 from .config import MaPLeConfig
+from .console import peft_deprecation_quieted
 from .hub import check_sources, local_path_reason
 from .prompts import check_class_names
 
@@ -129,9 +130,10 @@ def load_for_classification(
     if model_kwargs["use_safetensors"]:
         _check_base_safetensors(base, f"{base!r} (named by {base_source})")
     clip = backbone.model_class.from_pretrained(base, config=base_config, **base_kwargs, **model_kwargs)
-    model = PeftModel.from_pretrained(
-        clip, adapter, adapter_name=adapter_name, is_trainable=False, config=config, **adapter_kwargs
-    )
+    with peft_deprecation_quieted():
+        model = PeftModel.from_pretrained(
+            clip, adapter, adapter_name=adapter_name, is_trainable=False, config=config, **adapter_kwargs
+        )
     model.eval()
     tokenizer = _load_tokenizer(AutoTokenizer, base, base_kwargs, config, hub_kwargs)
     image_processor, why_default = load_image_processor(base, base_config, **base_kwargs)

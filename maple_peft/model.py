@@ -364,6 +364,7 @@ class MaPLeModel(BaseTuner):
     def _prepare_adapter_config(self, peft_config: MaPLeConfig, model_config: dict) -> MaPLeConfig:
         backbone = backbone_of(self.model)
         check_same_family(peft_config.backbone, backbone, f"({type(self.model).__name__})")
+        backbone.embed_dim(self.model.config)  # a model whose text and image embeddings differ is refused
         names = target_module_names(self.model, peft_config)
         regex = _target_regex(names)
         if peft_config.target_modules is not None and peft_config.target_modules != regex:

@@ -30,6 +30,7 @@ from transformers.utils import ModelOutput
 
 from .class_text import ClassTextEncoder, active_maple_config
 from .classifier import PromptClassifier
+from .prompts import check_template_tokens
 
 
 @dataclass
@@ -75,13 +76,17 @@ def check_weight(name: str, value: float) -> float:
     return float(value)
 
 
-def check_templates(templates: Sequence[str], what: str = "templates") -> tuple[str, ...]:
-    """`templates` as a tuple, after checking each is a string with exactly one `{}` that `str.format` fills."""
+def check_templates(
+    templates: Sequence[str], what: str = "templates", classifier: PromptClassifier | None = None
+) -> tuple[str, ...]:
+    """`templates` as a tuple, after checking each is a string with exactly one `{}` that `str.format` fills, and,
+    with the classifier whose frozen text they make, that it holds none of its tokenizer's special tokens and fits its
+    text encoder (`maple_peft.prompts.check_template_tokens`)."""
     if isinstance(templates, str) or len(templates) == 0:
         raise ValueError(
             f"{what}={templates!r} must be a non-empty sequence of templates such as 'a photo of a {{}}.'."
         )
-    for template in templates:
+    for index, template in enumerate(templates):
         if not isinstance(template, str) or template.count("{}") != 1:
             raise ValueError(f"The template {template!r} must be a string with exactly one '{{}}' for the class name.")
         try:
@@ -91,6 +96,10 @@ def check_templates(templates: Sequence[str], what: str = "templates") -> tuple[
                 f"The template {template!r} cannot be filled with str.format ({error}); write other braces as "
                 "'{{' and '}}'."
             ) from error
+        if classifier is not None:
+            max_length = classifier.backbone.max_text_length(classifier.base_model.config)
+            name = what if what == "template" else f"{what}[{index}]"
+            check_template_tokens(classifier.tokenizer, template, max_length, name)
     return tuple(templates)
 
 
@@ -184,14 +193,17 @@ class PromptObjective(nn.Module):
             with torch.no_grad(), torch.autocast(device.type, enabled=False), self.frozen_model() as frozen:
                 total = None
                 for template in templates:
-                    encoder = ClassTextEncoder(
-                        frozen,
-                        classifier.tokenizer,
-                        classifier.class_names,
-                        template,
-                        classifier.text_batch_size,
-                        shared_prefix=classifier.shared_prefix,
-                    )
+                    try:
+                        encoder = ClassTextEncoder(
+                            frozen,
+                            classifier.tokenizer,
+                            classifier.class_names,
+                            template,
+                            classifier.text_batch_size,
+                            shared_prefix=classifier.shared_prefix,
+                        )
+                    except ValueError as error:  # a class name that does not fit this template: name both
+                        raise ValueError(f"With the frozen text's template {template!r}: {error}") from None
                     features = encoder.encode(normalize=False).float()
                     total = features if total is None else total + features
                 mean = total / len(templates)
@@ -278,7 +290,7 @@ class KnowledgeGuidedLoss(PromptObjective):
     def __init__(self, classifier: PromptClassifier, weight: float = 8.0, template: str = "a photo of a {}.") -> None:
         super().__init__(classifier)
         self.weight = check_weight("weight", weight)
-        self.template = check_templates([template], "template")[0]
+        self.template = check_templates([template], "template", classifier)[0]
 
     @classmethod
     def from_options(cls, classifier: PromptClassifier, kg_weight: float = 8.0, kg_template: str | None = None):

@@ -142,15 +142,53 @@ def format_prompts(config: MaPLeConfig | None, class_names: Sequence[str], templ
     return prompts
 
 
-def _special_runs(ids: Sequence[int], special: set[int]) -> tuple[int, bool]:
-    """The number of leading special tokens of `ids`, and whether another special token stands inside the text."""
+def _special_runs(ids: Sequence[int], special: set[int]) -> tuple[int, int, bool]:
+    """The numbers of leading and trailing special tokens of `ids`, and whether another one stands inside the text."""
     lead = 0
     while lead < len(ids) and ids[lead] in special:
         lead += 1
     end = len(ids)
     while end > lead and ids[end - 1] in special:
         end -= 1
-    return lead, any(token in special for token in ids[lead:end])
+    return lead, len(ids) - end, any(token in special for token in ids[lead:end])
+
+
+def _holds_special_tokens(tokenizer: Any, encoded: Sequence[Sequence[int]]) -> list[bool]:
+    """For each tokenized text, whether its own text holds a special token of the tokenizer: one inside it, or more
+    at its start or end than the tokenizer puts around a plain word."""
+    special = special_token_ids(tokenizer)
+    plain_lead, plain_trail, _ = _special_runs(tokenizer("a", padding=False, truncation=False)["input_ids"], special)
+    runs = [_special_runs(ids, special) for ids in encoded]
+    return [inside or lead > plain_lead or trail > plain_trail for lead, trail, inside in runs]
+
+
+def check_template_tokens(tokenizer: Any, template: str, max_length: int, what: str = "template") -> str:
+    """Check a prompt template against the tokenizer, as class names are checked: it holds none of the tokenizer's
+    special tokens (`<|endoftext|>` would end every prompt made from it early, `<|startoftext|>` restart it), and a
+    prompt made from it with a one-word class name fits the text encoder's context.
+
+    Args:
+        tokenizer: the base model's tokenizer.
+        template (`str`): the template, already checked by `check_template` (one `{}`).
+        max_length (`int`): the text encoder's context length.
+        what (`str`): how the template is named in errors.
+
+    Raises:
+        `ValueError`: naming the template.
+    """
+    ids = tokenizer(template.format("a"), padding=False, truncation=False)["input_ids"]
+    if _holds_special_tokens(tokenizer, [ids])[0]:
+        found = [token for token in getattr(tokenizer, "all_special_tokens", []) if token and token in template]
+        raise ValueError(
+            f"{what}={template!r} holds a special token of the tokenizer{f' ({found[0]})' if found else ''}, which "
+            "would cut short or restart every prompt made from it; remove it from the template."
+        )
+    if len(ids) > max_length:
+        raise ValueError(
+            f"{what}={template!r} gives prompts of {len(ids)} tokens even with a one-word class name, more than the "
+            f"text encoder's {max_length}; shorten the template."
+        )
+    return template
 
 
 def special_token_ids(tokenizer: Any) -> set[int]:
@@ -202,17 +240,18 @@ def tokenize_prompts(
     names = list(class_names) if class_names is not None else list(prompts)
     encoded = tokenizer(list(prompts), padding=False, truncation=False)["input_ids"]
     special = special_token_ids(tokenizer)
+    holds_special = _holds_special_tokens(tokenizer, encoded)
     for index, ids in enumerate(encoded):
         if len(ids) > max_length:
             raise ValueError(
                 f"The prompt of class {names[index]!r} ({prompts[index]!r}) has {len(ids)} tokens, more than the text "
                 f"encoder's {max_length}; shorten the class name (e.g. with a class-name mapping file)."
             )
-        lead, inside = _special_runs(ids, special)
-        if inside:
+        lead, _, _ = _special_runs(ids, special)
+        if holds_special[index]:
             raise ValueError(
                 f"The prompt of class {names[index]!r} ({prompts[index]!r}) contains a special token of the "
-                "tokenizer inside it, which would cut the prompt short; remove it from the class name."
+                "tokenizer, which would cut the prompt short or restart it; remove it from the class name."
             )
         if leading_special_tokens is not None and lead != leading_special_tokens:
             raise ValueError(

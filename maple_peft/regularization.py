@@ -97,7 +97,7 @@ class SelfRegularizedLoss(PromptObjective):
         self.image_weight = check_weight("image_weight", image_weight)
         self.logits_weight = check_weight("logits_weight", logits_weight)
         if templates is not None:
-            templates = check_templates(templates)
+            templates = check_templates(templates, classifier=classifier)
         self.templates = IMAGENET_TEMPLATES if templates is None else templates
 
     @classmethod

@@ -84,9 +84,11 @@ TOKENIZER_DIRS = {
 SIGLIP2_PATCH, SIGLIP2_PATCHES = 4, 16
 
 
-def tiny_model(family: str = "clip", seed: int = 0, d_text=32, text_layers=3, d_vision=48, vision_layers=4):
+def tiny_model(
+    family: str = "clip", seed: int = 0, d_text=32, text_layers=3, d_vision=48, vision_layers=4, projection_size=None
+):
     """A tiny random dual encoder of `family` (unequal tower widths and depths), in eval mode, with a non-trivial
-    logit scale (and bias)."""
+    logit scale (and bias); SigLIP's text head projects to `projection_size` (default: the vision width)."""
     from transformers import MetaClip2Config, MetaClip2Model, Siglip2Config, Siglip2Model, SiglipConfig, SiglipModel
 
     if family == "clip":
@@ -102,10 +104,18 @@ def tiny_model(family: str = "clip", seed: int = 0, d_text=32, text_layers=3, d_
         )
         model = MetaClip2Model(config)
     elif family == "siglip":
-        text.update(vocab_size=120, pad_token_id=1, eos_token_id=1, bos_token_id=None, projection_size=d_vision)
+        text.update(
+            vocab_size=120,
+            pad_token_id=1,
+            eos_token_id=1,
+            bos_token_id=None,
+            projection_size=projection_size or d_vision,
+        )
         model = SiglipModel(SiglipConfig(text_config=text, vision_config=dict(vision, image_size=32, patch_size=8)))
     elif family == "siglip2":
-        text.update(vocab_size=300, pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=d_vision)
+        text.update(
+            vocab_size=300, pad_token_id=0, eos_token_id=1, bos_token_id=2, projection_size=projection_size or d_vision
+        )
         vision.update(patch_size=SIGLIP2_PATCH, num_patches=SIGLIP2_PATCHES)
         model = Siglip2Model(Siglip2Config(text_config=text, vision_config=vision))
     else:

@@ -267,6 +267,16 @@ def test_save_and_load_round_trip_gives_the_same_logits(family, tmp_path):
     assert torch.equal(before, after)
 
 
+@pytest.mark.parametrize("family", ["siglip", "siglip2"])
+def test_a_siglip_model_whose_text_and_image_embeddings_differ_in_width_is_refused_naming_both(family):
+    model = tiny_model(family, projection_size=24)  # its text head projects to 24, its images are 48 wide
+    message = r"text embeddings are 24 wide \(text_config.projection_size\) and its image embeddings 48 wide"
+    with pytest.raises(ValueError, match=message):  # not a matrix-shape error deep in the classifier
+        get_peft_model(model, MaPLeConfig(variant="ivlp", n_ctx=2, depth=2, prompt_init=None))
+    with pytest.raises(ValueError, match=message):  # zero-shot, without an adapter
+        PromptClassifier(model, family_tokenizer(family), ["cat", "dog"])
+
+
 def test_adapter_of_one_family_is_refused_on_another_even_with_matching_widths(tmp_path):
     model, _, _ = adapted("clip", "ivlp", depth=2)
     model.save_pretrained(tmp_path)

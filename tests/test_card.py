@@ -250,3 +250,26 @@ def test_cards_name_the_new_methods_and_the_backbone_family():
     saved = render_adapter_card({"variant": "mmrl", "backbone": "metaclip_2", "n_rep": 5}, "facebook/x", ["a", "b"])
     assert "for the MetaCLIP 2 model" in saved and "metaclip_2" in ModelCard(saved).data.tags
     assert "AutoModel.from_pretrained" in saved and "CLIPModel" not in saved
+
+
+def test_a_smoke_run_card_says_so_first_and_has_no_model_index():
+    metrics = {**_metrics(), "smoke_assets": ["base_model", "data"]}
+    text = render_model_card(metrics, repo_id="me/smoke")
+    metadata, body = text.split("\n---\n", 1)
+    assert "model-index" not in metadata and ModelCard(text).data.eval_results is None
+    note = body[body.index("# ") :].split("\n\n")[1]  # right under the title
+    assert note.startswith("> **A smoke run, not a result**") and "tiny random CLIP" in note and "generated" in note
+    assert ModelCard(render_model_card(_metrics(), repo_id="me/real")).data.eval_results  # a real run keeps them
+
+
+def test_smoke_assets_are_told_by_their_writers_markers_not_by_names(tmp_path):
+    from maple_peft.training.data import SMOKE_MODEL_MARKER, make_synthetic_imagefolder, smoke_assets
+
+    model, data = tmp_path / "smoke_assets" / "tiny-clip", tmp_path / "smoke_assets" / "data"
+    model.mkdir(parents=True)
+    data.mkdir()
+    assert smoke_assets(model, data) == []  # named like the smoke assets, but not written by their makers
+    (model / SMOKE_MODEL_MARKER).write_text("written by examples/make_smoke_assets.py\n")
+    make_synthetic_imagefolder(data, ["a", "b"], 1, 1, image_size=8)
+    assert smoke_assets(model, data) == ["base_model", "data"]
+    assert smoke_assets("openai/clip-vit-base-patch16", None) == []

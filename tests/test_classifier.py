@@ -183,6 +183,12 @@ def test_class_names_with_clip_special_tokens_are_refused(tokenizer, token):
         PromptClassifier(model, tokenizer, ["cat", f"dog{token}bird"])
 
 
+def test_a_class_name_ending_in_a_special_token_is_refused_even_at_the_end_of_its_prompt(tokenizer):
+    model, _ = make_adapted(depth=2)
+    with pytest.raises(ValueError, match=r"The prompt of class 'dog<\|endoftext\|>' .* contains a special token"):
+        PromptClassifier(model, tokenizer, ["cat", "dog<|endoftext|>"], template="{}")
+
+
 @pytest.mark.parametrize(
     "bad, error",
     [

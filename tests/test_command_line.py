@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import maple_peft_cli
-from maple_peft import hub
+from maple_peft import command_line, hub
 from maple_peft.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,19 +37,20 @@ def imported_modules(importtime_stderr: str) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "command",
+    "command, code",
     [
-        ["-m", "maple_peft_cli", "--help"],
-        ["-m", "maple_peft_cli", "predict", "--help"],
-        ["-m", "maple_peft_cli", "predict", "--adapter", "a", "--top-k", "0", "x.jpg"],
-        ["examples/train.py", "--help"],
-        ["examples/train.py", "--lr", "abc"],
-        ["examples/evaluate.py", "--help"],
+        (["-c", "import maple_peft"], 0),
+        (["-m", "maple_peft.cli", "--help"], 0),
+        (["-m", "maple_peft.cli", "predict", "--help"], 0),
+        (["-m", "maple_peft.cli", "predict", "--adapter", "a", "--top-k", "0", "x.jpg"], 2),
+        (["examples/train.py", "--help"], 0),
+        (["examples/train.py", "--lr", "abc"], 2),
+        (["examples/evaluate.py", "--help"], 0),
     ],
 )
-def test_help_and_option_errors_answer_before_torch_is_imported(command):
+def test_help_and_option_errors_answer_before_torch_is_imported(command, code):
     result = run("-X", "importtime", *command)
-    assert result.returncode == (0 if "--help" in command else 2), result.stderr[-2000:]
+    assert result.returncode == code, result.stderr[-2000:]
     heavy = {name for name in imported_modules(result.stderr) if name.split(".")[0] in HEAVY}
     assert heavy == set()
 
@@ -63,14 +63,14 @@ def test_an_option_error_is_one_line_and_a_pointer_to_help():
         "Run `train.py --help` for the options.",
     ]
     with pytest.raises(SystemExit) as exit_info:
-        maple_peft_cli.main(["push", "run"])
+        main(["push", "run"])
     assert exit_info.value.code == 2
 
 
 def test_each_entry_point_accepts_the_other_spelling_of_its_options(tmp_path):
     args = options.parse_args(["--output-dir", str(tmp_path), "--no-plots", "--num-shots=4", "--dataset", "eurosat"])
     assert (args.output_dir, args.plots, args.num_shots) == (str(tmp_path), False, 4)
-    parser = maple_peft_cli.build_parser()
+    parser = command_line.build_parser()
     predict = parser.parse_args(["predict", "--adapter", "a", "--top_k", "2", "--base_model", "b", "x.jpg"])
     assert (predict.top_k, predict.base_model, predict.images) == (2, "b", ["x.jpg"])
     push = parser.parse_args(["push", "run", "--hub_model_id", "me/x"])
@@ -79,7 +79,7 @@ def test_each_entry_point_accepts_the_other_spelling_of_its_options(tmp_path):
     assert (
         "--hub-model-id"
         in subprocess.run(
-            [sys.executable, "-m", "maple_peft_cli", "push", "--help"], capture_output=True, text=True, cwd=REPO
+            [sys.executable, "-m", "maple_peft.cli", "push", "--help"], capture_output=True, text=True, cwd=REPO
         ).stdout
     )
 
@@ -87,12 +87,12 @@ def test_each_entry_point_accepts_the_other_spelling_of_its_options(tmp_path):
 def test_python_argument_names_in_errors_become_the_command_line_flags():
     flags = {"output_dir": "--output_dir", "overwrite_output_dir": "--overwrite_output_dir"}
     message = "output_dir='outputs/smoke' exists; pass overwrite_output_dir=True or another output_dir."
-    assert maple_peft_cli.command_line_message(message, flags) == (
+    assert command_line.command_line_message(message, flags) == (
         "--output_dir outputs/smoke exists; pass --overwrite_output_dir or another output_dir."
     )
     flags = {"base_model_name_or_path": "--base-model", "class_names": "--classes"}
     message = "pass base_model_name_or_path= the Hub id, or class_names=['a', 'b']; config.base_model_name_or_path=x"
-    assert maple_peft_cli.command_line_message(message, flags) == (
+    assert command_line.command_line_message(message, flags) == (
         "pass --base-model the Hub id, or --classes a b; config.base_model_name_or_path=x"
     )
 
@@ -145,6 +145,13 @@ def test_a_misspelled_option_names_the_closest_one(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+def test_a_scripts_error_line_escapes_the_control_characters_of_what_it_quotes():
+    error = FileNotFoundError("no class folder 'cat\x1b]0;owned\x07' in data_dir='d\tir'")
+    assert options.command_line_error(error, options.build_parser()) == (
+        "no class folder 'cat\\x1b]0;owned\\x07' in --data_dir d ir"
+    )
+
+
 def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("num_shot: 4\n")
@@ -153,10 +160,41 @@ def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys)
     assert "unknown key 'num_shot' (did you mean `num_shots`?)" in capsys.readouterr().err
 
 
-def test_a_misspelled_option_of_a_subcommand_names_the_closest_one_of_that_subcommand(capsys):
+def test_a_misspelled_option_of_a_subcommand_names_the_closest_one_and_that_subcommands_help(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--adapter", "a", "--topk", "3", "x.jpg"])
-    assert "unrecognized arguments: --topk (did you mean `--top-k`?)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("maple-peft predict: error: unrecognized arguments: --topk (did you mean `--top-k`?)")
+    assert err.endswith("Run `maple-peft predict --help` for the options.\n")
+
+
+def test_a_misspelled_required_option_names_the_closest_one_not_the_missing_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--adaptor", "outputs/smoke", "x.jpg"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 2
+    assert err.startswith("maple-peft predict: error: unrecognized arguments: --adaptor (did you mean `--adapter`?)")
+    assert "are required" not in err
+    with pytest.raises(SystemExit):  # without a misspelling, the missing option is still what is said
+        main(["predict", "x.jpg"])
+    assert "the following arguments are required: --adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_a_device_option_says_how_the_scripts_choose_their_device(script, capsys):
+    import evaluate  # examples/evaluate.py (heavy imports, already loaded by the other tests)
+
+    parser = options.build_parser() if script == "train" else evaluate.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"{script}.py: error: unrecognized arguments: --device cuda (")
+    for way in (
+        f"`accelerate launch --multi_gpu --num_processes N examples/{script}.py`",
+        "--cpu",
+        "CUDA_VISIBLE_DEVICES",
+    ):
+        assert way in err
 
 
 # ---- maple-peft predict: mistakes caught before any model is loaded ---------------------------------------------

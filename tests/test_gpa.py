@@ -57,6 +57,54 @@ def test_final_adapter_is_the_weighted_sum_of_the_epoch_adapters():
     assert aggregator.history() == [{"epoch": e, "weight": w} for e, w in zip(range(1, 6), weights)]
 
 
+@pytest.mark.parametrize("std", [5e-324, 1e-310, 1e-300, 1e-30, 1e-3, 1e3, 1e150, 1e300, 1.7e308])
+@pytest.mark.parametrize("mean", [1, 2, 2.5, 3, 1.3])
+def test_any_positive_finite_std_gives_finite_weights_summing_to_one(mean, std):
+    weights = GaussianPromptAggregator(mean, std, 3).weights()  # 1e-310 gave NaN weights, 1e-300 an OverflowError
+    assert all(math.isfinite(w) and 0 <= w <= 1 for w in weights) and math.fsum(weights) == pytest.approx(1, abs=1e-15)
+
+
+def test_a_vanishing_std_puts_the_weight_on_the_epochs_nearest_the_mean():
+    assert GaussianPromptAggregator(2, 1e-310, 3).weights() == [0.0, 1.0, 0.0]
+    assert GaussianPromptAggregator(2.5, 1e-300, 4).weights() == [0.0, 0.5, 0.5, 0.0]
+    assert GaussianPromptAggregator(0.5, 1, 3).weights()[0] > 0.5  # a mean beyond the epochs, within reach
+    with pytest.raises(ValueError, match="more than 38 standard deviations away"):
+        GaussianPromptAggregator(0.5, 1e-300, 3)  # beyond the epochs and far from all: refused, as before
+    assert GaussianPromptAggregator(2, 1e308, 3).weights() == pytest.approx([1 / 3] * 3, rel=1e-12)
+    # the saved adapter is then the epoch at the mean, not a NaN-weighted sum
+    model, _ = make_adapted(variant="maple", n_ctx=2, depth=3)
+    aggregator = GaussianPromptAggregator(mean=2, std=1e-310, num_epochs=3)
+    snapshots = fake_epochs(model, aggregator, 3)
+    aggregator.apply(model)
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            assert torch.equal(param, snapshots[1][name]), name
+
+
+def test_train_refuses_bad_gpa_options_before_any_work_naming_them(tmp_path):
+    import sys
+    from pathlib import Path
+
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    sys.path.insert(0, str(examples))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(examples))
+    common = ["--config", str(examples / "configs" / "smoke.yaml"), "--output_dir", str(tmp_path / "run")]
+    for gpa, message in [
+        (
+            ["--gpa_mean", "1e6", "--gpa_std", "0.1"],
+            "--gpa_mean 1000000.0 and --gpa_std 0.1 gives no weight to any epoch",
+        ),
+        (["--gpa_mean", "2", "--gpa_std", "-1"], r"--gpa_std -1.0 must be > 0"),
+        (["--gpa_mean", "nan", "--gpa_std", "1"], "--gpa_mean nan must be a finite number"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            train.main([*common, *gpa])
+    assert not (tmp_path / "run").exists()
+
+
 def test_stop_and_resume_gives_a_bitwise_identical_adapter(tmp_path):
     model, _ = make_adapted(variant="ivlp", n_ctx=2, depth=3)
     start = {n: p.detach().clone() for n, p in model.named_parameters()}

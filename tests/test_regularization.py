@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -273,3 +275,37 @@ def test_accelerate_prepared_loss_runs_in_bf16_mixed_precision(tokenizer, pixel_
     torch.testing.assert_close(out.loss.detach(), reference, rtol=3e-2, atol=0)
     assert accelerator.unwrap_model(prepared).classifier.model is model
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+LONG = "a photo " * 40 + "of a {}."  # 86 tokens with a one-word class name
+MEDIUM = "a photo " * 34 + "of a {}."  # 74
+
+
+@pytest.mark.parametrize(
+    "template,message",
+    [
+        ("a photo of a {}.<|endoftext|>", r"holds a special token of the tokenizer \(<\|endoftext\|>\)"),
+        ("<|startoftext|>a photo of a {}.", r"holds a special token of the tokenizer \(<\|startoftext\|>\)"),
+        ("a <|endoftext|> photo of a {}.", r"holds a special token of the tokenizer \(<\|endoftext\|>\)"),
+        (LONG, r"gives prompts of 86 tokens even with a one-word class name, more than the text encoder's 77"),
+    ],
+)
+def test_a_frozen_text_template_is_checked_as_class_names_are_naming_it(tokenizer, template, message):
+    from maple_peft.objectives import KnowledgeGuidedLoss
+
+    model, _ = make_adapted(n_ctx=2, depth=2)
+    classifier = PromptClassifier(model, tokenizer, CLASSES)
+    with pytest.raises(ValueError, match=rf"templates\[1\]={re.escape(repr(template))} {message}"):
+        SelfRegularizedLoss(classifier, templates=["a photo of a {}.", template])  # refused before any step
+    with pytest.raises(ValueError, match=rf"template={re.escape(repr(template))} {message}"):
+        KnowledgeGuidedLoss(classifier, template=template)
+    with pytest.raises(ValueError, match=rf"template={re.escape(repr(template))} {message}"):
+        PromptClassifier(model, tokenizer, CLASSES, template=template)  # the classifier's own template too
+
+
+def test_a_class_name_too_long_for_a_template_is_refused_naming_both(tokenizer, pixel_values):
+    model, _ = make_adapted(n_ctx=2, depth=2)
+    long_name = " ".join(["zebra"] * 8)  # fits the classifier's prompts, not the 74-token template's
+    loss_fn = SelfRegularizedLoss(PromptClassifier(model, tokenizer, [*CLASSES[:-1], long_name]), templates=[MEDIUM])
+    with pytest.raises(ValueError, match=rf"template {re.escape(repr(MEDIUM))}: The prompt of class '{long_name}'"):
+        loss_fn(pixel_values, LABELS)

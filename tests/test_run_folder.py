@@ -28,16 +28,21 @@ from maple_peft.training.checkpointing import (
     list_checkpoints,
     register_adapter_checkpointing,
     remove_incomplete_checkpoints,
+    resolve_checkpoint,
     write_trainer_state,
 )
 from maple_peft.training.run_dir import (
+    RESULT_FILES,
+    RUNNING_MARKER,
     RunLock,
     RunLockError,
+    atomic_write,
     atomic_write_json,
     check_output_dir,
     clear_previous_run,
     mark_failed,
     mark_running,
+    save_into_atomically,
     write_result_json,
 )
 
@@ -67,14 +72,17 @@ def test_atomic_writes_get_the_users_umask_not_a_private_mode(tmp_path):
 
 def hold_lock(folder: Path, *, fork_child: bool = False) -> subprocess.Popen:
     """Another process that takes the folder's lock (and, with `fork_child`, forks a child that outlives it)."""
-    code = (  # run_dir.py alone (standard library only): no import of torch, so the holder starts at once
+    code = (  # run_dir.py alone (standard library and filelock): no import of torch, so the holder starts at once
         "import importlib.util, os, sys, time\n"
         f"spec = importlib.util.spec_from_file_location('run_dir', {str(RUN_DIR_PY)!r})\n"
         "run_dir = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(run_dir)\n"
         f"run_dir.RunLock({str(folder)!r}).acquire()\n"
+        "ready, started = os.pipe()\n"
         f"if {fork_child} and os.fork() == 0:\n"
-        "    time.sleep(60); os._exit(0)\n"
+        "    os.write(started, b'1'); time.sleep(60); os._exit(0)\n"  # after the child's at-fork handlers ran
+        f"if {fork_child}:\n"
+        "    os.read(ready, 1)\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -529,6 +537,82 @@ def test_markers_say_running_then_failed_with_the_error(tmp_path):
     assert (tmp_path / "FAILED").read_text() == "ValueError: The loss became nan\n"
 
 
+def test_an_atomic_write_that_fails_halfway_leaves_the_previous_file_and_no_temporary(tmp_path):
+    import errno
+
+    target = tmp_path / "metrics.json"
+    target.write_text("the previous result")
+
+    def disk_full(tmp):
+        tmp.write_text("half of the new")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        atomic_write(target, disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        save_into_atomically(tmp_path, lambda folder: disk_full(folder / "adapter_model.safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+    assert target.read_text() == "the previous result"
+    assert save_into_atomically(tmp_path, lambda folder: (folder / "b.json").write_text("{}")) == ["b.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.json", "metrics.json"]
+
+
+@pytest.mark.parametrize("marker", ["RUNNING", "FAILED"])
+def test_an_unfinished_run_may_resume_over_its_partial_results_and_a_finished_one_may_not(tmp_path, marker):
+    (tmp_path / "checkpoints" / "checkpoint_1").mkdir(parents=True)
+    write_trainer_state(tmp_path / "checkpoints" / "checkpoint_1", {"epoch": 1})
+    (tmp_path / "adapter_model.safetensors").write_bytes(b"half")
+    (tmp_path / "README.md").write_text("half")
+    with pytest.raises(ValueError, match=r"holds the results of an earlier run \(README.md, adapter_model"):
+        check_output_dir(tmp_path, overwrite=False, resume=True)  # finished: its results are kept
+    (tmp_path / marker).write_text("")
+    (tmp_path / ".results.abc123.tmp").mkdir()  # a killed save's temporary folder
+    (tmp_path / ".results.abc123.tmp" / "adapter_config.json").write_text("{")
+    check_output_dir(tmp_path, overwrite=False, resume=True)
+    clear_previous_run(tmp_path, keep_checkpoints=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints"]
+
+
+@pytest.mark.parametrize(
+    "left, starts_over",
+    [
+        ({}, True),  # requeued before the folder was created
+        ({"RUNNING": "", "training_log.txt": "", "checkpoints/checkpoint_1/scheduler.bin": ""}, True),
+        ({"FAILED": "", "training_log.txt": "", "run.lock": "99999999\n", ".metrics.json.x.tmp": ""}, True),
+        ({"RUNNING": "", "adapter_model.safetensors": "half"}, True),  # killed in its final save
+        ({"training_log.txt": "", "adapter_model.safetensors": "", "README.md": ""}, False),  # a finished run
+        ({"RUNNING": "", "notes.txt": ""}, False),  # someone's file
+    ],
+)
+def test_resume_latest_before_the_first_checkpoint_starts_over_only_in_an_unfinished_runs_folder(
+    tmp_path, left, starts_over
+):
+    out = tmp_path / "run"
+    for name, content in left.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(content)
+    if starts_over:
+        assert resolve_checkpoint("latest", out) is None
+    else:
+        with pytest.raises(ValueError, match="holds no complete checkpoint; start a new run"):
+            resolve_checkpoint("latest", out)
+
+
+def test_a_failed_marker_that_cannot_be_written_leaves_the_running_marker(tmp_path, monkeypatch):
+    import errno
+
+    from maple_peft.training import run_dir
+
+    mark_running(tmp_path)
+
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_dir, "atomic_write_text", disk_full)
+    mark_failed(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RUNNING"]  # still marked unfinished
+
+
 def test_interrupted_checkpoint_writes_are_removed_and_never_resumed(tmp_path):
     root = tmp_path / "checkpoints"
     write_trainer_state(root / "checkpoint_1", {"epoch": 1})
@@ -604,3 +688,20 @@ def test_resuming_from_non_finite_adapter_weights_is_refused(checkpointed):
     save_file(weights, str(path / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="non-finite adapter weights"):
         accelerator.load_state(str(path))
+
+
+def test_a_finished_run_is_not_offered_a_resume_and_an_unfinished_one_is_offered_one_that_is_accepted(tmp_path):
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    finished.mkdir(), stopped.mkdir()
+    a_finished_run(finished)
+    with pytest.raises(ValueError, match="holds a finished run; pass --overwrite_output_dir") as refused:
+        check_output_dir(finished, overwrite=False, resume=False)
+    assert "--resume_from_checkpoint" not in str(refused.value)  # resuming it would be refused
+
+    a_finished_run(stopped)  # then paused by --stop_after_epoch, or killed: checkpoints, log, RUNNING
+    for name in RESULT_FILES:
+        (stopped / name).unlink(missing_ok=True)
+    (stopped / RUNNING_MARKER).write_text("")
+    with pytest.raises(ValueError, match="holds an unfinished run; pass --resume_from_checkpoint latest"):
+        check_output_dir(stopped, overwrite=False, resume=False)
+    check_output_dir(stopped, overwrite=False, resume=True)  # the advice is accepted

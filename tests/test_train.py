@@ -85,6 +85,8 @@ def test_smoke_run_writes_adapter_card_metrics_plots_and_log(smoke_run):
     assert "hub_token" not in metrics["train_config"]
     card = (smoke_run / "README.md").read_text()
     assert "import maple_peft" in card and "library_name: peft" in card
+    assert metrics["smoke_assets"] == ["base_model", "data"]  # recorded from the assets' markers
+    assert "A smoke run, not a result" in card and "tiny random CLIP" in card and "model-index" not in card
     assert {name for name in plots if name in card} == plots  # the card embeds the plots this run wrote
     log = (smoke_run / "training_log.txt").read_text()
     assert "trainable params: " in log and "epoch 1/3" in log and "epoch 3/3" in log and "epoch 0/" not in log
@@ -109,9 +111,20 @@ def test_console_shows_our_lines_each_labelled_with_its_model_and_no_known_noise
     assert "WARNING" not in console and "Traceback" not in console
 
 
-def test_the_readme_run_folder_table_lists_everything_a_run_writes(smoke_run):
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("### What a run folder holds") : readme.index("- **Locking**")]
+def test_the_console_loss_of_an_epoch_is_the_mean_of_its_steps(smoke_run):
+    history = json.loads((smoke_run / "training_history.json").read_text())
+    log = (smoke_run / "training_log.txt").read_text()
+    for epoch in (1, 2, 3):
+        losses = [record["loss"] for record in history if record["epoch"] == epoch]
+        shown = re.search(rf"epoch {epoch}/3: mean loss (\d+\.\d+) over its (\d+) steps", log)
+        assert shown and int(shown.group(2)) == len(losses) == 3
+        assert float(shown.group(1)) == pytest.approx(sum(losses) / len(losses), abs=1e-4)
+        assert float(shown.group(1)) != pytest.approx(losses[-1], abs=1e-4)  # not the last step's
+
+
+def test_the_docs_run_folder_table_lists_everything_a_run_writes(smoke_run):
+    page = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
+    table = page[page.index("## What a run folder holds") : page.index("- **Locking**")]
     first_cells = [row.split("|")[1] for row in table.splitlines() if row.startswith("| `")]
     listed = {name.split("/")[0] for cell in first_cells for name in re.findall(r"`([^`]+)`", cell)}
     assert {p.name for p in smoke_run.iterdir()} <= listed  # with --report_to tensorboard: maple_peft/ too
@@ -476,7 +489,7 @@ def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path
     for extra, message in [
         (["--text_weight", "-1"], "error: --text_weight -1.0 must be"),  # in terms of the options
         (["--gpa_mean", "3"], "needs both --gpa_mean and --gpa_std"),
-        (["--gpa_mean", "3", "--gpa_std", "0"], "std=0.0 must be > 0"),
+        (["--gpa_mean", "3", "--gpa_std", "0"], "error: --gpa_std 0.0 must be > 0"),
     ]:
         out = tmp_path / "bad"
         result = run_script("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)

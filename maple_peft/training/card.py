@@ -22,6 +22,7 @@ from ..adapter_card import hub_model_id, method_citations, method_link, method_n
 from ..backbones import BACKBONES
 from ..objectives import objective_classes, objective_name
 from .metrics import RunMetrics
+from .run_dir import atomic_write_text
 
 __all__ = ["CARD_TAGS", "build_model_card", "render_model_card", "write_model_card"]
 
@@ -173,6 +174,21 @@ def _class_names_line(metrics: RunMetrics) -> str:
     )
 
 
+def _smoke_note(assets: Sequence[str], family: str) -> str:
+    """What a smoke run's card says first: which inputs were stand-ins, and that its numbers measure nothing."""
+    if not assets:
+        return ""
+    parts = {
+        "base_model": f"the base model is a tiny random {family} built from a config (never trained)",
+        "data": "the images are generated (one colour pattern per class)",
+    }
+    what = " and ".join(parts[name] for name in ("base_model", "data") if name in assets)
+    return (
+        f"**A smoke run, not a result**: {what}, by `examples/make_smoke_assets.py`. Its numbers only show that "
+        "training, evaluation and saving work, and the card's metadata leaves them out."
+    )
+
+
 def _eval_results(metrics: RunMetrics) -> list[EvalResult]:
     setting, dataset = metrics.setting, metrics.dataset
     evals = []
@@ -265,7 +281,7 @@ def build_model_card(
         datasets=datasets,
         metrics=["accuracy"],
         model_name=model_name,
-        eval_results=_eval_results(metrics),
+        eval_results=None if metrics.smoke_assets else _eval_results(metrics),  # a smoke run measures nothing
     )
 
     result_rows = []
@@ -322,6 +338,7 @@ def build_model_card(
         results_intro = f"Accuracy on the test images of `{dataset}`."
     if zs_results:
         results_intro += " Zero-shot is the same base model with hand-written prompts and no adapter."
+    smoke_note = _smoke_note(metrics.smoke_assets, backbone.display_name)
 
     full_config = {"peft_config": peft_config, "train_config": train_config}
     versions = [("maple_peft", metrics.maple_peft_version), *metrics.versions.items()]
@@ -342,6 +359,7 @@ def build_model_card(
         if any(full_config.values())
         else "",
         results_intro=results_intro,
+        smoke_note=smoke_note,
         split_header="Target dataset" if setting == "cross_dataset" else "Split",
         has_zero_shot=bool(zs_results),
         result_rows=result_rows,
@@ -428,5 +446,5 @@ def write_model_card(
             )
     metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     path = output_dir / filename
-    path.write_text(render_model_card(metrics, repo_id=repo_id, license=license, images=images), encoding="utf-8")
+    atomic_write_text(path, render_model_card(metrics, repo_id=repo_id, license=license, images=images))
     return path

@@ -20,7 +20,14 @@ from typing import Any
 import torch
 
 from .run_dir import CHECKPOINT_NAME as _CHECKPOINT_NAME
-from .run_dir import CHECKPOINTS_DIR, TEMPORARY, apply_umask, atomic_write_json, is_run_checkpoint_entry
+from .run_dir import (
+    CHECKPOINTS_DIR,
+    TEMPORARY,
+    apply_umask,
+    atomic_write_json,
+    holds_only_unfinished_state,
+    is_run_checkpoint_entry,
+)
 
 TRAINER_STATE = "trainer_state.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -151,18 +158,25 @@ def next_checkpoint_number(output_dir: str | Path) -> int:
     return _number(found[-1]) + 1 if found else 1
 
 
-def resolve_checkpoint(value: str, output_dir: str | Path) -> Path:
+def resolve_checkpoint(value: str, output_dir: str | Path) -> Path | None:
     """`"latest"` → the newest complete checkpoint of `output_dir`; otherwise the given checkpoint folder.
+
+    `"latest"` before the first checkpoint was written, in a folder that holds nothing but an unfinished run's state
+    (`holds_only_unfinished_state`: a job killed early and requeued with the same command), gives `None`: the run
+    starts from the beginning.
 
     Args:
         value (`str`): `"latest"` or a checkpoint folder.
         output_dir (`str` or `Path`): The run folder.
 
     Raises:
-        ValueError: No checkpoint found, or `value` is not a complete checkpoint folder.
+        ValueError: No checkpoint found in a folder holding more (results of a finished run, other files), or `value`
+            is not a complete checkpoint folder.
     """
     if value == "latest":
         found = list_checkpoints(output_dir)
+        if not found and holds_only_unfinished_state(output_dir):
+            return None
         if not found:
             raise ValueError(
                 f"resume_from_checkpoint='latest' but {Path(output_dir) / CHECKPOINTS_DIR} holds no complete "

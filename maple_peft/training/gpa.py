@@ -15,13 +15,58 @@ def _check_number(name: str, value: Any) -> float:
     return float(value)
 
 
+_FAR = 38.0
+"""Beyond this many standard deviations every epoch's density underflows to 0 in float64 (exp(-0.5 * 38.6**2) is the
+smallest normal number): a mean outside the epochs that far from all of them is refused, as the original would divide
+0 by 0."""
+
+
+def gaussian_epoch_weights(mean: float, std: float, num_epochs: int) -> list[float]:
+    """The weights of Gaussian prompt aggregation: `w_e = N(e; mean, std) / sum_{k=1..E} N(k; mean, std)`.
+
+    They are computed in log space, relative to the epoch nearest the mean
+    (`w_e ∝ exp(-((e - mean)^2 - (e* - mean)^2) / (2 std^2))`), so that any positive finite `std` gives finite weights
+    that sum to 1: the original's (PromptSRC's) values wherever its densities are finite, and their limit where they
+    overflow or underflow (e.g. `std=1e-310`: all the weight on the epoch at the mean, split evenly between two
+    epochs equally near it).
+
+    Args:
+        mean (`float`): the mean of the Gaussian over the 1-based epoch numbers (PromptSRC: 15 of 20 epochs).
+        std (`float`): its standard deviation, a finite number > 0 (PromptSRC: 1).
+        num_epochs (`int`): the number of epochs E of the run, >= 1.
+
+    Raises:
+        ValueError: a bad value, or a mean outside `1..E` so far from every epoch (more than 38 standard deviations)
+            that the Gaussian gives none of them any weight.
+    """
+    if _check_number("std", std) <= 0:
+        raise ValueError(f"std={std!r} must be > 0 (the standard deviation of the Gaussian over the epochs).")
+    mean, std = _check_number("mean", mean), float(std)
+    if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
+        raise ValueError(f"num_epochs={num_epochs!r} must be an integer >= 1 for Gaussian prompt aggregation.")
+    distances = [abs(epoch - mean) for epoch in range(1, num_epochs + 1)]
+    nearest = min(distances)
+    if not 1 <= mean <= num_epochs and nearest / std > _FAR:
+        raise ValueError(
+            f"The Gaussian with mean={mean!r} and std={std!r} gives no weight to any epoch 1..{num_epochs} (every "
+            f"epoch is more than {_FAR:g} standard deviations away); choose a mean near the training epochs or a "
+            "larger std."
+        )
+    # the exponent relative to the nearest epoch's, as a product of two quotients: it may overflow to -inf (weight 0),
+    # never to inf * 0
+    logs = [0.0 if d == nearest else -0.5 * ((d - nearest) / std) * ((d + nearest) / std) for d in distances]
+    unnormalized = [math.exp(log) for log in logs]
+    total = math.fsum(unnormalized)  # >= 1: the nearest epoch contributes exp(0)
+    return [weight / total for weight in unnormalized]
+
+
 class GaussianPromptAggregator:
     """Gaussian prompt aggregation: the adapter at the end of training is a weighted sum of the adapters at the end of
     each epoch.
 
     After epoch `e = 1 .. E` the trainable adapter tensors are added to a float32 running sum with weight
     `w_e = N(e; mean, std) / sum_{k=1..E} N(k; mean, std)` (`N` the Gaussian density, as in the original PromptSRC
-    trainer: `sum = sum + w_e * tensor`, in that order); `apply` replaces the adapter by the sum. The running sum is
+    trainer: `sum = sum + w_e * tensor`, in that order; see `gaussian_epoch_weights`); `apply` replaces the adapter by the sum. The running sum is
     part of `state_dict()` (tensors and plain numbers only: loadable with `torch.load(..., weights_only=True)`), so
     register the aggregator for checkpointing (`accelerator.register_for_checkpointing(aggregator)`) and a resumed run
     ends with a bitwise-identical adapter.
@@ -43,24 +88,8 @@ class GaussianPromptAggregator:
     """
 
     def __init__(self, mean: float, std: float, num_epochs: int) -> None:
-        self.mean = _check_number("mean", mean)
-        self.std = _check_number("std", std)
-        if self.std <= 0:
-            raise ValueError(f"std={std!r} must be > 0 (the standard deviation of the Gaussian over the epochs).")
-        if isinstance(num_epochs, bool) or not isinstance(num_epochs, int) or num_epochs < 1:
-            raise ValueError(f"num_epochs={num_epochs!r} must be an integer >= 1 for Gaussian prompt aggregation.")
-        self.num_epochs = num_epochs
-        densities = [
-            math.exp(-0.5 * ((epoch - self.mean) / self.std) ** 2) / (self.std * math.sqrt(2 * math.pi))
-            for epoch in range(1, num_epochs + 1)
-        ]
-        total = sum(densities)
-        if not total > 0:
-            raise ValueError(
-                f"The Gaussian with mean={mean!r} and std={std!r} gives no weight to any epoch 1..{num_epochs} "
-                "(all densities underflow to 0); choose a mean near the training epochs or a larger std."
-            )
-        self._weights = [density / total for density in densities]
+        self._weights = gaussian_epoch_weights(mean, std, num_epochs)
+        self.mean, self.std, self.num_epochs = float(mean), float(std), num_epochs
         self._sum: dict[str, torch.Tensor] = {}
         self._history: list[dict[str, float | int]] = []
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..adapter_card import method_name
 from .metrics import RunMetrics
+from .run_dir import atomic_write
 
 __all__ = [
     "MAX_CLASSES_SHOWN",
@@ -52,8 +53,7 @@ def _save(figure: Any, path: str | Path, dpi: int) -> Path:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"path={str(path)!r} must end in .png; the plots are written as PNG images.")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=dpi, format="png")
+    atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
     return path
 
 

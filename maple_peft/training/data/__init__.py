@@ -41,7 +41,7 @@ from .registry import (
     split_source_of,
 )
 from .sampling import sample_few_shot, sample_few_shot_dassl, split_base_novel, subsample_classes
-from .synthetic import make_synthetic_imagefolder
+from .synthetic import SMOKE_MODEL_MARKER, make_synthetic_imagefolder, smoke_assets
 from .transforms import (
     CLIP_MEAN,
     CLIP_STD,
@@ -99,6 +99,8 @@ __all__ = [
     "load_image_classification",
     "load_imagenet_from_hub",
     "make_synthetic_imagefolder",
+    "SMOKE_MODEL_MARKER",
+    "smoke_assets",
     "normalize",
     "parse_hub_root",
     "random_resized_crop_params",

@@ -11,10 +11,32 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["make_synthetic_imagefolder"]
+__all__ = ["SMOKE_MODEL_MARKER", "make_synthetic_imagefolder", "smoke_assets"]
 
 MARKER = ".maple_peft_synthetic.json"
 """The hidden file that lists the images `make_synthetic_imagefolder` wrote (its only claim on a folder)."""
+SMOKE_MODEL_MARKER = ".maple_peft_smoke_asset"
+"""The file `examples/make_smoke_assets.py` writes into each tiny random model folder it builds (its claim on it)."""
+
+
+def smoke_assets(model_name_or_path: str | os.PathLike | None, data_dir: str | os.PathLike | None) -> list[str]:
+    """Which inputs of a run are the offline smoke run's stand-ins, told by the markers their writers leave.
+
+    Args:
+        model_name_or_path (`str | os.PathLike | None`): The base model: a local folder holding `SMOKE_MODEL_MARKER`
+            is a tiny random model built by `examples/make_smoke_assets.py`.
+        data_dir (`str | os.PathLike | None`): The image folder: one holding `MARKER` holds generated images.
+
+    Returns:
+        `list[str]`: `"base_model"` and / or `"data"`, empty for a real run. Results of a run with either measure
+        nothing.
+    """
+    found = []
+    if model_name_or_path is not None and (Path(model_name_or_path) / SMOKE_MODEL_MARKER).is_file():
+        found.append("base_model")
+    if data_dir is not None and (Path(data_dir) / MARKER).is_file():
+        found.append("data")
+    return found
 
 
 def _class_image(k: int, n: int, size: int, rng: np.random.Generator) -> np.ndarray:
