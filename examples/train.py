@@ -602,6 +602,7 @@ def evaluate_run(run: Prepared, built: Built, training: Training) -> dict:
         split_note=run.data.split_note,
         benchmark=run.data.benchmark,
         shots_used={"min": min(counts), "max": max(counts)},  # fewer than --num_shots where a class has fewer images
+        data_source=run.data.data_source,  # hf://<repo>@<revision> for the Hub data root
         smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
     )
     if "harmonic_mean" in metrics:
