@@ -100,7 +100,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `load_experiment_data`, shared with evaluate.py."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=None, help="a CoOp benchmark (eurosat, imagenet, ...), with --data_root")
-    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
+    group.add_argument(
+        "--data_root",
+        default=None,
+        help="the folder holding the CoOp dataset folders, or hub (the same from the Hub: hub, hub@REVISION, "
+        "hf://OWNER/REPO[@REVISION])",
+    )
     group.add_argument(
         "--dataset_name",
         default=None,
