@@ -39,6 +39,7 @@ if __name__ == "__main__":  # --help and option errors answer at once, before th
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub import constants
 from peft import get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -65,7 +66,13 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import ImageClassificationDataset, image_transforms, smoke_assets
+from maple_peft.training.data import (
+    ImageClassificationDataset,
+    get_benchmark,
+    image_transforms,
+    parse_hub_root,
+    smoke_assets,
+)
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     draw_experiment_training_images,
@@ -143,7 +150,13 @@ def check_sources_and_caches(args: argparse.Namespace) -> None:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
     elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
         sources["--data_dir"] = (args.data_dir, "folder")
-    check_sources(sources)
+    lacking = []  # offline: the archives of a Hub data root not in the cache, named with the model
+    hub_root = parse_hub_root(args.data_root) if args.dataset else None
+    if hub_root is not None and constants.HF_HUB_OFFLINE:
+        for name in dict.fromkeys([args.dataset, *args.eval_datasets]):
+            if get_benchmark(name).name != "imagenet" and (why := hub_root.missing_offline(name)):
+                lacking.append(f"--data_root {args.data_root} ({why})")
+    check_sources(sources, offline_lacking=lacking)
     if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
         import datasets
 
