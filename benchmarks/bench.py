@@ -33,6 +33,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -836,17 +837,6 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float] | None:
-    if len(points) < 2:
-        return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
-    return my - slope * mx, slope
-
-
 def memory_section(s) -> dict[str, Any]:
     keys = ("device", "layers", "shape", "attn", "batch_size", "eval_batch_size", "dtype", "text_batch_size", "malloc")
     common = {k: s[k] for k in keys}
@@ -869,7 +859,10 @@ def memory_section(s) -> dict[str, Any]:
         log(f"  {result}")
     # the baseline's activations grow linearly with the class count (C x 77 tokens): extrapolate where not measured
     points = [(r["classes"], r["increase_mb"]) for r in rows if r["kind"] == "train-baseline" and "increase_mb" in r]
-    fit = linear_fit(points)
+    fit = None
+    if len({c for c, _ in points}) >= 2:  # a least-squares line: (intercept, slope)
+        per_class, intercept = np.polyfit([c for c, _ in points], [mb for _, mb in points], deg=1)
+        fit = (float(intercept), float(per_class))
     if fit:
         measured = {c for c, _ in points}
         train_classes = {r["classes"] for r in rows if r["kind"].startswith("train")}

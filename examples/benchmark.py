@@ -30,13 +30,13 @@ import contextlib
 import io
 import json
 import os
-import queue
 import shlex
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,19 @@ def recipe_lines(cells: Sequence[Cell], given: str) -> list[str]:
     return lines
 
 
+class MissingDataError(ValueError):
+    """Datasets of the grid that are not under `--data_root`: all of them named at once, with the grid's cells (a dry
+    run still prints every command)."""
+
+    def __init__(self, data_root: str, missing: Sequence[tuple[str, Path]], cells: list[Cell]) -> None:
+        listed = ", ".join(f"{name} ({path})" for name, path in missing)
+        super().__init__(
+            f"{len(missing)} dataset(s) of the grid are not under --data_root {data_root}: {listed}; prepare them as "
+            "CoOp's DATASETS.md says, or leave them out of --datasets."
+        )
+        self.cells = cells
+
+
 def build_cells(args: argparse.Namespace) -> list[Cell]:
     """The grid's cells, with each cell's train.py arguments checked like train.py checks them.
 
@@ -229,9 +242,15 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         args (`argparse.Namespace`): The benchmark's options.
 
     Raises:
-        ValueError: A bad dataset name, missing data, a bad `--set`, or options train.py refuses (naming the cell).
+        MissingDataError: Datasets missing under `--data_root`, every one of them named (the cells are built anyway).
+        ValueError: A bad dataset name, a bad `--set`, or options train.py refuses (naming the cell).
     """
-    from maple_peft.training.data import get_benchmark, hub_dataset_for_benchmark, load_dataset_registry
+    from maple_peft.training.data import (
+        get_benchmark,
+        hub_dataset_for_benchmark,
+        load_dataset_registry,
+        parse_hub_root,
+    )
 
     out = Path(args.output_dir)
     protocol = args.protocol
@@ -249,10 +268,13 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         raise ValueError(f"--protocol {protocol} evaluates the CoOp targets: pass --data_root instead of --hub.")
     if not args.hub and not args.data_root:
         raise ValueError(
-            "Pass --data_root DIR (the CoOp layout, the papers' splits) or --hub (the registry's datasets)."
+            "Pass --data_root DIR (the CoOp layout, the papers' splits), --data_root hub (the same, downloaded from "
+            "the Hub) or --hub (the registry's datasets)."
         )
 
     rows: dict[str, str | None] = {}
+    hub_root = None if args.hub else parse_hub_root(args.data_root)  # --data_root hub: CoOp's layout from the Hub
+    missing: dict[str, Path] = {}  # every dataset missing under --data_root, named together at the end
 
     def data_args(name: str) -> tuple[str, list[str]]:
         """A dataset's canonical name and its data arguments."""
@@ -263,11 +285,11 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             rows[spec.name] = None if spec.data_dir else spec.dataset_id  # a local folder's identity has a hash
             return spec.name, extra
         spec = get_benchmark(name)
-        if not (Path(args.data_root) / spec.dataset_dir).is_dir():
-            raise ValueError(
-                f"{spec.name}: {Path(args.data_root) / spec.dataset_dir} does not exist; prepare it as CoOp's "
-                "DATASETS.md says, or leave it out of --datasets."
-            )
+        if hub_root is not None:  # downloaded by the cell that needs it; ImageNet comes from ILSVRC/imagenet-1k
+            if spec.name != "imagenet":
+                hub_root.archive(spec.name)  # a dataset the repository has (else the list of those it has)
+        elif not (Path(args.data_root) / spec.dataset_dir).is_dir():
+            missing[spec.name] = Path(args.data_root) / spec.dataset_dir
         rows[spec.name] = spec.name
         return spec.name, ["--dataset", spec.name, "--data_root", args.data_root]
 
@@ -314,6 +336,8 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             cell.options = _parse_train_options(cell.train_args)
         except ValueError as error:
             raise ValueError(f"cell {cell.name}: {error}") from None
+    if missing:
+        raise MissingDataError(args.data_root, list(missing.items()), cells)
     return cells
 
 
@@ -473,32 +497,27 @@ def run_grid(
             outcome[cell.name] = ("refused", plan.detail)
         else:
             todo.append((cell, plan))
-    settled = len(outcome)
-    bar = tqdm(total=len(cells), initial=settled, unit="cell", desc="benchmark", dynamic_ncols=True)
-    free: queue.Queue[str | None] = queue.Queue()
-    for device in devices:
-        free.put(device)
-    lock = threading.Lock()
-    running = {"n": 0}
-    failed = {"n": sum(state == "refused" for state, _ in outcome.values())}
+    failed = sum(state == "refused" for state, _ in outcome.values())
+    bar = tqdm(total=len(cells), initial=len(outcome), unit="cell", desc="benchmark", dynamic_ncols=True)
+    # one worker thread per device, each keeping its device for the whole grid
+    unassigned, assigned = list(devices), threading.local()
 
-    def postfix() -> None:
-        bar.set_postfix_str(f"running {running['n']}, failed {failed['n']}", refresh=True)
+    def take_device() -> None:
+        assigned.device = unassigned.pop(0)
 
-    def work(cell: Cell, plan: Plan) -> None:
-        device = free.get()
-        with lock:
-            running["n"] += 1
-            postfix()
+    def work(cell: Cell, plan: Plan) -> tuple[str, str, float]:
         started = time.time()
-        try:
-            state, detail = run_cell(cell, plan, device, run_command)
-        finally:
-            free.put(device)
-        minutes = (time.time() - started) / 60
-        with lock:
-            running["n"] -= 1
-            failed["n"] += state == "failed"
+        state, detail = run_cell(cell, plan, assigned.device, run_command)
+        return state, detail, (time.time() - started) / 60
+
+    executor = ThreadPoolExecutor(max_workers=len(devices), initializer=take_device)
+    try:
+        futures = {executor.submit(work, cell, plan): cell for cell, plan in todo}
+        bar.set_postfix_str(f"running {min(len(devices), len(todo))}, failed {failed}", refresh=True)
+        for done in as_completed(futures):
+            cell = futures[done]
+            state, detail, minutes = done.result()
+            failed += state == "failed"
             outcome[cell.name] = (state, detail)
             line = f"{state:>7} {cell.name} ({minutes:.1f} min, {Path(cell.recipe).name})"
             line += f": {detail}" if detail else ""
@@ -507,17 +526,10 @@ def run_grid(
             else:
                 write(line)
             bar.update(1)
-            postfix()
-
-    postfix()
-    threads = [threading.Thread(target=work, args=item, daemon=True) for item in todo]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(timeout=0.5)
+            running = sum(future.running() for future in futures)
+            bar.set_postfix_str(f"running {running}, failed {failed}", refresh=True)
     finally:
+        executor.shutdown(wait=False, cancel_futures=True)  # on Ctrl-C: no new cell starts
         bar.close()
     return outcome
 
@@ -679,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["all"], help="'all' (the protocol's), or names (targets for DG)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="few_shot: shots per class")
-    p.add_argument("--data_root", default=None, help="the CoOp data folder (the papers' splits)")
+    p.add_argument(
+        "--data_root", default=None, help="the CoOp data folder (the papers' splits), or 'hub' to download them"
+    )
     p.add_argument("--hub", action="store_true", help="use the registry's Hub datasets instead of --data_root")
     p.add_argument("--dataset_registry", default=None, help="a YAML file of Hub datasets beside the built-in")
     p.add_argument("--output_dir", required=True, help="one run folder per cell: OUTPUT_DIR/<dataset>/seed<k>/")
@@ -715,7 +729,13 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
         if args.protocol is None:
             setting = _recipe(args.recipe).get("setting", "base2novel")
             args.protocol = {"all": "few_shot", "cross_dataset": "cross_dataset"}.get(setting, "base2novel")
-        cells = build_cells(args)
+        missing_data = None
+        try:
+            cells = build_cells(args)
+        except MissingDataError as error:
+            if not args.dry_run:
+                raise
+            cells, missing_data = error.cells, error  # a dry run prints every command, then every missing dataset
         if args.cell is not None and not 0 <= args.cell < len(cells):
             raise ValueError(f"--cell {args.cell} is not a cell of this grid (0..{len(cells) - 1})")
         plans = [plan_cell(cell) for cell in cells]
@@ -741,6 +761,9 @@ def main(argv: Sequence[str] | None = None, *, run_command: RunCommand = run_sub
     if args.dry_run:
         note = "on GPUs each runs with CUDA_VISIBLE_DEVICES set to one free GPU; on a CPU one at a time"
         print(dry_run_text(cells, plans, note, recipe_lines(cells, args.recipe)), end="")
+        if missing_data is not None:
+            print(f"error: {missing_data}", file=sys.stderr)
+            return 2
         return 0
     if args.table_only:
         written = write_tables(cells, plans, args)

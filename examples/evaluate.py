@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 
 # the data options, declared once for both scripts; this imports neither torch nor transformers
-from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error
+from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error, script_parser
 
 
 def build_parser() -> CommandParser:
-    p = CommandParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    p = script_parser("evaluate.py", __doc__)
     p.add_argument("--adapter", default=None, help="adapter folder or Hub id; omit for zero-shot CLIP")
     p.add_argument(
         "--model_name_or_path",
@@ -101,6 +101,8 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     }
     if args.dataset_name and args.dataset_name not in PACKAGED_BUILDERS:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
+    elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
+        sources["--data_dir"] = (args.data_dir, "folder")
     check_sources(sources)
     if args.dataset_name:
         import datasets

@@ -18,7 +18,7 @@ from typing import Any
 
 import yaml
 
-from maple_peft.command_line import CommandParser, command_line_message, did_you_mean
+from maple_peft.command_line import CommandParser, command_line_message, did_you_mean, one_line
 
 SETTINGS = ("base2novel", "all", "cross_dataset")
 VARIANTS = ("maple", "maple_shared", "ivlp", "language", "vision", "cocoop", "mmrl")
@@ -48,6 +48,26 @@ MAY_CHANGE_ON_RESUME = (
     "checkpointing_steps", "checkpoints_total_limit",
 )  # fmt: skip
 """Output and logging options: a resumed run may change them; any other difference from the checkpoint is refused."""
+
+
+FOREIGN_OPTIONS = {
+    "--device": "Accelerate chooses the device. `python SCRIPT` runs on one GPU if there is one, else on the CPU; "
+    "`accelerate launch --multi_gpu --num_processes N SCRIPT` on N GPUs; `accelerate launch --cpu SCRIPT` on the CPU; "
+    "CUDA_VISIBLE_DEVICES=0,1 chooses which GPUs",
+}
+"""Options users try that the scripts do not have -> what to do instead (`CommandParser.foreign_options`)."""
+
+
+def script_parser(script: str, description: str | None = None) -> CommandParser:
+    """The parser of the example script `script` (`"train.py"`): its help text as written, no abbreviated options,
+    advice for the options it does not have."""
+    parser = CommandParser(
+        prog=script, description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
+    )
+    parser.foreign_options = {
+        name: advice.replace("SCRIPT", f"examples/{script}") for name, advice in FOREIGN_OPTIONS.items()
+    }
+    return parser
 
 
 class BooleanFlag(argparse.BooleanOptionalAction):
@@ -80,7 +100,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `load_experiment_data`, shared with evaluate.py."""
     group = parser.add_argument_group("data")
     group.add_argument("--dataset", default=None, help="a CoOp benchmark (eurosat, imagenet, ...), with --data_root")
-    group.add_argument("--data_root", default=None, help="the folder holding the CoOp dataset folders")
+    group.add_argument(
+        "--data_root",
+        default=None,
+        help="the folder holding the CoOp dataset folders, or hub (the same from the Hub: hub, hub@REVISION, "
+        "hf://OWNER/REPO[@REVISION])",
+    )
     group.add_argument(
         "--dataset_name",
         default=None,
@@ -101,9 +126,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     """The options of `examples/train.py` (`description`: the script's help text)."""
-    p = CommandParser(
-        description=description, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False
-    )
+    p = script_parser("train.py", description)
     p.add_argument("--config", help="YAML file of defaults (keys are these options); the command line overrides it")
     g = p.add_argument_group("model")
     g.add_argument("--model_name_or_path", default="openai/clip-vit-base-patch16")
@@ -259,13 +282,14 @@ def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
 
 
 def command_line_error(error: BaseException | str, parser: argparse.ArgumentParser) -> str:
-    """An error of the Python API as the script's user should read it: one line, in terms of its options.
+    """An error of the Python API as the script's user should read it: one line (control characters of the paths and
+    class names it quotes escaped), in terms of its options.
 
     Args:
         error (`BaseException` or `str`): the error.
         parser (`argparse.ArgumentParser`): the script's parser (its options name the Python arguments).
     """
-    return command_line_message(" ".join(str(error).split()) or type(error).__name__, option_flags(parser))
+    return command_line_message(one_line(error), option_flags(parser))
 
 
 def _one_data_source(first: argparse.Namespace, values: dict[str, Any]) -> None:

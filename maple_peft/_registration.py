@@ -8,12 +8,12 @@ method as soon as PEFT is there: at once if PEFT is imported already, otherwise 
 
 from __future__ import annotations
 
-import importlib.abc
 import os
 import re
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 
 def add_loading_section(
@@ -149,10 +149,11 @@ def register() -> None:
     _patch_peft_model_card()
 
 
-class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
+class _RegisterAfterPeftImport:
     """Calls `register()` at the first moment it can: once `peft` is imported and no module of maple_peft is halfway
     through its own import (registering imports `maple_peft.config` and `maple_peft.model`). It finds nothing itself:
-    it lets the other finders find `peft` and maple_peft's modules and watches their loaders finish."""
+    it lets the other finders find `peft` and maple_peft's modules and watches their loaders finish (a meta path
+    finder, duck-typed: `importlib.abc` would cost the command line's start-up more than this whole module)."""
 
     def __init__(self, peft_imported: bool) -> None:
         self.peft_imported = peft_imported
@@ -182,10 +183,10 @@ class _RegisterAfterPeftImport(importlib.abc.MetaPathFinder):
             register()
 
 
-class _WatchedLoader(importlib.abc.Loader):
+class _WatchedLoader:
     """A module's own loader, telling `_RegisterAfterPeftImport` when the module starts and finishes executing."""
 
-    def __init__(self, loader: importlib.abc.Loader, watcher: _RegisterAfterPeftImport) -> None:
+    def __init__(self, loader: Any, watcher: _RegisterAfterPeftImport) -> None:
         self.loader, self.watcher = loader, watcher
 
     def create_module(self, spec):

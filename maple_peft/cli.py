@@ -20,7 +20,6 @@ from .command_line import (
     printable,
     single_class_message,
 )
-from .console import quiet_known_messages
 
 #: Parameters of the Python API named in error messages -> the `maple-peft predict` flags that set them.
 PREDICT_FLAGS = {
@@ -371,6 +370,8 @@ def run(args: argparse.Namespace) -> int:
     Args:
         args (`argparse.Namespace`): the parsed arguments.
     """
+    from .console import quiet_known_messages
+
     quiet_known_messages()
     if args.command == "predict":
         return _predict(args)

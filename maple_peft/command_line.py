@@ -35,9 +35,14 @@ __all__ = [
 class CommandParser(argparse.ArgumentParser):
     """An `argparse.ArgumentParser` with the conventions of every maple_peft command line.
 
-    - An option error prints one line, `PROG: error: MESSAGE`, and a pointer to `PROG --help`, with exit code 2.
+    - An option error prints one line, `PROG: error: MESSAGE`, and a pointer to `PROG --help`, with exit code 2 (for
+      an option of a subcommand, to `PROG SUBCOMMAND --help`).
     - `--an_option` and `--an-option` are the same option: the spelling the parser was built with is canonical (and
       the only one shown by `--help`); the other one is rewritten to it before parsing.
+    - A misspelled option names the closest one (`did you mean`), even when argparse would first complain that a
+      required option is missing (`--adaptor` for `--adapter`).
+    - `foreign_options` maps options that users try but this command does not have (`--device`) to what to do
+      instead; an unrecognized one is answered with it.
 
     Subparsers created with `add_subparsers` are `CommandParser`s too.
 
@@ -50,37 +55,74 @@ class CommandParser(argparse.ArgumentParser):
         ```
     """
 
+    #: option -> what to do instead, for options users try that this command does not have
+    foreign_options: Mapping[str, str] = {}
+
     def error(self, message: str) -> NoReturn:
+        misspelled = getattr(self, "_misspelled", None)
+        if misspelled and message.startswith("the following arguments are required"):
+            message = f"unrecognized arguments: {misspelled}"  # the cause; the missing option follows from it
         self.exit(2, f"{self.prog}: error: {printable(message)}\nRun `{self.prog} --help` for the options.\n")
 
     def parse_known_args(
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args(self.canonical_spelling(args), namespace)
+        args = self.canonical_spelling(sys.argv[1:] if args is None else list(args))
+        self._misspelled = self._first_misspelled(args)
+        return super().parse_known_args(args, namespace)
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> argparse.Namespace:
         parsed, unknown = self.parse_known_args(args, namespace)
         if unknown:
-            options = self._option_strings(parsed)
-            hints = [
-                hint
-                for arg in unknown
-                if arg.startswith("--") and (hint := did_you_mean(arg.partition("=")[0], options))
-            ]
-            self.error(f"unrecognized arguments: {' '.join(unknown)}{''.join(hints[:1])}")
+            chosen = self._chosen_subcommand(parsed)
+            parser = chosen or self
+            options = [o for o in parser._option_string_actions if o.startswith("--")]
+            if chosen is not None:
+                options += [o for o in self._option_string_actions if o.startswith("--")]
+            hints = [self._hint(arg, options, parser) for arg in unknown if arg.startswith("--")]
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}{''.join([h for h in hints if h][:1])}")
         return parsed
 
-    def _option_strings(self, parsed: argparse.Namespace) -> list[str]:
-        """The long options of this parser and of the subcommand that `parsed` chose."""
-        parsers = [self]
+    def _chosen_subcommand(self, parsed: argparse.Namespace) -> CommandParser | None:
+        """The subcommand's parser that `parsed` chose, if this parser has subcommands."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                chosen = action.choices.get(getattr(parsed, action.dest, None) or "")
-                parsers += [chosen] if chosen is not None else []
-        return [o for parser in parsers for o in parser._option_string_actions if o.startswith("--")]
+                return action.choices.get(getattr(parsed, action.dest, None) or "")
+        return None
+
+    @staticmethod
+    def _hint(arg: str, options: Sequence[str], parser: CommandParser) -> str:
+        """What to say about the unknown argument `arg`: what to do instead of a foreign option, or the closest."""
+        name = arg.partition("=")[0]
+        foreign = getattr(parser, "foreign_options", {})
+        if name in foreign:
+            return f" ({name} is not an option of {parser.prog}: {foreign[name]})"
+        return did_you_mean(name, options)
+
+    def _first_misspelled(self, args: Sequence[str]) -> str | None:
+        """`--adaptor (did you mean `--adapter`?)` for the first option of `args` that is not one of this parser's
+        but is close to one (`None` if there is none), so that it is named even when argparse stops at a missing
+        required option. A parser with subcommands leaves the subcommand's arguments to it."""
+        if any(isinstance(action, argparse._SubParsersAction) for action in self._actions):
+            return None
+        known = [o for o in self._option_string_actions if o.startswith("--")]
+        expects_value = False
+        for arg in args:
+            if arg == "--":
+                break
+            if expects_value or not arg.startswith("--"):
+                expects_value = False
+                continue
+            name, sep, _ = arg.partition("=")
+            action = self._option_string_actions.get(name)
+            expects_value = not sep and action is not None and action.nargs is None
+            if action is None and not (self.allow_abbrev and any(o.startswith(name) for o in known)):
+                hint = self._hint(name, known, self)
+                if hint:
+                    return f"{name}{hint}"
+        return None
 
     def canonical_spelling(self, args: Sequence[str]) -> list[str]:
         """`args` with every option written in the other spelling (`-` for `_` or `_` for `-`) rewritten to this

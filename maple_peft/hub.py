@@ -12,18 +12,21 @@ line instead, before any work:
   case the process switches to offline mode and uses the cached files;
 - `check_writable_cache`: a cache folder that cannot be written (a read-only home): `CacheNotWritableError`.
 
-Nothing is checked for names that exist locally, and nothing at all with `HF_HUB_OFFLINE=1` or
-`local_files_only=True` (the libraries then never touch the network).
+With `HF_HUB_OFFLINE=1` the network is never touched, and every Hub id must be in the cache: those that are not are
+named together in one `HubUnreachableError` (a model with no snapshot in the Hub cache, a dataset with no prepared
+copy in the datasets cache, which is where `datasets` looks offline). Nothing is checked for names that exist locally,
+and nothing at all with `local_files_only=True`.
 """
 
 from __future__ import annotations
 
 import difflib
+import glob
 import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "CacheNotWritableError",
@@ -72,14 +75,27 @@ def local_path_reason(name: str) -> str | None:
 
 
 def _closest(name: str) -> str:
-    """` Did you mean ...?` with the existing names closest to the missing path `name`, or `""`."""
-    parent, _, leaf = name.rstrip("/\\").rpartition("/")
-    parent_path = os.path.expanduser(parent) if parent else "."
+    """` Did you mean ...?` with the existing paths closest to the missing path `name`, or `""`: each missing folder
+    on the way is replaced by its closest existing name (`smoke_asset/data` -> `smoke_assets/data`)."""
+    *folders, leaf = name.rstrip("/\\").split("/")
+    parent = "/".join(folders)
+    for index, folder in enumerate(folders):
+        here = "/".join(folders[:index]) or ("/" if name.startswith("/") else "")
+        if folder in ("", ".", "..", "~") or os.path.isdir(os.path.expanduser(os.path.join(here, folder))):
+            continue
+        try:
+            match = difflib.get_close_matches(folder, os.listdir(os.path.expanduser(here) or "."), n=1, cutoff=0.6)
+        except OSError:
+            return ""
+        if not match:
+            return ""
+        folders[index] = match[0]
+        parent = "/".join(folders)
     try:
-        entries = os.listdir(parent_path)
+        entries = os.listdir(os.path.expanduser(parent) if parent else ".")
     except OSError:
         return ""
-    matches = difflib.get_close_matches(leaf, entries, n=3, cutoff=0.6)
+    matches = [leaf] if leaf in entries else difflib.get_close_matches(leaf, entries, n=3, cutoff=0.6)
     if not matches:
         return ""
     return " Did you mean " + " or ".join(f"{parent}/{m}" if parent else m for m in matches) + "?"
@@ -105,14 +121,36 @@ def _probe(endpoint: str, timeout: float) -> str | None:
     return problem
 
 
-def _in_cache(repo_id: str, repo_type: str, cache_dir: str | None) -> bool:
+def _datasets_cache_entry(repo_id: str) -> str:
+    """The folder where `datasets` keeps the prepared copy of the Hub dataset `repo_id` (and looks for it offline)."""
+    from datasets import config  # only the training scripts name datasets, and they have `datasets`
+    from datasets.naming import camelcase_to_snakecase
+
+    *namespace, name = repo_id.split("/")
+    return os.path.join(
+        os.path.expanduser(str(config.HF_DATASETS_CACHE)), "___".join([*namespace, camelcase_to_snakecase(name)])
+    )
+
+
+def _missing_from_cache(repo_id: str, repo_type: str, cache_dir: str | None) -> str | None:
+    """What the libraries would look for in vain in the caches without the network, or `None` when it is there."""
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
 
-    snapshots = os.path.join(
-        cache_dir or constants.HF_HUB_CACHE, repo_folder_name(repo_id=repo_id, repo_type=repo_type), "snapshots"
-    )
-    return os.path.isdir(snapshots) and bool(os.listdir(snapshots))
+    if repo_type == "dataset":
+        entry = _datasets_cache_entry(repo_id)
+        if glob.glob(os.path.join(glob.escape(entry), "*", "*", "*")):
+            return None
+        return f"no prepared copy in the datasets cache ({entry})"
+    cache = cache_dir or constants.HF_HUB_CACHE
+    snapshots = os.path.join(cache, repo_folder_name(repo_id=repo_id, repo_type=repo_type), "snapshots")
+    if os.path.isdir(snapshots) and os.listdir(snapshots):
+        return None
+    return f"no file of it in the Hub cache ({cache})"
+
+
+def _in_cache(repo_id: str, repo_type: str, cache_dir: str | None) -> bool:
+    return _missing_from_cache(repo_id, repo_type, cache_dir) is None
 
 
 def _go_offline() -> None:
@@ -130,15 +168,19 @@ def check_sources(
     *,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    offline_lacking: Sequence[str] = (),
 ) -> None:
     """Checks, before anything is loaded, that each source is an existing local path or a Hub id that can be fetched.
 
     Args:
         sources (`Mapping[str, tuple]`): how the source is called in messages (`"--adapter"` or
-            `"adapter_name_or_path"`) -> `(name or path, repo type)`, the repo type being `"model"` or `"dataset"`;
-            a `None` name is skipped.
+            `"adapter_name_or_path"`) -> `(name or path, repo type)`, the repo type being `"model"` or `"dataset"`,
+            or `"folder"` for a source that can only be a local folder (`--data_dir` of an image folder); a `None`
+            name is skipped.
         cache_dir (`str` or `os.PathLike`, *optional*): the Hub cache the downloads go to (default: `HF_HUB_CACHE`).
         local_files_only (`bool`): no download is wanted: only the local paths are checked.
+        offline_lacking (`Sequence[str]`): what the caller found missing from the caches by other means (a file of
+            a Hub data root), named with the rest in offline mode.
 
     Raises:
         `FileNotFoundError`: a name that can only be a local path does not exist.
@@ -159,6 +201,13 @@ def check_sources(
         if name is None or name == "":
             continue
         name = os.fspath(name)
+        if repo_type == "folder":
+            if not os.path.isdir(os.path.expanduser(name)):
+                problem = "is a file, not a folder" if os.path.exists(os.path.expanduser(name)) else "no such folder"
+                raise FileNotFoundError(
+                    f"{_described(what, name)}: {problem}.{_closest(name)} Pass an existing folder."
+                )
+            continue
         if os.path.exists(os.path.expanduser(name)):
             continue
         reason = local_path_reason(name)
@@ -170,9 +219,19 @@ def check_sources(
                 "Hub id (user/name)."
             )
         hub_ids.append((what, name, repo_type))
-    if not hub_ids or local_files_only or constants.HF_HUB_OFFLINE:
+    if not (hub_ids or offline_lacking) or local_files_only:
         return
     cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:  # nothing will be downloaded: say now everything the caches lack, not one at a time
+        lacking = [(what, name, _missing_from_cache(name, repo_type, cache)) for what, name, repo_type in hub_ids]
+        lacking = [f"{_described(what, name)} ({why})" for what, name, why in lacking if why is not None]
+        lacking += offline_lacking
+        if lacking:
+            raise HubUnreachableError(
+                f"HF_HUB_OFFLINE=1 (offline mode: nothing is downloaded) and the cache lacks {'; '.join(lacking)}. "
+                "Run once without HF_HUB_OFFLINE to download them, or pass local folders."
+            )
+        return
     problem = _probe(constants.ENDPOINT, float(constants.HF_HUB_ETAG_TIMEOUT))
     if problem is None:
         if not all(_in_cache(name, repo_type, cache) for _, name, repo_type in hub_ids):
@@ -180,11 +239,11 @@ def check_sources(
         return
     missing = [(what, name) for what, name, repo_type in hub_ids if not _in_cache(name, repo_type, cache)]
     if missing:
-        what, name = missing[0]
+        named = " and ".join(_described(what, name) for what, name in missing)
         raise HubUnreachableError(
-            f"Cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({problem}) to download "
-            f"{_described(what, name)}, which is not in the cache {cache}. Check the network or proxy settings; or "
-            "pass a local folder instead; or set HF_HUB_OFFLINE=1 to use only files already in the cache."
+            f"Cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({problem}) to download {named}, "
+            f"{'which is' if len(missing) == 1 else 'which are'} not in the cache {cache}. Check the network or proxy "
+            "settings, or pass a local folder instead (HF_HUB_OFFLINE=1, which uses only the cache, would not help)."
         )
     import logging
 

@@ -312,8 +312,8 @@ def test_the_shipped_recipes_meet_their_published_figures(recipe, expected):
     import sys
 
     import maple_peft
-    from maple_peft.training.metrics import RunMetrics, method_key
-    from maple_peft.training.tables import load_published
+    from maple_peft.training.metrics import RunMetrics
+    from maple_peft.training.tables import load_published, method_key
 
     sys.path.insert(0, str(AGGREGATE.parent))
     try:

@@ -346,7 +346,7 @@ def test_the_subprocess_runner_gives_the_cell_its_gpu_and_logs_its_output(tmp_pa
         (["--set", "gpa_mean=null"], "train.py cannot unset gpa_mean on its command line"),
         (["--set", "lr=-1"], "cell eurosat/seed1: --lr -1.0"),  # train.py's own check, before any work
         (["--set", "no_such_option=1"], "cell eurosat/seed1: unrecognized arguments: --no_such_option"),
-        (["--datasets", "eurosat", "cars"], "stanford_cars: "),
+        (["--datasets", "eurosat", "cars"], "1 dataset(s) of the grid are not under --data_root"),
         (["--datasets", "nowhere"], "Unknown benchmark 'nowhere'"),
     ],
 )
@@ -495,3 +495,22 @@ def test_hub_cells_train_on_the_registrys_datasets(tmp_path):
     xd = REPO / "examples" / "configs" / "maple_cross_dataset.yaml"
     code, _, err = run(["--recipe", xd, "--hub", "--output_dir", tmp_path / "x", "--dry_run"], never)
     assert code == 2 and "pass --data_root instead of --hub" in err
+
+
+def test_a_dry_run_prints_every_command_and_names_every_missing_dataset_at_once(tmp_path):
+    data = tmp_path / "data"
+    for name in ("eurosat", "dtd"):
+        (data / get_benchmark(name).dataset_dir).mkdir(parents=True)
+    recipe = REPO / "examples" / "configs" / "maple_base2novel.yaml"
+    argv = ["--recipe", recipe, "--data_root", data, "--datasets", "eurosat", "caltech101", "dtd", "ucf101"]
+    argv += ["--seeds", 1, 2, "--output_dir", tmp_path / "out"]
+    code, text, err = run([*argv, "--dry_run"], never)
+    assert code == 2
+    assert [line for line in text.splitlines() if line.startswith("# ") and ": run" in line] == [
+        f"# {name}/seed{seed}: run" for name in ("eurosat", "caltech101", "dtd", "ucf101") for seed in (1, 2)
+    ]  # every cell's command, the missing datasets' too
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: 2 dataset(s) of the grid are not under --data_root {data}: caltech101 (")
+    assert "ucf101 (" in line and "eurosat" not in line
+    code, text, err = run(argv, never)  # a real run is refused before anything runs, naming both too
+    assert code == 2 and text == "" and "caltech101 (" in err and "ucf101 (" in err

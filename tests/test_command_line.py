@@ -145,6 +145,13 @@ def test_a_misspelled_option_names_the_closest_one(argv, expected, capsys):
     assert expected in capsys.readouterr().err
 
 
+def test_a_scripts_error_line_escapes_the_control_characters_of_what_it_quotes():
+    error = FileNotFoundError("no class folder 'cat\x1b]0;owned\x07' in data_dir='d\tir'")
+    assert options.command_line_error(error, options.build_parser()) == (
+        "no class folder 'cat\\x1b]0;owned\\x07' in --data_dir d ir"
+    )
+
+
 def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("num_shot: 4\n")
@@ -153,10 +160,41 @@ def test_a_misspelled_key_of_a_recipe_names_the_closest_option(tmp_path, capsys)
     assert "unknown key 'num_shot' (did you mean `num_shots`?)" in capsys.readouterr().err
 
 
-def test_a_misspelled_option_of_a_subcommand_names_the_closest_one_of_that_subcommand(capsys):
+def test_a_misspelled_option_of_a_subcommand_names_the_closest_one_and_that_subcommands_help(capsys):
     with pytest.raises(SystemExit):
         main(["predict", "--adapter", "a", "--topk", "3", "x.jpg"])
-    assert "unrecognized arguments: --topk (did you mean `--top-k`?)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("maple-peft predict: error: unrecognized arguments: --topk (did you mean `--top-k`?)")
+    assert err.endswith("Run `maple-peft predict --help` for the options.\n")
+
+
+def test_a_misspelled_required_option_names_the_closest_one_not_the_missing_one(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["predict", "--adaptor", "outputs/smoke", "x.jpg"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 2
+    assert err.startswith("maple-peft predict: error: unrecognized arguments: --adaptor (did you mean `--adapter`?)")
+    assert "are required" not in err
+    with pytest.raises(SystemExit):  # without a misspelling, the missing option is still what is said
+        main(["predict", "x.jpg"])
+    assert "the following arguments are required: --adapter" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("script", ["train", "evaluate"])
+def test_a_device_option_says_how_the_scripts_choose_their_device(script, capsys):
+    import evaluate  # examples/evaluate.py (heavy imports, already loaded by the other tests)
+
+    parser = options.build_parser() if script == "train" else evaluate.build_parser()
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_args(["--device", "cuda"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"{script}.py: error: unrecognized arguments: --device cuda (")
+    for way in (
+        f"`accelerate launch --multi_gpu --num_processes N examples/{script}.py`",
+        "--cpu",
+        "CUDA_VISIBLE_DEVICES",
+    ):
+        assert way in err
 
 
 # ---- maple-peft predict: mistakes caught before any model is loaded ---------------------------------------------

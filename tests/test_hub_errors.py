@@ -84,11 +84,90 @@ def test_a_cached_repository_is_used_offline_when_the_hub_is_unreachable(online,
     assert "using the cached user/maple-eurosat (offline mode" in caplog.text
 
 
+def _cache_model(repo_id):
+    snapshot = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+
+
+def _prepare_dataset(datasets_cache, folder):
+    """What `datasets` leaves in its cache after preparing a Hub dataset (`<namespace>___<name>/<config>/...`)."""
+    (datasets_cache / folder / "default" / "0.0.0" / ("a" * 16)).mkdir(parents=True)
+
+
 def test_offline_mode_and_local_folders_never_touch_the_network(online, monkeypatch, tmp_path):
     monkeypatch.setattr(hub, "_probe", lambda *args: pytest.fail("the Hub must not be asked"))
     hub.check_sources({"--adapter": (str(tmp_path), "model"), "--model_name_or_path": (None, "model")})
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    _cache_model("user/maple-eurosat")
     hub.check_sources({"--adapter": ("user/maple-eurosat", "model")})
+
+
+def test_offline_mode_names_everything_the_caches_lack_at_once(online, monkeypatch, tmp_path):
+    import datasets
+
+    monkeypatch.setattr(hub, "_probe", lambda *args: pytest.fail("the Hub must not be asked"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    sources = {
+        "--model_name_or_path": ("openai/clip-vit-base-patch16", "model"),
+        "--dataset_name": ("timm/eurosat-rgb", "dataset"),
+    }
+    with pytest.raises(hub.HubUnreachableError) as error:
+        hub.check_sources(sources)
+    message = str(error.value)
+    assert message.startswith("HF_HUB_OFFLINE=1 (offline mode: nothing is downloaded) and the cache lacks")
+    assert (
+        f"--model_name_or_path openai/clip-vit-base-patch16 (no file of it in the Hub cache ({constants.HF_HUB_CACHE}))"
+        in message
+    )
+    assert (
+        f"--dataset_name timm/eurosat-rgb (no prepared copy in the datasets cache ({tmp_path / 'datasets-cache' / 'timm___eurosat-rgb'}))"
+        in message
+    )
+    assert "Couldn't reach" not in message and "without HF_HUB_OFFLINE" in message
+
+    _cache_model("openai/clip-vit-base-patch16")  # the model cached: only the dataset is named
+    with pytest.raises(hub.HubUnreachableError) as error:
+        hub.check_sources(sources)
+    assert "--dataset_name timm/eurosat-rgb" in str(error.value) and "clip-vit" not in str(error.value)
+    _prepare_dataset(tmp_path / "datasets-cache", "timm___eurosat-rgb")
+    hub.check_sources(sources)  # both there: used from the caches
+
+
+@pytest.mark.parametrize(
+    "data, lacking",
+    [
+        (
+            ["--dataset_name", "timm/eurosat-rgb"],
+            "--dataset_name timm/eurosat-rgb (no prepared copy in the datasets cache",
+        ),
+        (["--dataset", "eurosat", "--data_root", "hub"], "--data_root hub (eurosat.zip of hf://zhengli97/"),
+    ],
+)
+def test_train_in_offline_mode_names_the_missing_model_and_dataset_before_any_work(
+    online, monkeypatch, tmp_path, data, lacking
+):
+    import datasets
+
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import train
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))  # where a Hub data root is extracted
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
+    argv = [
+        "--config", str(REPO / "examples" / "configs" / "maple_base2novel.yaml"), *data,
+        "--seed", "1", "--output_dir", str(tmp_path / "run"),
+    ]  # fmt: skip
+    with pytest.raises(hub.HubUnreachableError) as error:  # the script prints it as one line, exit code 2
+        train.main(argv)
+    message = str(error.value)
+    assert "--model_name_or_path openai/clip-vit-base-patch16 (no file of it" in message
+    assert lacking in message
+    assert not (tmp_path / "run").exists()
 
 
 def _train(tmp_path, *args, env):
@@ -118,6 +197,7 @@ def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     data = tmp_path / "data"
+    data.mkdir()  # (empty: the cache is checked before the data is read)
     result = _train(
         tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data,
         env={"HF_HOME": str(blocker / "hf")},
@@ -172,3 +252,49 @@ def test_a_download_into_an_unwritable_hub_cache_is_refused_before_it_starts(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(blocker / ".cache" / "huggingface" / "hub"))
     with pytest.raises(hub.CacheNotWritableError, match=r"Cannot write the Hugging Face cache \(HF_HUB_CACHE\)"):
         hub.check_sources({"--model_name_or_path": ("user/model", "model")})
+
+
+def test_a_data_dir_that_does_not_exist_is_named_with_the_closest_folder(tmp_path, monkeypatch):
+    (tmp_path / "smoke_assets" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as error:
+        hub.check_sources({"--data_dir": ("smoke_asset/data", "folder")})
+    assert str(error.value) == (
+        "--data_dir smoke_asset/data: no such folder. Did you mean smoke_assets/data? Pass an existing folder."
+    )
+    hub.check_sources({"--data_dir": ("smoke_assets/data", "folder")})
+
+
+def test_train_and_evaluate_refuse_a_missing_image_folder_before_loading_anything(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import evaluate
+        import train
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [])  # evaluate.py configures logging; undone after the test
+    data = ["--dataset_name", "imagefolder", "--data_dir", "smoke_asset/data"]
+    for call in (
+        lambda: train.main([*data, "--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "run")]),
+        lambda: evaluate.main(data),
+    ):
+        with pytest.raises(FileNotFoundError, match=r"^--data_dir smoke_asset/data: no such folder\."):
+            call()
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_data_root_is_missing_offline_only_when_neither_extracted_nor_cached(online, monkeypatch, tmp_path):
+    from maple_peft.training.data import parse_hub_root
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))
+    root = parse_hub_root("hub")
+    assert "eurosat.zip of hf://zhengli97/prompt_learning_dataset@" in root.missing_offline("eurosat")
+    repo = Path(constants.HF_HUB_CACHE) / "models--zhengli97--prompt_learning_dataset"
+    (repo / "snapshots" / root.revision).mkdir(parents=True)
+    (repo / "snapshots" / root.revision / "eurosat.zip").write_bytes(b"PK")
+    assert root.missing_offline("eurosat") is None  # in the Hub cache: prepare() extracts it without the network
+    assert root.missing_offline("dtd") is not None
+    (root.folder(root.revision) / "dtd").mkdir(parents=True)
+    assert root.missing_offline("dtd") is None  # extracted already

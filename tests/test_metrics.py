@@ -11,11 +11,9 @@ from maple_peft.training.metrics import (
     build_run_metrics,
     classification_metrics,
     harmonic_mean,
-    method_key,
-    method_title,
     run_split_source,
-    summarize_runs,
 )
+from maple_peft.training.tables import method_key, method_title, summarize_runs
 
 
 def _reference_metrics(predictions, labels, num_classes):

@@ -32,6 +32,8 @@ from maple_peft.training.checkpointing import (
     write_trainer_state,
 )
 from maple_peft.training.run_dir import (
+    RESULT_FILES,
+    RUNNING_MARKER,
     RunLock,
     RunLockError,
     atomic_write,
@@ -70,14 +72,17 @@ def test_atomic_writes_get_the_users_umask_not_a_private_mode(tmp_path):
 
 def hold_lock(folder: Path, *, fork_child: bool = False) -> subprocess.Popen:
     """Another process that takes the folder's lock (and, with `fork_child`, forks a child that outlives it)."""
-    code = (  # run_dir.py alone (standard library only): no import of torch, so the holder starts at once
+    code = (  # run_dir.py alone (standard library and filelock): no import of torch, so the holder starts at once
         "import importlib.util, os, sys, time\n"
         f"spec = importlib.util.spec_from_file_location('run_dir', {str(RUN_DIR_PY)!r})\n"
         "run_dir = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(run_dir)\n"
         f"run_dir.RunLock({str(folder)!r}).acquire()\n"
+        "ready, started = os.pipe()\n"
         f"if {fork_child} and os.fork() == 0:\n"
-        "    time.sleep(60); os._exit(0)\n"
+        "    os.write(started, b'1'); time.sleep(60); os._exit(0)\n"  # after the child's at-fork handlers ran
+        f"if {fork_child}:\n"
+        "    os.read(ready, 1)\n"
         "print('locked', flush=True)\n"
         "time.sleep(60)\n"
     )
@@ -683,3 +688,20 @@ def test_resuming_from_non_finite_adapter_weights_is_refused(checkpointed):
     save_file(weights, str(path / "adapter_model.safetensors"))
     with pytest.raises(ValueError, match="non-finite adapter weights"):
         accelerator.load_state(str(path))
+
+
+def test_a_finished_run_is_not_offered_a_resume_and_an_unfinished_one_is_offered_one_that_is_accepted(tmp_path):
+    finished, stopped = tmp_path / "finished", tmp_path / "stopped"
+    finished.mkdir(), stopped.mkdir()
+    a_finished_run(finished)
+    with pytest.raises(ValueError, match="holds a finished run; pass --overwrite_output_dir") as refused:
+        check_output_dir(finished, overwrite=False, resume=False)
+    assert "--resume_from_checkpoint" not in str(refused.value)  # resuming it would be refused
+
+    a_finished_run(stopped)  # then paused by --stop_after_epoch, or killed: checkpoints, log, RUNNING
+    for name in RESULT_FILES:
+        (stopped / name).unlink(missing_ok=True)
+    (stopped / RUNNING_MARKER).write_text("")
+    with pytest.raises(ValueError, match="holds an unfinished run; pass --resume_from_checkpoint latest"):
+        check_output_dir(stopped, overwrite=False, resume=False)
+    check_output_dir(stopped, overwrite=False, resume=True)  # the advice is accepted

@@ -1,45 +1,8 @@
-"""Evaluation metrics and the run summary (`metrics.json`) shared by the training and evaluation scripts.
+"""Evaluation metrics (accuracy, macro-F1, per-class accuracy, harmonic means; percentages, 0-100) and the record of a
+run, `metrics.json` (`RunMetrics`, `build_run_metrics`), shared by the training and evaluation scripts.
 
-Every accuracy here is a percentage (0-100). A run writes one `metrics.json`:
-
-```json
-{
-  "maple_peft_version": "0.1.0",
-  "versions": {"torch": "...", "transformers": "...", "peft": "...", "accelerate": "..."},
-  "base_model": "openai/clip-vit-base-patch16",
-  "dataset": "eurosat",
-  "setting": "base2novel",
-  "seed": 1, "num_shots": 16, "shots_used": {"min": 16, "max": 16},
-  "train_config": {}, "peft_config": {},
-  "split_source": "coop", "split_note": "CoOp's split (split_zhou_EuroSAT.json), as in the papers",
-  "benchmark": "eurosat",
-  "smoke_assets": [],
-  "time_seconds": 123.4,
-  "results": {"base": {"accuracy": 97.1, "macro_f1": 96.9, "per_class_accuracy": {}, "num_images": 4200,
-                       "num_classes": 5}, "novel": {}},
-  "harmonic_mean": 80.2,
-  "zero_shot": {"results": {}, "harmonic_mean": 75.0}
-}
-```
-
-`num_shots` is the number of training images per class asked for; `shots_used` the numbers actually used (fewer
-where a class has fewer images). `results` holds one entry per evaluated split (`"base"`, `"novel"`, `"test"`, ...) or, for the cross-dataset setting,
-per target dataset. `harmonic_mean` is present when both `"base"` and `"novel"` are. `zero_shot` (optional) holds
-zero-shot CLIP evaluated on the same splits. A local dataset's `dataset` is its identity, e.g.
-`"imagefolder:flowers-3f2a9c1d"` (see `maple_peft.training.data.dataset_identity`). `split_source` says which split
-the images came from: `"coop"` (the papers' splits), `"hub:<id>:<train>/<test>"` or `"local:<train>/<test>"`; files
-written before it existed get it from their options (`run_split_source`). `smoke_assets` (present when not empty)
-names the inputs that are the offline smoke run's stand-ins (`"base_model"`: a tiny random model built by
-`examples/make_smoke_assets.py`; `"data"`: generated images): such a run's numbers measure nothing.
-
-Runs are grouped for tables by `method_key` (everything that defines the method and the protocol: backbone,
-adapter architecture, objective and its weights, setting, shots, kind of split) and, within a table, by dataset and
-split source; `summarize_runs` averages the seeds of one such group and refuses runs that differ in any other option
-that changes a result (`differing_run_options`), listing them.
-
-`RunMetrics` is this schema as a dataclass: `RunMetrics.from_dict` reads and validates a loaded file (the card, the
-plots and `examples/aggregate.py` read runs through it), `to_dict` writes one, and every harmonic mean of the project
-(a run's, zero-shot CLIP's, a seed average's, a table's average row) comes from `base_novel_harmonic_mean`.
+The file's fields: docs/formats.md#metricsjson-the-record-of-a-run. Grouping runs into tables:
+`maple_peft.training.tables`.
 """
 
 from __future__ import annotations
@@ -55,24 +18,15 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "RESULT_NEUTRAL_OPTIONS",
     "SETTINGS",
-    "RunGroup",
     "RunMetrics",
     "base_novel_harmonic_mean",
     "build_run_metrics",
     "classification_metrics",
     "collect_versions",
-    "differing_run_options",
-    "group_runs",
     "harmonic_mean",
-    "method_key",
-    "method_name",
-    "method_title",
     "run_benchmark",
     "run_split_source",
-    "split_kind",
-    "summarize_runs",
 ]
 
 SETTINGS: tuple[str, ...] = ("base2novel", "all", "cross_dataset", "zero_shot")
@@ -284,6 +238,7 @@ class RunMetrics:
             `"local:<train>/<test>"`); `None` in files written before it was recorded (see `run_split_source`).
         split_note (`str | None`): The same in a sentence.
         benchmark (`str | None`): The benchmark the dataset stands for (`"eurosat"`), if any.
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`hf://<repo>@<revision>`), if it was.
         smoke_assets (`list[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`, `"data"`;
             see `maple_peft.training.data.smoke_assets`); empty for a real run.
 
@@ -312,6 +267,7 @@ class RunMetrics:
     split_source: str | None = None
     split_note: str | None = None
     benchmark: str | None = None
+    data_source: str | None = None
     smoke_assets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -334,7 +290,7 @@ class RunMetrics:
         self.train_config = dict(self.train_config or {})
         self.peft_config = dict(self.peft_config or {})
         self.versions = dict(self.versions or {})
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name}={value!r} must be text (or absent).")
@@ -371,7 +327,7 @@ class RunMetrics:
             "time_seconds": self.time_seconds,
             "results": {name: dict(result) for name, result in self.results.items()},
         }
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             if getattr(self, name) is not None:
                 metrics[name] = getattr(self, name)
         if self.smoke_assets:
@@ -425,6 +381,7 @@ class RunMetrics:
                 split_source=metrics.get("split_source"),
                 split_note=metrics.get("split_note"),
                 benchmark=metrics.get("benchmark"),
+                data_source=metrics.get("data_source"),
                 smoke_assets=metrics.get("smoke_assets") or [],
             )
         except ValueError as error:
@@ -462,6 +419,7 @@ def build_run_metrics(
     split_note: str | None = None,
     benchmark: str | None = None,
     shots_used: Mapping[str, int] | None = None,
+    data_source: str | None = None,
     smoke_assets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
@@ -482,6 +440,7 @@ def build_run_metrics(
         benchmark (`str | None`): The benchmark the dataset stands for, if any.
         shots_used (`Mapping[str, int] | None`): `{"min": m, "max": M}`, the training images per class actually
             used (fewer than `num_shots` where a class has fewer images).
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`ExperimentData.data_source`).
         smoke_assets (`Sequence[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`,
             `"data"`; `maple_peft.training.data.smoke_assets`).
 
@@ -507,68 +466,9 @@ def build_run_metrics(
         split_source=split_source,
         split_note=split_note,
         benchmark=benchmark,
+        data_source=data_source,
         smoke_assets=list(smoke_assets),
     ).to_dict()
-
-
-# ---- grouping runs: what defines a method and a protocol ------------------------------------------------------------
-
-RESULT_NEUTRAL_OPTIONS: frozenset[str] = frozenset(
-    {
-        "seed",  # what a table averages over
-        # where things are, where they go, what is logged: not what is computed
-        "config", "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "stop_after_epoch", "report_to",
-        "plots", "zero_shot_baseline", "push_to_hub", "hub_model_id", "hub_private", "num_workers",
-        "eval_batch_size", "checkpointing_steps", "checkpoints_total_limit", "text_batch_size",
-        "gradient_checkpointing", "data_root", "data_dir", "dataset_registry",
-        # told apart by the table (backbone) and its rows and columns (dataset, split, targets)
-        "model_name_or_path", "tokenizer_name_or_path", "dataset", "dataset_name", "eval_datasets", "train_split",
-        "test_split",
-    }
-)  # fmt: skip
-"""Training options that do not change a run's result (or that tables tell apart otherwise): runs may differ in
-these and still be averaged. Runs that differ in any other option are never averaged."""
-
-_PEFT_NEUTRAL = frozenset(
-    {
-        "task_type", "auto_mapping", "peft_version", "base_model_name_or_path", "revision", "inference_mode",
-        "tokenizer_name_or_path", "prompt_init_token_ids", "target_modules", "class_names", "maple_peft_version",
-        "dataset",
-    }
-)  # fmt: skip
-"""Adapter-config fields that record where the model came from, not what it is."""
-
-_OBJECTIVE_DEFAULTS: dict[str, float | str | None] = {
-    "text_weight": 0.0,
-    "image_weight": 0.0,
-    "logits_weight": 0.0,
-    "kg_weight": None,
-    "kg_template": None,
-    "reg_weight": None,
-    "gpa_mean": None,
-    "gpa_std": None,
-}
-"""The training objective's options and their values when absent (plain cross-entropy, no prompt aggregation)."""
-
-_SETTING_TITLES = {
-    "base2novel": "base-to-novel",
-    "all": "few-shot (all classes)",
-    "cross_dataset": "cross-dataset",
-    "zero_shot": "zero-shot",
-}
-
-
-def _canonical(value: Any) -> Any:
-    """A hashable, type-stable form of an option's value (`15` and `15.0` are the same number)."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, numbers.Real):
-        return float(value)
-    if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _canonical(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_canonical(v) for v in value)
-    return repr(value)
 
 
 def run_split_source(run: RunMetrics) -> str:
@@ -619,289 +519,3 @@ def run_benchmark(run: RunMetrics) -> str | None:
         return get_benchmark(run.dataset).name
     except (KeyError, ValueError):
         return None
-
-
-def split_kind(split_source: str) -> str:
-    """`"coop"`, `"hub"`, `"local"` or `"unrecorded"`: the kind of split a table holds (never two kinds in one).
-
-    Args:
-        split_source (`str`): A `run_split_source` value.
-    """
-    return split_source.split(":", 1)[0] if split_source != "coop" else "coop"
-
-
-def method_key(run: RunMetrics) -> dict[str, Any]:
-    """Everything that defines a run's method and protocol, the key of its table: the backbone (the base model as
-    recorded), the adapter's architecture (every field of its config but where it came from and its class names),
-    the objective and its weights, the setting, the shots and the kind of split.
-
-    Args:
-        run (`RunMetrics`): The run.
-
-    Returns:
-        `dict[str, Any]`: Option name -> value, in a stable order.
-    """
-    key: dict[str, Any] = {
-        "base_model": run.base_model,
-        "setting": run.setting,
-        "num_shots": run.num_shots,
-        "splits": split_kind(run_split_source(run)),
-    }
-    for name in sorted(run.peft_config):
-        if name not in _PEFT_NEUTRAL:
-            key[name] = run.peft_config[name]
-    from ..objectives import objective_name
-
-    for name, default in _OBJECTIVE_DEFAULTS.items():
-        value = run.train_config.get(name)
-        key[name] = default if value is None else value
-    key["objective"] = objective_name(run.train_config, run.peft_config.get("variant"))
-    return key
-
-
-def _key_id(key: Mapping[str, Any]) -> tuple:
-    return tuple((name, _canonical(value)) for name, value in sorted(key.items()))
-
-
-def _number(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
-
-
-def method_name(key: Mapping[str, Any]) -> str:
-    """The method's short name (`"MaPLe"`, `"IVLP"`, `"CoOp"`, `"PromptSRC"`, `"MaPLe + SRC"`, `"CoCoOp"`, `"KgCoOp"`,
-    `"MMRL"`...), as the cards name it (`maple_peft.adapter_card.method_name`).
-
-    Args:
-        key (`Mapping[str, Any]`): A `method_key` (the adapter's fields and the objective's options).
-    """
-    from ..adapter_card import method_name as card_method_name
-
-    if key.get("variant") is None:
-        return "Prompt learning (method not recorded)"
-    return card_method_name(key, key)
-
-
-def method_title(key: Mapping[str, Any], others: Sequence[Mapping[str, Any]] = ()) -> str:
-    """A table's title: the method, its prompt shape and objective, the protocol, the backbone and the splits; when
-    another table of `others` would get the same title, the options that tell them apart are added.
-
-    Args:
-        key (`Mapping[str, Any]`): A `method_key`.
-        others (`Sequence[Mapping[str, Any]]`): The keys of the other tables shown beside it.
-
-    Example:
-        ```python
-        >>> method_title({"variant": "maple", "n_ctx": 2, "depth": 9, "setting": "base2novel", "num_shots": 16,
-        ...               "base_model": "openai/clip-vit-base-patch16", "splits": "coop"})
-        'MaPLe (2 tokens, depth 9) · base-to-novel · 16 shots · `openai/clip-vit-base-patch16` · CoOp splits'
-        ```
-    """
-
-    def base_title(k: Mapping[str, Any]) -> str:
-        details = []
-        if k.get("n_ctx") is not None:
-            vision = k.get("n_ctx_vision")
-            tokens = f"{k['n_ctx']}+{vision}" if vision not in (None, k["n_ctx"]) else f"{k['n_ctx']}"
-            details.append(f"{tokens} tokens")
-        if k.get("depth") is not None:
-            details.append(f"depth {k['depth']}")
-        weights = [k.get(w) or 0 for w in ("text_weight", "image_weight", "logits_weight")]
-        if any(weights):
-            details.append("losses " + "/".join(_number(w) for w in weights))
-        if k.get("gpa_mean") is not None:
-            details.append(f"GPA {_number(k['gpa_mean'])}±{_number(k.get('gpa_std'))}")
-        name = method_name(k) + (f" ({', '.join(details)})" if details else "")
-        splits = {"coop": "CoOp splits", "hub": "Hub splits", "local": "local folders"}
-        parts = [
-            name,
-            _SETTING_TITLES.get(str(k.get("setting")), str(k.get("setting"))),
-            f"{k['num_shots']} shots" if k.get("num_shots") else None,
-            f"`{k.get('base_model')}`",
-            splits.get(str(k.get("splits")), f"{k.get('splits')} splits"),
-        ]
-        return " · ".join(part for part in parts if part)
-
-    title = base_title(key)
-    clashing = [o for o in others if _key_id(o) != _key_id(key) and base_title(o) == title]
-    if clashing:
-        differing = sorted(
-            name
-            for name in set(key).union(*clashing)
-            if any(_canonical(o.get(name)) != _canonical(key.get(name)) for o in clashing)
-        )
-        title += " · " + ", ".join(f"{name}={key.get(name)!r}" for name in differing)
-    return title
-
-
-def _comparable_options(run: RunMetrics) -> dict[str, Any]:
-    """Every recorded option that changes a result (the training options but `RESULT_NEUTRAL_OPTIONS`, the adapter
-    config but where it came from), with the backbone, setting, shots, dataset and split."""
-    options: dict[str, Any] = {
-        "base_model": run.base_model,
-        "setting": run.setting,
-        "num_shots": run.num_shots,
-        "dataset": run.dataset,
-        "split_source": run_split_source(run),
-    }
-    options.update({k: v for k, v in run.train_config.items() if k not in RESULT_NEUTRAL_OPTIONS})
-    options.update({f"adapter {k}": v for k, v in run.peft_config.items() if k not in _PEFT_NEUTRAL})
-    for name, default in _OBJECTIVE_DEFAULTS.items():
-        if options.get(name) is None:
-            options[name] = default
-    return options
-
-
-def differing_run_options(runs: Sequence[tuple[str, RunMetrics]]) -> list[str]:
-    """The options that differ between runs that would be averaged, each as `"name: value (label), value (label)"`.
-
-    Args:
-        runs (`Sequence[tuple[str, RunMetrics]]`): Each run with a label naming it in messages (a seed, a folder).
-
-    Returns:
-        `list[str]`: One line per differing option (empty when the runs differ in the seed only).
-    """
-    if len(runs) < 2:
-        return []
-    options = [(label, _comparable_options(run)) for label, run in runs]
-    names = sorted(set().union(*(o for _, o in options)))
-    lines = []
-    for name in names:
-        values = [(label, o.get(name)) for label, o in options]
-        if len({_canonical(value) for _, value in values}) > 1:
-            lines.append(f"{name}: " + ", ".join(f"{value!r} ({label})" for label, value in values))
-    return lines
-
-
-@dataclass
-class RunGroup:
-    """The runs of one table row: one method and protocol (`method`), one dataset, one split.
-
-    Args:
-        method (`dict[str, Any]`): The `method_key` shared by the runs.
-        dataset (`str`): The dataset's identity.
-        split_source (`str`): The split the runs used.
-        runs (`list[tuple[str, RunMetrics]]`): Each run with its label (e.g. the folder it was read from).
-    """
-
-    method: dict[str, Any]
-    dataset: str
-    split_source: str
-    runs: list[tuple[str, RunMetrics]]
-
-
-def group_runs(runs: Sequence[tuple[str, RunMetrics]]) -> list[RunGroup]:
-    """Groups runs by method and protocol (`method_key`), then by dataset and split: the rows of the tables.
-
-    Args:
-        runs (`Sequence[tuple[str, RunMetrics]]`): Each run with a label naming it in messages (e.g. its folder).
-
-    Returns:
-        `list[RunGroup]`: In the order first seen.
-    """
-    groups: dict[tuple, RunGroup] = {}
-    for label, run in runs:
-        key, source = method_key(run), run_split_source(run)
-        group_id = (_key_id(key), run.dataset, source)
-        if group_id not in groups:
-            groups[group_id] = RunGroup(key, run.dataset, source, [])
-        groups[group_id].runs.append((label, run))
-    return list(groups.values())
-
-
-def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
-    """Mean and sample standard deviation (n - 1); `None` for a single value, which has none."""
-    array = np.asarray(values, dtype=np.float64)
-    return float(array.mean()), (float(array.std(ddof=1)) if array.size > 1 else None)
-
-
-def _summarize_results(all_results: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, Any]:
-    """Mean and std over runs of each split's accuracy and macro-F1, plus the HM of the averaged base and novel."""
-    splits: list[str] = []
-    for results in all_results:
-        splits.extend(split for split in results if split not in splits)
-    summary: dict[str, Any] = {"results": {}}
-    for split in splits:
-        present = [results[split] for results in all_results if split in results]
-        accuracy_mean, accuracy_std = _mean_std([r["accuracy"] for r in present])
-        entry = {"accuracy_mean": accuracy_mean, "accuracy_std": accuracy_std, "num_runs": len(present)}
-        f1_values = [r["macro_f1"] for r in present if r.get("macro_f1") is not None]
-        if len(f1_values) == len(present):
-            entry["macro_f1_mean"], entry["macro_f1_std"] = _mean_std(f1_values)
-        summary["results"][split] = entry
-    # The paper's convention: the HM of the seed-averaged base and novel accuracy, not the mean of per-seed HMs.
-    hm = base_novel_harmonic_mean({split: entry["accuracy_mean"] for split, entry in summary["results"].items()})
-    if hm is not None:
-        summary["harmonic_mean"] = hm
-    return summary
-
-
-def summarize_runs(runs: Sequence[Mapping[str, Any] | RunMetrics]) -> dict[str, Any]:
-    """Aggregates the `metrics.json` of several seeds of one experiment, the way the MaPLe paper reports them.
-
-    Each split's (or target dataset's) accuracy and macro-F1 are averaged over the runs, with their sample standard
-    deviation (n - 1; `None` for a single run). When both `"base"` and `"novel"` are present the harmonic mean is
-    computed from the averaged base and novel accuracies, not averaged over per-seed HMs. Runs that differ in anything
-    but the seed (and the options of `RESULT_NEUTRAL_OPTIONS`) are refused, naming the options that differ.
-
-    Args:
-        runs (`Sequence[Mapping | RunMetrics]`): Loaded `metrics.json` dicts (or `RunMetrics`) of one method,
-            protocol, dataset and split, one per seed.
-
-    Returns:
-        `{"dataset", "setting", "base_model", "split_source", "split_note", "benchmark", "method", "num_runs",
-        "seeds", "std": "sample", "results": {split: {"accuracy_mean", "accuracy_std", "macro_f1_mean",
-        "macro_f1_std", "num_runs"}}}`, plus `"harmonic_mean"` when base and novel are present and `"zero_shot"`
-        (same layout) when every run has zero-shot results.
-
-    Example:
-        ```python
-        >>> runs = [{"dataset": "eurosat", "setting": "base2novel", "seed": s, "base_model": "m",
-        ...          "results": {"base": {"accuracy": b, "macro_f1": b}, "novel": {"accuracy": n, "macro_f1": n}}}
-        ...         for s, b, n in [(1, 90.0, 60.0), (2, 94.0, 80.0)]]
-        >>> summary = summarize_runs(runs)
-        >>> summary["results"]["base"]["accuracy_mean"], summary["results"]["base"]["accuracy_std"]
-        (92.0, 2.8284271247461903)
-        ```
-    """
-    runs = list(runs)
-    if not runs:
-        raise ValueError("The list of runs is empty; pass at least one loaded metrics.json.")
-    parsed = []
-    for index, run in enumerate(runs):
-        try:
-            parsed.append(run if isinstance(run, RunMetrics) else RunMetrics.from_dict(run))
-        except ValueError as error:
-            raise ValueError(f"runs[{index}]: {error}") from error
-    runs = parsed
-    seeds = [run.seed for run in runs]
-    duplicated = sorted({seed for seed in seeds if seed is not None and seeds.count(seed) > 1})
-    if duplicated:
-        raise ValueError(
-            f"seed(s) {duplicated} appear in more than one run of {runs[0].dataset}/{runs[0].setting} with the same "
-            "options; each seed must be counted once: remove the duplicate run directory."
-        )
-    labels = [f"seed {seed}" if seed is not None else f"run {i + 1}" for i, (seed, _) in enumerate(zip(seeds, runs))]
-    differing = differing_run_options(list(zip(labels, runs)))
-    if differing:
-        raise ValueError(
-            f"Runs of {runs[0].dataset} differ in more than the seed, so they are not averaged: {'; '.join(differing)}. "
-            "Summarize each set of options separately (examples/aggregate.py makes one table per method)."
-        )
-
-    first = runs[0]
-    summary: dict[str, Any] = {
-        "dataset": first.dataset,
-        "setting": first.setting,
-        "base_model": first.base_model,
-        "split_source": run_split_source(first),
-        "split_note": first.split_note,
-        "benchmark": run_benchmark(first),
-        "method": method_key(first),
-        "num_runs": len(runs),
-        "seeds": seeds,
-        "std": "sample",
-    }
-    summary.update(_summarize_results([run.results for run in runs]))
-    if all(run.zero_shot_results for run in runs):
-        summary["zero_shot"] = _summarize_results([run.zero_shot_results for run in runs])
-    return summary

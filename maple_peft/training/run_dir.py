@@ -1,22 +1,14 @@
-"""The output folder of a training run: safe writes, a lock, status markers, and what "overwrite" clears.
+"""The output folder of a training run: safe (atomic) writes, the lock (`run.lock`), the `RUNNING` / `FAILED` markers,
+and what "overwrite" clears.
 
-A run folder always describes one run. While a run writes to it, the folder holds `run.lock` (locked with an OS lock
-and holding the process id) and a `RUNNING` marker; a run that fails leaves `FAILED` (with the error) instead, and a
-finished run leaves neither. The result files (adapter, model card, metrics, history, plots) are written only at the
-end of a run, after the previous ones were removed, each atomically (`atomic_write`, `save_into_atomically`), and the
-`RUNNING` marker is removed after the last of them: a folder without a marker holds the complete results of the run
-that finished last, and one with a marker holds an unfinished run, which `--resume_from_checkpoint latest` continues
-whatever results it had begun to write. Result files that `examples/evaluate.py` writes inside a run folder are recorded in its
-`evaluations.json` and removed with the run.
-
-What a run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
+What a run folder holds and when: docs/training.md#what-a-run-folder-holds and docs/formats.md#the-run-folder. What a
+run wrote is recognised by name and content (the files at the top of the folder, `checkpoints/checkpoint_<k>/`
 folders holding only checkpoint files, TensorBoard files in `maple_peft/`); a folder a run writes into that holds
 anything else is refused, and nothing else is ever removed.
 """
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -26,6 +18,8 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from filelock import FileLock, Timeout
 
 LOCK_FILE = "run.lock"
 RUNNING_MARKER = "RUNNING"
@@ -180,23 +174,8 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 # ---- the lock -----------------------------------------------------------------------------------------------------
 
-_HELD_LOCKS: set[int] = set()
-"""The file descriptors of the locks this process holds (closed in forked children, see `_close_held_locks`)."""
-
-
-def _close_held_locks() -> None:
-    # A forked child (a data-loading worker) shares the parent's open lock file, so the lock would stay taken while
-    # the child outlives the run; the child never owns the run, so it closes its copy.
-    for fd in _HELD_LOCKS:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    _HELD_LOCKS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_close_held_locks)
+_HELD_LOCKS: set[tuple[int, int]] = set()
+"""The (device, inode) of the lock files this process holds."""
 
 
 def _process_alive(pid: int) -> bool:
@@ -259,13 +238,13 @@ def _check_lock_path(path: Path) -> None:
 
 
 class RunLock:
-    """An exclusive lock on a run folder: `run.lock`, locked with an OS lock (`fcntl.flock`) and holding the owner's
-    process id.
+    """An exclusive lock on a run folder: `run.lock`, an OS file lock (`filelock.FileLock`) holding the owner's process
+    id.
 
-    Taking the lock is atomic: of several runs started together on one folder, exactly one gets it. The operating
-    system frees the lock when its process ends, however it ends, so a killed run's lock is taken over; a second run
-    on the same folder gets a clear error naming the process that holds it. A lock path that is a folder, or a file
-    holding anything but a process id, is refused (it is not ours).
+    Of several runs started together on one folder, exactly one gets the lock. The operating system frees it when its
+    process ends, however it ends (a data-loading worker the run forked does not keep it), so a killed run's lock is
+    taken over; a second run on the same folder gets a clear error naming the process that holds it. A lock path that
+    is a folder, a link, or a file holding anything but a process id is refused and left alone (it is not ours).
 
     Args:
         output_dir (`str` or `os.PathLike`): The run folder (created if needed).
@@ -279,12 +258,13 @@ class RunLock:
 
     def __init__(self, output_dir: str | os.PathLike) -> None:
         self.path = Path(output_dir) / LOCK_FILE
-        self._fd: int | None = None
+        self._lock: FileLock | None = None
+        self._identity: tuple[int, int] | None = None  # the locked file's (device, inode)
 
     @property
     def acquired(self) -> bool:
         """Whether this object holds the lock."""
-        return self._fd is not None
+        return self._lock is not None
 
     def _in_use_error(self) -> RunLockError:
         try:
@@ -310,6 +290,34 @@ class RunLock:
             f"exits; deleting {LOCK_FILE} would not stop that run.{hint}"
         )
 
+    def _take(self) -> FileLock:
+        """Takes the OS lock (the file is created if missing, its content left as it is); raises `RunLockError`."""
+        lock = FileLock(self.path, timeout=0, thread_local=False, fallback_to_soft=False, on_acquired=self._locked)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise self._in_use_error() from None
+        except RunLockError:
+            raise
+        except OSError as error:
+            raise RunLockError(
+                f"Cannot lock {self.path}: {error.strerror or error}; the file system of --output_dir does not "
+                "support file locks. Choose an --output_dir on a local disk."
+            ) from None
+        return lock
+
+    def _locked(self, fd: int) -> None:
+        """Called by `FileLock` once the file is locked: refuses a file that is not ours, then writes our id."""
+        try:
+            _lock_content(os.pread(fd, 200, 0).decode("utf-8", errors="replace"))
+        except ValueError:
+            _check_lock_path(self.path)  # raises the error naming the content (the lock is then rolled back)
+            raise
+        opened = os.fstat(fd)
+        self._identity = (opened.st_dev, opened.st_ino)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
     def check_free(self) -> None:
         """Checks, without taking it, that the lock could be taken now (for an early refusal before any work).
 
@@ -317,52 +325,20 @@ class RunLock:
             RunLockError: Another process holds it, or the lock path is not a lock file of this package.
         """
         _check_lock_path(self.path)
-        if self._held_by_this_process():
-            return
-        try:
-            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
-        except FileNotFoundError:
-            return
-        try:
-            if self._try_lock(fd):
-                import fcntl
-
-                fcntl.flock(fd, fcntl.LOCK_UN)
-            else:
-                raise self._in_use_error()
-        finally:
-            os.close(fd)
-
-    def _held_by_this_process(self) -> bool:
         try:
             current = os.stat(self.path, follow_symlinks=False)
         except FileNotFoundError:
-            return False
-        for fd in _HELD_LOCKS:
-            opened = os.fstat(fd)
-            if (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-                return True
-        return False
-
-    def _try_lock(self, fd: int) -> bool:
+            return
+        if (current.st_dev, current.st_ino) in _HELD_LOCKS:
+            return
+        probe = FileLock(self.path, timeout=0, thread_local=False, fallback_to_soft=False)
         try:
-            import fcntl
-        except ImportError:  # not a POSIX system
-            raise RunLockError(
-                "Locking the run folder needs fcntl.flock (Linux, macOS); run the training script there."
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        except OSError as error:
-            if error.errno in (errno.EAGAIN, errno.EACCES):
-                return False
-            raise RunLockError(
-                f"Cannot lock {self.path}: {error.strerror}; the file system of --output_dir does not support file "
-                "locks. Choose an --output_dir on a local disk."
-            ) from None
-        return True
+            probe.acquire()
+        except Timeout:
+            raise self._in_use_error() from None
+        except OSError:
+            return  # `acquire` says what is wrong with the file system
+        probe.release()
 
     def acquire(self) -> None:
         """Takes the lock.
@@ -373,57 +349,24 @@ class RunLock:
         if self.acquired:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        for _ in range(20):
-            _check_lock_path(self.path)
-            try:
-                fd = os.open(self.path, flags, 0o666)
-            except OSError as error:
-                if error.errno == errno.ELOOP:  # a link created since the check
-                    _check_lock_path(self.path)
-                raise
-            if not self._try_lock(fd):
-                os.close(fd)
-                raise self._in_use_error()
-            # The previous holder may have removed the file between our open and our lock (it removes it on
-            # release): then we hold a lock on a file nobody else sees; try again on the file that is there now.
-            try:
-                current = os.stat(self.path, follow_symlinks=False)
-                opened = os.fstat(fd)
-                same = (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino)
-            except FileNotFoundError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
-            try:
-                _lock_content(os.pread(fd, 200, 0).decode("utf-8", errors="replace"))
-            except ValueError:
-                os.close(fd)
-                _check_lock_path(self.path)  # raises the error naming the content
-                raise
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-            self._fd = fd
-            _HELD_LOCKS.add(fd)
-            return
-        raise RunLockError(f"Could not take the lock {self.path}; other runs are starting on the same folder.")
+        _check_lock_path(self.path)
+        self._lock = self._take()
+        _HELD_LOCKS.add(self._identity)
 
     def release(self) -> None:
         """Removes the lock file and frees the lock, if this object holds it."""
-        if self._fd is None:
+        if self._lock is None:
             return
-        fd, self._fd = self._fd, None
-        _HELD_LOCKS.discard(fd)
+        lock, self._lock = self._lock, None
+        _HELD_LOCKS.discard(self._identity)
         try:
             current = os.stat(self.path, follow_symlinks=False)
-            opened = os.fstat(fd)
-            if (current.st_dev, current.st_ino) == (opened.st_dev, opened.st_ino):
-                self.path.unlink()  # while still locked: a process waiting on this file then sees it is gone
+            if (current.st_dev, current.st_ino) == self._identity:
+                self.path.unlink()  # while still locked: a run waiting on this file then sees it is gone
         except FileNotFoundError:
             pass
         finally:
-            os.close(fd)
+            lock.release()
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -631,10 +574,17 @@ def check_output_dir(output_dir: str | os.PathLike, *, overwrite: bool, resume: 
             )
         return
     if present and not present <= failed_leftovers:
+        listed = ", ".join(sorted(present)[:5])
+        if present & {RUNNING_MARKER, FAILED_MARKER}:  # stopped, killed or failed: resuming is what it is for
+            raise ValueError(
+                f"--output_dir {path} exists and is not empty ({listed}): it holds an unfinished run; pass "
+                "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to start it again (other "
+                "files are kept), or another --output_dir."
+            )
+        what = ": it holds a finished run" if present & set(RESULT_FILES) else ""  # nothing left to resume
         raise ValueError(
-            f"--output_dir {path} exists and is not empty ({', '.join(sorted(present)[:5])}); pass "
-            "--overwrite_output_dir to replace the run in it (other files are kept), --resume_from_checkpoint latest "
-            "to continue its run, or another --output_dir."
+            f"--output_dir {path} exists and is not empty ({listed}){what}; pass --overwrite_output_dir to replace "
+            "the run in it (other files are kept), or another --output_dir."
         )
 
 

@@ -1,23 +1,8 @@
-"""The CoOp / CoCoOp / MaPLe benchmark datasets, read from the on-disk layout of CoOp's `DATASETS.md`.
+"""The CoOp / CoCoOp / MaPLe benchmark datasets, read from the on-disk layout of CoOp's `DATASETS.md`
+(docs/formats.md#the-coop-data-layout---dataset-name---data_root-dir).
 
-`data_root` holds one folder per dataset::
-
-    $DATA/
-      eurosat/            2750/<class>/*.jpg            split_zhou_EuroSAT.json
-      fgvc_aircraft/      images/*.jpg                  variants.txt, images_variant_{train,val,test}.txt
-      imagenet/           images/{train,val}/<wnid>/*   classnames.txt
-      imagenetv2/         imagenetv2-matched-frequency-format-val/<0..999>/*.jpeg   (classnames.txt)
-      imagenet-sketch/    images/<wnid>/*                                          (classnames.txt)
-      imagenet-adversarial/ imagenet-a/<wnid>/*                                    (classnames.txt)
-      imagenet-rendition/   imagenet-r/<wnid>/*                                    (classnames.txt)
-      ...
-
-A `split_zhou_<Name>.json` file maps `train` / `val` / `test` to lists of
-`[image path relative to the image dir, label, class name]`. Class names are kept as written (CoOp replaces `_`
-with a space when it builds prompts; so does this package's prompt formatter).
-
-Use `load_coop_split` to get `ImageRecords`, and `get_benchmark` for
-the dataset's prompt template.
+`load_coop_split` gives a split's `ImageRecords`; `get_benchmark` a dataset's `BenchmarkSpec` (folders, layout,
+prompt template).
 """
 
 from __future__ import annotations

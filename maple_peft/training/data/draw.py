@@ -1,15 +1,5 @@
-"""The training images of a run: the few-shot draw, then the class subset, written down in `train_images.json`.
-
-On CoOp-layout data (a local data root or the Hub archives of `hub_root.py`) the draw is the original code's
-(`sample_few_shot_dassl`): `random.Random(seed)` draws the training pool's shots label by label in order of first
-appearance in the split file, then the validation pool's `min(num_shots, 4)` (none for ImageNet, whose original
-class draws only the training pool), and then `subsample_classes` keeps the base or novel half. The same seed gives
-the same images as the original's `split_fewshot/shot_K-seed_S.pkl`. Other sources (Hub datasets, image folders)
-have no fixed order, and keep `sample_few_shot`, which does not depend on it.
-
-`train_images.json` lists the training images in draw order, each with its path relative to the dataset's image
-folder (the key a loader gives it), its label in the trained label space and its class name, and says which draw
-made them.
+"""The training images of a run: the few-shot draw (the original code's on CoOp-layout data), then the class subset,
+written down in `train_images.json` (docs/formats.md#the-few-shot-draw-and-train_imagesjson).
 """
 
 from __future__ import annotations

@@ -1,25 +1,7 @@
 """Benchmarks on the 🤗 Hub: which dataset holds a benchmark, its columns, readable class names, template and split.
 
-The CoOp layout (`--dataset NAME --data_root DIR`, see `coop.py`) reads the papers' exact splits from disk. A Hub
-dataset needs no manual download but usually has its own split: each entry of this registry names the dataset and
-says which split it is, and every result trained on it records that split (`split_source`), so that tables never
-average it with a CoOp-split result.
-
-Built in: `eurosat` -> `timm/eurosat-rgb`. Add your own in a YAML file (`--dataset_registry FILE`), one entry per
-benchmark name; every key but `dataset_id` is optional:
-
-```yaml
-flowers:
-  dataset_id: user/flowers102          # a Hub id, or "imagefolder" with data_dir
-  data_dir: null                       # a local folder (for imagefolder)
-  image_column: image
-  label_column: label
-  train_split: train
-  test_split: test
-  template: "a photo of a {}, a type of flower."
-  class_names: {"pink_primrose": "pink primrose"}   # ClassLabel name -> name in the prompts
-  split_note: "user/flowers102's own train/test split, not CoOp's split_zhou_OxfordFlowers.json"
-```
+Built in: `eurosat` -> `timm/eurosat-rgb`; users add theirs in a YAML file (`--dataset_registry FILE`), whose format
+is in docs/formats.md#the-dataset-registry---dataset_registry-file.
 """
 
 from __future__ import annotations

@@ -1,24 +1,7 @@
-"""Few-shot sampling and the base-to-novel class split of the CoOp / CoCoOp / MaPLe protocol.
+"""Few-shot sampling and the base-to-novel class split of the CoOp / CoCoOp / MaPLe protocol: the original code's
+draw (`sample_few_shot_dassl`), an order-independent one (`sample_few_shot`) and `subsample_classes`.
 
-The protocol for a base-to-novel run is::
-
-    train = records.few_shot(num_shots=16, seed=seed)   # 1. draw k shots per class over ALL classes
-    train = train.class_subset("base")                  # 2. then keep the base half, relabelled from 0
-    test_base = test.class_subset("base")
-    test_novel = test.class_subset("novel")
-
-i.e. the draw first, then `subsample_classes`, as in CoOp's `generate_fewshot_dataset` followed by
-`subsample_classes`. (CoOp also draws `min(num_shots, 4)` shots for the validation split.)
-
-Two draws, both with `random.Random(seed)` (Mersenne Twister, identical on every platform and Python version):
-
-- `sample_few_shot_dassl`, the original code's draw, for data listed in a fixed order (CoOp's split files): Dassl
-  seeds Python's `random` with the run's seed and `generate_fewshot_dataset` groups the items by label in order of
-  first appearance, then calls `random.sample(items, k)` for each label. Same seed, same split file: the same images
-  as the original's `split_fewshot/shot_K-seed_S.pkl`.
-- `sample_few_shot`, for sources without a fixed order (Hub datasets, image folders): items are ordered by a stable
-  key (e.g. the relative image path) within each class and classes are visited in ascending label order, so the draw
-  does not depend on the listing order.
+The protocol: docs/formats.md#the-few-shot-draw-and-train_imagesjson.
 """
 
 from __future__ import annotations
