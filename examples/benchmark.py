@@ -245,7 +245,12 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         MissingDataError: Datasets missing under `--data_root`, every one of them named (the cells are built anyway).
         ValueError: A bad dataset name, a bad `--set`, or options train.py refuses (naming the cell).
     """
-    from maple_peft.training.data import get_benchmark, hub_dataset_for_benchmark, load_dataset_registry
+    from maple_peft.training.data import (
+        get_benchmark,
+        hub_dataset_for_benchmark,
+        load_dataset_registry,
+        parse_hub_root,
+    )
 
     out = Path(args.output_dir)
     protocol = args.protocol
@@ -263,10 +268,12 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
         raise ValueError(f"--protocol {protocol} evaluates the CoOp targets: pass --data_root instead of --hub.")
     if not args.hub and not args.data_root:
         raise ValueError(
-            "Pass --data_root DIR (the CoOp layout, the papers' splits) or --hub (the registry's datasets)."
+            "Pass --data_root DIR (the CoOp layout, the papers' splits), --data_root hub (the same, downloaded from "
+            "the Hub) or --hub (the registry's datasets)."
         )
 
     rows: dict[str, str | None] = {}
+    hub_root = None if args.hub else parse_hub_root(args.data_root)  # --data_root hub: CoOp's layout from the Hub
     missing: dict[str, Path] = {}  # every dataset missing under --data_root, named together at the end
 
     def data_args(name: str) -> tuple[str, list[str]]:
@@ -278,7 +285,10 @@ def build_cells(args: argparse.Namespace) -> list[Cell]:
             rows[spec.name] = None if spec.data_dir else spec.dataset_id  # a local folder's identity has a hash
             return spec.name, extra
         spec = get_benchmark(name)
-        if not (Path(args.data_root) / spec.dataset_dir).is_dir():
+        if hub_root is not None:  # downloaded by the cell that needs it; ImageNet comes from ILSVRC/imagenet-1k
+            if spec.name != "imagenet":
+                hub_root.archive(spec.name)  # a dataset the repository has (else the list of those it has)
+        elif not (Path(args.data_root) / spec.dataset_dir).is_dir():
             missing[spec.name] = Path(args.data_root) / spec.dataset_dir
         rows[spec.name] = spec.name
         return spec.name, ["--dataset", spec.name, "--data_root", args.data_root]
@@ -681,7 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--datasets", nargs="+", default=["all"], help="'all' (the protocol's), or names (targets for DG)")
     p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     p.add_argument("--shots", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="few_shot: shots per class")
-    p.add_argument("--data_root", default=None, help="the CoOp data folder (the papers' splits)")
+    p.add_argument(
+        "--data_root", default=None, help="the CoOp data folder (the papers' splits), or 'hub' to download them"
+    )
     p.add_argument("--hub", action="store_true", help="use the registry's Hub datasets instead of --data_root")
     p.add_argument("--dataset_registry", default=None, help="a YAML file of Hub datasets beside the built-in")
     p.add_argument("--output_dir", required=True, help="one run folder per cell: OUTPUT_DIR/<dataset>/seed<k>/")

@@ -8,9 +8,7 @@ items are not grouped by class.
 from __future__ import annotations
 
 import contextlib
-import io
 import json
-import logging
 import math
 import random
 import sys
@@ -18,13 +16,16 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState
 from PIL import Image
 
 from maple_peft.training.data import TRAIN_IMAGES_FILE, draw_training_images, get_benchmark, load_coop_split
 from maple_peft.training.experiment import draw_experiment_training_images, load_experiment_data
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "examples"))
+from make_smoke_assets import save_tiny_clip  # noqa: E402
+from test_benchmark_grid import in_process  # noqa: E402
+
 EUROSAT = ["AnnualCrop", "Forest", "HerbaceousVegetation", "Highway", "Industrial", "Pasture", "PermanentCrop"]
 PER_CLASS = {"train": (3, 9, 5, 12, 7, 10, 4), "val": (2, 5, 3, 6, 1, 4, 5), "test": (1, 1, 1, 1, 1, 1, 1)}
 
@@ -129,12 +130,6 @@ def test_imagenet_draws_the_training_pool_only(tmp_path):
 
 
 def test_train_py_writes_the_images_the_original_draws_in_train_images_json(coop_root, tmp_path):
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        import train
-        from make_smoke_assets import save_tiny_clip
-    finally:
-        sys.path.remove(str(REPO / "examples"))
     root, split = coop_root
     out = tmp_path / "run"
     argv = [
@@ -142,15 +137,7 @@ def test_train_py_writes_the_images_the_original_draws_in_train_images_json(coop
         "--model_name_or_path", str(save_tiny_clip(tmp_path / "tiny-clip")), "--depth", "1", "--batch_size", "4",
         "--epochs", "2", "--num_workers", "0", "--no_plots", "--no_zero_shot_baseline", "--output_dir", str(out),
     ]  # fmt: skip
-    handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train.main(argv)
-    finally:  # as a process of its own would: no accelerate state or log handler left for later tests
-        AcceleratorState._reset_state(reset_partial_state=True)
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            handler.close()
-        logging.getLogger().handlers[:], logging.getLogger().level = handlers, level
+    assert in_process([sys.executable, "train.py", *argv], {}, tmp_path / "log.txt") == 0
 
     written = json.loads((out / TRAIN_IMAGES_FILE).read_text())
     train_items, val_items = original_draw(split, 2, 3, "base")

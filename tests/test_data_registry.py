@@ -151,7 +151,7 @@ def test_a_bad_registry_file_is_refused_naming_the_problem(tmp_path, text, messa
         load_dataset_registry(tmp_path / "missing.yaml")
 
 
-def test_the_readme_main_command_trains_on_the_hub_dataset_and_records_the_split(offline_hub, tmp_path, monkeypatch):
+def test_timm_eurosat_trains_with_coops_names_and_records_its_own_split(offline_hub, tmp_path, monkeypatch):
     sys.path.insert(0, str(REPO / "examples"))
     try:
         import train

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from .data import (
+    IMAGENET_HUB_DATASET,
     ImageRecords,
     TrainingDraw,
     dataset_identity,
@@ -22,6 +23,8 @@ from .data import (
     load_coop_split,
     load_dataset_registry,
     load_image_classification,
+    load_imagenet_from_hub,
+    parse_hub_root,
     split_source_of,
 )
 from .metrics import classification_metrics
@@ -93,6 +96,9 @@ def load_experiment_data(
 ) -> ExperimentData:
     """Load a CoOp benchmark (`dataset` + `data_root`) or a 🤗 dataset (`dataset_name`, optional `data_dir`).
 
+    A `data_root` of `"hub"` (`"hub@REVISION"`, `"hf://OWNER/REPO[@REVISION]"`) downloads and extracts the benchmark's
+    CoOp-layout archive once (see `maple_peft.training.data.hub_root`); ImageNet then comes from `ILSVRC/imagenet-1k`.
+
     A 🤗 dataset registered in `maple_peft.training.data.registry` (built in, or in the `dataset_registry` YAML file)
     gets the registry's readable class names, template and columns/splits (for the options left at their defaults:
     `image`, `label`, `train`, `test`); an explicit `class_name_map` replaces the registry's names.
@@ -112,17 +118,41 @@ def load_experiment_data(
             hub = next((entry for entry in registry.values() if entry.name == spec.name), None)
             hint = f"; or train on {hub.dataset_id} from the Hub: dataset_name={hub.dataset_id!r}" if hub else ""
             raise ValueError(
-                f"dataset={dataset!r} needs data_root, the folder holding the CoOp dataset folders (got "
-                f"data_root={data_root!r}; the CoOp layout has the papers' exact splits){hint}."
+                f"dataset={dataset!r} needs data_root, the folder holding the CoOp dataset folders, or 'hub' to "
+                f"download them (got data_root={data_root!r}; the CoOp layout has the papers' exact splits){hint}."
             )
+        hub_root = parse_hub_root(data_root)
+        if hub_root is not None and spec.name == "imagenet":  # from ILSVRC/imagenet-1k, with CoOp's names
+            test = load_imagenet_from_hub("validation")
+            train = None if train_split == test_split else load_imagenet_from_hub("train")  # evaluate.py: no train
+            note = f"ImageNet's train/validation split ({IMAGENET_HUB_DATASET}), CoOp's ImageNet split"
+            return ExperimentData(
+                spec.name, train, test, list(test.class_names), spec.template, "coop", note, spec.name, None,
+                "dassl", f"hf://datasets/{IMAGENET_HUB_DATASET}",
+            )  # fmt: skip
+        if hub_root is not None:  # the dataset's archive, downloaded and extracted once
+            data_root = str(hub_root.prepare(spec.name))
         test = load_coop_split(spec.name, data_root, "test")
         train = None if spec.test_only else load_coop_split(spec.name, data_root, "train")
         # the validation pool the original draws after the training images (ImageNet's original draws none)
         val = load_coop_split(spec.name, data_root, "val") if spec.layout in ("split_json", "fgvc_txt") else None
         where = spec.split_file or f"the {spec.layout} folders"
         note = f"CoOp's split ({where}), as in the papers"
+        source = None if hub_root is None else hub_root.source
+        if source:
+            note += f", from {source}"
         data = ExperimentData(
-            spec.name, train, test, list(test.class_names), spec.template, "coop", note, spec.name, val, "dassl"
+            spec.name,
+            train,
+            test,
+            list(test.class_names),
+            spec.template,
+            "coop",
+            note,
+            spec.name,
+            val,
+            "dassl",
+            source,
         )
     else:
         hub = find_hub_dataset(dataset_name, data_dir, registry)

@@ -238,6 +238,7 @@ class RunMetrics:
             `"local:<train>/<test>"`); `None` in files written before it was recorded (see `run_split_source`).
         split_note (`str | None`): The same in a sentence.
         benchmark (`str | None`): The benchmark the dataset stands for (`"eurosat"`), if any.
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`hf://<repo>@<revision>`), if it was.
         smoke_assets (`list[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`, `"data"`;
             see `maple_peft.training.data.smoke_assets`); empty for a real run.
 
@@ -266,6 +267,7 @@ class RunMetrics:
     split_source: str | None = None
     split_note: str | None = None
     benchmark: str | None = None
+    data_source: str | None = None
     smoke_assets: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -288,7 +290,7 @@ class RunMetrics:
         self.train_config = dict(self.train_config or {})
         self.peft_config = dict(self.peft_config or {})
         self.versions = dict(self.versions or {})
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise ValueError(f"{name}={value!r} must be text (or absent).")
@@ -325,7 +327,7 @@ class RunMetrics:
             "time_seconds": self.time_seconds,
             "results": {name: dict(result) for name, result in self.results.items()},
         }
-        for name in ("split_source", "split_note", "benchmark"):
+        for name in ("split_source", "split_note", "benchmark", "data_source"):
             if getattr(self, name) is not None:
                 metrics[name] = getattr(self, name)
         if self.smoke_assets:
@@ -379,6 +381,7 @@ class RunMetrics:
                 split_source=metrics.get("split_source"),
                 split_note=metrics.get("split_note"),
                 benchmark=metrics.get("benchmark"),
+                data_source=metrics.get("data_source"),
                 smoke_assets=metrics.get("smoke_assets") or [],
             )
         except ValueError as error:
@@ -416,6 +419,7 @@ def build_run_metrics(
     split_note: str | None = None,
     benchmark: str | None = None,
     shots_used: Mapping[str, int] | None = None,
+    data_source: str | None = None,
     smoke_assets: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Assembles (and validates) the `metrics.json` dict of one run: `RunMetrics(...).to_dict()` with the versions.
@@ -436,6 +440,7 @@ def build_run_metrics(
         benchmark (`str | None`): The benchmark the dataset stands for, if any.
         shots_used (`Mapping[str, int] | None`): `{"min": m, "max": M}`, the training images per class actually
             used (fewer than `num_shots` where a class has fewer images).
+        data_source (`str | None`): Where CoOp-layout data was downloaded from (`ExperimentData.data_source`).
         smoke_assets (`Sequence[str]`): The inputs that are the offline smoke run's stand-ins (`"base_model"`,
             `"data"`; `maple_peft.training.data.smoke_assets`).
 
@@ -461,6 +466,7 @@ def build_run_metrics(
         split_source=split_source,
         split_note=split_note,
         benchmark=benchmark,
+        data_source=data_source,
         smoke_assets=list(smoke_assets),
     ).to_dict()
 
