@@ -201,9 +201,9 @@ def method_config(args: argparse.Namespace, data: Any) -> dict[str, Any]:
     config: dict[str, Any] = {}
     if method.text_prompts or method.vision_prompts:
         config.update(n_ctx=args.n_ctx, n_ctx_vision=args.n_ctx_vision, depth=args.depth)
-    for field in maple_peft.methods.fields_of(method.options):
-        if getattr(args, field.name) is not None:
-            config[field.name] = getattr(args, field.name)
+    for option in maple_peft.methods.fields_of(method.options):
+        if getattr(args, option.name) is not None:
+            config[option.name] = getattr(args, option.name)
     if not (method.text_prompts or method.vision_prompts):
         config["template"] = data.template
     return config
