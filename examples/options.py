@@ -337,6 +337,18 @@ def _check_method_options(parser: argparse.ArgumentParser, args: argparse.Namesp
         parser.error(f"--crop_scale {low} {high} must be 0 < min <= max <= 1, e.g. 0.08 1.0")
 
 
+def _benchmark_name(name: str) -> str:
+    """The name a recipe's `dataset_overrides` give a CoOp benchmark named by an alias or in another case (`cars`,
+    `EuroSAT`); `name` itself when it names none (the data loader refuses it later). It imports the data module (and
+    torch), so it is asked only when a recipe's per-dataset values are at stake."""
+    from maple_peft.training.data import get_benchmark
+
+    try:
+        return get_benchmark(name).name
+    except ValueError:
+        return name
+
+
 def parse_args(argv: list[str] | None = None, *, description: str | None = None) -> argparse.Namespace:
     """The options of `examples/train.py`, from `argv` (default: the command line) and the `--config` YAML file."""
     parser = build_parser(description)
@@ -347,6 +359,8 @@ def parse_args(argv: list[str] | None = None, *, description: str | None = None)
         _one_data_source(first, values)
         parser.set_defaults(**values)
         dataset = first.dataset or first.dataset_name or values.get("dataset") or values.get("dataset_name")
+        if overrides and dataset not in overrides and (first.dataset or values.get("dataset")) == dataset:
+            dataset = _benchmark_name(dataset)  # a CoOp benchmark by an alias or in another case: cars, EuroSAT
         if dataset in overrides:  # the recipe's values for this dataset; the command line still wins
             parser.set_defaults(**overrides[dataset])
     args = parser.parse_args(argv)

@@ -18,6 +18,8 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ if __name__ == "__main__":  # --help and option errors answer at once, before th
 import torch
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
+from huggingface_hub import constants
 from peft import get_peft_model
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -63,7 +66,13 @@ from maple_peft.training.checkpointing import (
     resolve_checkpoint,
     write_trainer_state,
 )
-from maple_peft.training.data import ImageClassificationDataset, image_transforms, smoke_assets
+from maple_peft.training.data import (
+    ImageClassificationDataset,
+    get_benchmark,
+    image_transforms,
+    parse_hub_root,
+    smoke_assets,
+)
 from maple_peft.training.experiment import (
     EpochSeededDataset,
     draw_experiment_training_images,
@@ -141,7 +150,13 @@ def check_sources_and_caches(args: argparse.Namespace) -> None:
         sources["--dataset_name"] = (args.dataset_name, "dataset")
     elif args.dataset_name:  # a local folder of images (for a Hub dataset, --data_dir is a folder inside it)
         sources["--data_dir"] = (args.data_dir, "folder")
-    check_sources(sources)
+    lacking = []  # offline: the archives of a Hub data root not in the cache, named with the model
+    hub_root = parse_hub_root(args.data_root) if args.dataset else None
+    if hub_root is not None and constants.HF_HUB_OFFLINE:
+        for name in dict.fromkeys([args.dataset, *args.eval_datasets]):
+            if get_benchmark(name).name != "imagenet" and (why := hub_root.missing_offline(name)):
+                lacking.append(f"--data_root {args.data_root} ({why})")
+    check_sources(sources, offline_lacking=lacking)
     if args.dataset_name:  # datasets writes its Arrow cache even for a local folder
         import datasets
 
@@ -258,19 +273,59 @@ def save_checkpoint(accelerator: Accelerator, params: list, output_dir: Path, tr
         logger.info(f"Saved {path} (epoch {trainer_state['epoch']}, step {trainer_state['step']})")
 
 
-@flush_denormal()  # subnormal floats are zero on CPU (they slow arithmetic down many times)
-def main(args: argparse.Namespace | list[str] | None = None) -> dict:
-    if not isinstance(args, argparse.Namespace):  # an argument list, as on the command line
-        args = parse_args(args, description=__doc__)
-    quiet_console(args)
+@dataclass
+class Prepared:
+    """What `prepare` checked and loaded before anything is created: the options, the resume point, the data."""
+
+    args: argparse.Namespace
+    options: dict[str, Any]  # as recorded in checkpoints and metrics (a JSON round trip: equal after resuming)
+    output_dir: Path
+    started: float
+    aggregator: GaussianPromptAggregator | None  # PromptSRC's Gaussian prompt aggregation
+    checkpoint: Path | None
+    resume_state: dict[str, Any] | None
+    resume_here: bool  # resuming in this folder (its checkpoints are kept)
+    data: Any
+    splits: dict[str, tuple[Any, list[str], str, str]]
+    draw: Any  # the few-shot draw: the training images (`draw.train`)
+
+
+@dataclass
+class Built:
+    """The model `build` made: CLIP with the adapter, its tokenizer and transforms, and the training objective."""
+
+    tokenizer: Any
+    transforms: Any
+    model: Any
+    loss_fn: Any  # a module holding the classifier
+
+
+@dataclass
+class Training:
+    """The training state `start_training` sets up and `train_epoch` advances."""
+
+    accelerator: Accelerator
+    loss_fn: Any
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    loader_generator: torch.Generator
+    progress: Any
+    start_epoch: int = 0
+    skip_batches: int = 0
+    global_step: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def prepare(args: argparse.Namespace) -> Prepared:
+    """Every check before anything is created (the folder, the checkpoint and its options, the sources), then the data,
+    the evaluated splits and the few-shot draw."""
     output_dir = Path(args.output_dir)
     started = time.time()
-    # Options as recorded in checkpoints and metrics (a JSON round trip, so they compare equal after resuming).
     options = json.loads(json.dumps(vars(args)))
-
-    # ---- everything is checked before anything is created: folder, checkpoint, data, model -------------------------
     aggregator = None
-    if args.gpa_mean is not None:  # PromptSRC's Gaussian prompt aggregation; its refusals in the options' names
+    if args.gpa_mean is not None:  # its refusals in the options' names
         try:
             aggregator = GaussianPromptAggregator(mean=args.gpa_mean, std=args.gpa_std, num_epochs=args.epochs)
         except ValueError as error:
@@ -296,12 +351,16 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
             )
     data = load_experiment_data_from_args(args)
     splits = eval_splits(args, data)
-    draw = draw_experiment_training_images(
-        data, args.num_shots, args.seed, args.setting
-    )  # the original's on CoOp data
-    train_records = draw.train
-    counts = train_records.class_counts()
-    shots_used = {"min": min(counts), "max": max(counts)}  # fewer than --num_shots where a class has fewer images
+    draw = draw_experiment_training_images(data, args.num_shots, args.seed, args.setting)  # the original's on CoOp
+    return Prepared(
+        args, options, output_dir, started, aggregator, checkpoint, resume_state, resume_here, data, splits, draw
+    )
+
+
+def build(run: Prepared) -> Built:
+    """The tokenizer, the base model with the adapter (its prompts initialized from the seed), the transforms, and the
+    training objective; every evaluated class name is checked to fit the text context."""
+    args, data = run.args, run.data
     tokenizer_path = args.tokenizer_name_or_path or args.model_name_or_path
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
     set_seed(args.seed)  # the prompts' random initialization
@@ -310,7 +369,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     if why_default:
         logger.warning(why_default)
     transforms = image_transforms(image_processor, scale=tuple(args.crop_scale))
-    train_names = list(train_records.class_names)
+    train_names = list(run.draw.train.class_names)
     peft_config = maple_peft.MaPLeConfig(
         **method_config(args, data),
         prompt_init=args.prompt_init,
@@ -322,7 +381,7 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     )
     with peft_deprecation_quieted():  # PEFT's own read of a property transformers deprecated
         model = get_peft_model(base_model, peft_config)
-    for _, class_names, template, _ in splits.values():  # the evaluated class names fit the text context too
+    for _, class_names, template, _ in run.splits.values():  # the evaluated class names fit the text context too
         for zero_shot_template in (None, template):
             maple_peft.PromptClassifier(model, tokenizer, class_names, template=zero_shot_template).input_ids()
     classifier = maple_peft.PromptClassifier(
@@ -333,246 +392,313 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
         gradient_checkpointing=args.gradient_checkpointing,
     )
     # the training objective: cross-entropy, PromptSRC's, KgCoOp's or MMRL's loss (a module holding the classifier)
-    loss_fn = build_objective(args, classifier, data)
+    return Built(tokenizer, transforms, model, build_objective(args, classifier, data))
 
-    # ---- the run folder: locked, previous run cleared, marked RUNNING until the results are written -----------------
+
+def create_accelerator(run: Prepared) -> Accelerator:
+    """The Accelerator of the run; refuses to resume a checkpoint written by another number of processes."""
+    args = run.args
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         log_with=args.report_to,
         project_config=ProjectConfiguration(
-            project_dir=str(output_dir),
+            project_dir=str(run.output_dir),
             automatic_checkpoint_naming=True,
             total_limit=args.checkpoints_total_limit,
         ),
     )
-    num_processes = accelerator.num_processes  # a checkpoint's batch positions and schedule are per process
-    # Dassl's rule, which every original recipe trains with: the last incomplete batch is dropped, unless the images
-    # do not fill one batch (KgCoOp's batch of 128 on EuroSAT's 80 base images): then that one batch is the epoch
-    drop_last = len(train_records) // num_processes >= args.batch_size
-    if resume_state is not None and resume_state.get("num_processes", 1) != num_processes:
+    processes = accelerator.num_processes  # a checkpoint's batch positions and schedule are per process
+    if run.resume_state is not None and run.resume_state.get("num_processes", 1) != processes:
         raise ValueError(
-            f"The checkpoint {checkpoint} was written by a run on {resume_state.get('num_processes', 1)} "
-            f"process(es), but this run has {num_processes}: its position in the epoch and its schedule are counted "
+            f"The checkpoint {run.checkpoint} was written by a run on {run.resume_state.get('num_processes', 1)} "
+            f"process(es), but this run has {processes}: its position in the epoch and its schedule are counted "
             "per process. Resume with the same number of processes."
         )
-    lock = RunLock(output_dir)
+    return accelerator
+
+
+def open_run_folder(run: Prepared, accelerator: Accelerator) -> RunLock:
+    """The run folder locked, the previous run cleared (only what a run wrote), and marked RUNNING until the results
+    are written; then the console and training_log.txt set up."""
+    lock = RunLock(run.output_dir)
     if accelerator.is_main_process:
         lock.acquire()
         try:  # again under the lock: another run may have finished in the folder since the first check
-            check_output_dir(output_dir, overwrite=args.overwrite_output_dir, resume=resume_here)
-            clear_previous_run(output_dir, keep_checkpoints=resume_here)  # only what a run wrote
-            remove_incomplete_checkpoints(output_dir)
+            check_output_dir(run.output_dir, overwrite=run.args.overwrite_output_dir, resume=run.resume_here)
+            clear_previous_run(run.output_dir, keep_checkpoints=run.resume_here)
+            remove_incomplete_checkpoints(run.output_dir)
         except BaseException:
             lock.release()
             raise
-        mark_running(output_dir)
+        mark_running(run.output_dir)
     accelerator.wait_for_everyone()
-    setup_logging(accelerator, output_dir)
+    setup_logging(accelerator, run.output_dir)
+    return lock
+
+
+def drops_last_batch(run: Prepared, accelerator: Accelerator) -> bool:
+    """Dassl's rule, which every original recipe trains with: the last incomplete batch is dropped, unless the images
+    do not fill one batch (KgCoOp's batch of 128 on EuroSAT's 80 base images): then that one batch is the epoch."""
+    return len(run.draw.train) // accelerator.num_processes >= run.args.batch_size
+
+
+def log_run_start(run: Prepared, built: Built, accelerator: Accelerator) -> None:
+    """What the run is about to do, on the console and in training_log.txt."""
+    args, data, train_records = run.args, run.data, run.draw.train
+    if run.resume_here and run.checkpoint is None:
+        logger.info(
+            f"--resume_from_checkpoint latest: {run.output_dir} holds no checkpoint yet (the run stopped before its "
+            "first); starting from the beginning"
+        )
+    logger.info(
+        f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
+    )
+    logger.info(f"{data.name}: {len(data.class_names)} classes; evaluating on {list(run.splits)}")
+    logger.info(f"split: {data.split_note}")
+    logger.info(f"{len(train_records)} training images, the {run.draw.draw!r} few-shot draw (train_images.json)")
+    trainable, total = built.model.get_nb_trainable_parameters()
+    logger.info(
+        f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
+    )
+    logger.info(f"objective: {built.loss_fn.describe()}")
+    if not drops_last_batch(run, accelerator):
+        logger.warning(
+            f"{len(train_records)} training images per epoch ({accelerator.num_processes} process(es)) do not fill "
+            f"one batch of {args.batch_size}: each epoch is one step on all of them (Dassl's rule, as the original "
+            "recipes)"
+        )
+
+
+def start_training(run: Prepared, built: Built, accelerator: Accelerator) -> Training:
+    """The training data, optimizer and schedule, prepared and registered for checkpointing; the checkpoint loaded
+    when resuming; the trackers and the progress bar started."""
+    args = run.args
+    train_set = EpochSeededDataset(
+        ImageClassificationDataset(run.draw.train, built.transforms.train(), cache_decoded=True), seed=args.seed
+    )
+    loader_generator = torch.Generator()
+    train_loader = DataLoader(
+        train_set,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=drops_last_batch(run, accelerator),
+        num_workers=args.num_workers,
+        generator=loader_generator,
+    )
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(args, params)
+    # the loss module holds the classifier: preparing it puts the whole step under DDP and autocast
+    loss_fn, optimizer, train_loader = accelerator.prepare(built.loss_fn, optimizer, train_loader)
+    steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
+    # stepped once per optimizer step, not prepared (the schedule is per epoch, whatever the process count)
+    scheduler = build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.warmup_lr, steps_per_epoch)
+    accelerator.register_for_checkpointing(scheduler)
+    if run.aggregator is not None:  # the running sum of Gaussian prompt aggregation
+        accelerator.register_for_checkpointing(run.aggregator)
+    register_adapter_checkpointing(accelerator, built.model)
+    training = Training(accelerator, loss_fn, params, optimizer, scheduler, train_loader, loader_generator, None)
+    if run.resume_state is not None:
+        accelerator.load_state(str(run.checkpoint))
+        training.global_step, training.history = run.resume_state["step"], run.resume_state["history"]
+        training.start_epoch = run.resume_state["epoch"] - 1
+        training.skip_batches = run.resume_state["batches_in_epoch"]
+        if training.skip_batches >= len(train_loader):
+            training.start_epoch, training.skip_batches = training.start_epoch + 1, 0
+        logger.info(f"Resumed from {run.checkpoint} (epoch {run.resume_state['epoch']}, step {training.global_step})")
+    accelerator.project_configuration.iteration = next_checkpoint_number(run.output_dir)
+    if args.report_to:
+        accelerator.init_trackers(
+            TRACKER_DIR, config={k: v for k, v in run.options.items() if not isinstance(v, list)}
+        )
+    training.progress = tqdm(
+        total=steps_per_epoch * args.epochs,
+        initial=training.global_step,
+        disable=not (accelerator.is_local_main_process and progress_bars_wanted()),
+    )
+    return training
+
+
+def train_epoch(run: Prepared, built: Built, training: Training, epoch: int) -> bool:
+    """One epoch (from where a resumed run stopped): its steps, the step checkpoints, then the epoch's aggregation and
+    checkpoint. Returns whether the run stops after it (`--stop_after_epoch`)."""
+    args, accelerator, loss_fn, optimizer = run.args, training.accelerator, training.loss_fn, training.optimizer
+    history, first_batch = training.history, training.skip_batches if epoch == training.start_epoch else 0
+    set_seed(args.seed + epoch)  # the epoch's shuffling and augmentations do not depend on resuming
+    training.loader_generator.manual_seed(args.seed + epoch)
+    loss_fn.train()
+    batches = training.train_loader
+    if first_batch:
+        batches = accelerator.skip_first_batches(training.train_loader, first_batch)
+    batches.set_epoch(epoch)  # also the epoch of the per-image augmentation seeds (EpochSeededDataset)
+    state, step_checkpoint = {}, False
+    for batch_index, batch in enumerate(batches, start=first_batch):
+        with accelerator.accumulate(loss_fn):
+            out = loss_fn(image_batch(batch), batch["labels"])
+            loss = out.loss
+            all_losses = accelerator.gather(loss.detach()[None])
+            if not torch.isfinite(all_losses).all():
+                where = f"epoch {epoch + 1}, step {training.global_step + 1}"
+                raise non_finite_error(f"the loss became {all_losses.tolist()} at {where}", run.output_dir)
+            accelerator.backward(loss)
+            optimizer.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        lr = optimizer.param_groups[0]["lr"]
+        training.scheduler.step()
+        training.global_step += 1
+        record = {"step": training.global_step, "epoch": epoch + 1, "loss": all_losses.mean().item(), "lr": lr}
+        if len(out.terms) > 1:  # the self-regulating terms, unweighted (this process's batch)
+            record.update({f"loss_{name}": value.item() for name, value in out.terms.items()})
+        history.append(record)
+        accelerator.log(
+            {f"train/{k}": v for k, v in record.items() if k.startswith(("loss", "lr"))}, step=training.global_step
+        )
+        training.progress.update(1)
+        training.progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.2e}")
+        state = {"epoch": epoch + 1, "batches_in_epoch": batch_index + 1, "step": training.global_step}
+        state["num_processes"] = accelerator.num_processes
+        step_checkpoint = args.checkpointing_steps != "epoch" and training.global_step % args.checkpointing_steps == 0
+        if step_checkpoint and batch_index + 1 < len(training.train_loader):  # an epoch's last step: saved below
+            state_to_save = {**state, "history": history, "options": run.options}
+            save_checkpoint(accelerator, training.params, run.output_dir, state_to_save)
+    epoch_losses = [record["loss"] for record in history if record["epoch"] == epoch + 1]  # resumed ones too
+    logger.info(
+        f"epoch {epoch + 1}/{args.epochs}: mean loss {sum(epoch_losses) / len(epoch_losses):.4f} over its "
+        f"{len(epoch_losses)} steps, lr {history[-1]['lr']:.2e}"
+    )
+    if run.aggregator is not None:
+        run.aggregator.update(built.model, epoch + 1)
+        history[-1]["gpa_weight"] = run.aggregator.history()[-1]["weight"]
+    stopping = args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs
+    if args.checkpointing_steps == "epoch" or step_checkpoint or stopping:  # after the epoch's aggregation
+        save_checkpoint(
+            accelerator, training.params, run.output_dir, {**state, "history": history, "options": run.options}
+        )
+    if stopping:
+        logger.info(f"Stopping after epoch {epoch + 1} as asked; continue with --resume_from_checkpoint latest")
+    return stopping
+
+
+def evaluate_run(run: Prepared, built: Built, training: Training) -> dict:
+    """The adapter (the Gaussian-weighted average with aggregation) and zero-shot CLIP on every split; the run's
+    `metrics.json` dict."""
+    args, accelerator, model = run.args, training.accelerator, built.model
+    if run.aggregator is not None:  # the adapter evaluated, saved and described is the Gaussian-weighted average
+        run.aggregator.apply(model)
+        logger.info(gpa_summary(run.aggregator))
+    model.eval()
+    method = method_name(model.peft_config["default"].to_dict(), run.options)
+    evaluate = partial(
+        evaluate_all, accelerator, model, built.tokenizer, run.splits, built.transforms, args, method=method
+    )
+    results = evaluate(zero_shot=False)
+    zero_shot = None
+    if args.zero_shot_baseline:
+        with model.disable_adapter():
+            zero_shot = evaluate(zero_shot=True)
+    accelerator.log({f"eval/{name}_accuracy": r["accuracy"] for name, r in results.items()}, step=training.global_step)
+    counts = run.draw.train.class_counts()
+    metrics = build_run_metrics(
+        base_model=args.model_name_or_path,
+        dataset=run.data.name,
+        setting=args.setting,
+        seed=args.seed,
+        num_shots=args.num_shots,
+        results=results,
+        train_config=run.options,
+        peft_config=model.peft_config["default"].to_dict(),
+        time_seconds=round(time.time() - run.started, 2),
+        zero_shot_results=zero_shot,
+        split_source=run.data.split_source,  # tables never average two splits of one benchmark
+        split_note=run.data.split_note,
+        benchmark=run.data.benchmark,
+        shots_used={"min": min(counts), "max": max(counts)},  # fewer than --num_shots where a class has fewer images
+        data_source=run.data.data_source,  # hf://<repo>@<revision> for the Hub data root
+        smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
+    )
+    if "harmonic_mean" in metrics:
+        zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")
+        baseline = "" if zero_shot_hm is None else f" (zero-shot CLIP: HM {zero_shot_hm:.2f})"
+        logger.info(f"{method}: HM of base and novel {metrics['harmonic_mean']:.2f}{baseline}")
+    return metrics
+
+
+def write_results(run: Prepared, built: Built, training: Training, metrics: dict) -> None:
+    """The result files, written last, each complete or absent: adapter, history, metrics, training images, plots,
+    card; then the RUNNING marker removed."""
+    accelerator = training.accelerator
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        from maple_peft.training.card import write_model_card
+
+        output_dir = run.output_dir
+        save_into_atomically(output_dir, built.model.save_pretrained)
+        atomic_write_json(output_dir / "training_history.json", training.history)
+        atomic_write_json(output_dir / "metrics.json", metrics)
+        run.draw.write(output_dir, dataset=run.data.name, data_source=run.data.data_source)  # train_images.json
+        images = write_plots(output_dir, metrics, training.history) if run.args.plots else []
+        write_model_card(output_dir, repo_id=run.args.hub_model_id, images=images)
+        mark_finished(output_dir)
+        logger.info(f"Wrote {output_dir}")
+
+
+def report_failure(run: Prepared, accelerator: Accelerator, error: BaseException) -> None:
+    """A run that failed after it started: one line on the console, the traceback in training_log.txt, FAILED."""
+    where = f"; the traceback is in {run.output_dir / LOG_FILE}" if accelerator.is_main_process else ""
+    reason = command_line_error(error, build_parser()).rstrip(".")
+    logger.error(
+        f"The run failed: {type(error).__name__}: {reason}{where}",
+        exc_info=not isinstance(error, KeyboardInterrupt),
+    )
+    if accelerator.is_main_process:
+        mark_failed(run.output_dir, error)
+
+
+def push(args: argparse.Namespace, output_dir: Path) -> None:
+    """The finished run pushed to the Hub; on failure, how to push it later (exit code 1)."""
+    from maple_peft.cli import push_run
+
     try:
-        if resume_here and checkpoint is None:
-            logger.info(
-                f"--resume_from_checkpoint latest: {output_dir} holds no checkpoint yet (the run stopped before its "
-                "first); starting from the beginning"
-            )
-        logger.info(
-            f"{accelerator.num_processes} process(es) on {accelerator.device}, mixed precision {args.mixed_precision}"
+        logger.info(f"Pushed to {push_run(output_dir, args.hub_model_id, private=args.hub_private)}")
+    except Exception as error:
+        logger.error(
+            f"Pushing to the Hub failed ({type(error).__name__}: {error}). The run is saved in {output_dir}; push "
+            f"it later with: maple-peft push {output_dir} --hub-model-id {args.hub_model_id}"
         )
-        logger.info(f"{data.name}: {len(data.class_names)} classes; evaluating on {list(splits)}")
-        logger.info(f"split: {data.split_note}")
-        logger.info(f"{len(train_records)} training images, the {draw.draw!r} few-shot draw (train_images.json)")
-        trainable, total = model.get_nb_trainable_parameters()
-        logger.info(
-            f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}"
-        )
-        logger.info(f"objective: {loss_fn.describe()}")
-        if not drop_last:
-            logger.warning(
-                f"{len(train_records)} training images per epoch ({num_processes} process(es)) do not fill one batch of "
-                f"{args.batch_size}: each epoch is one step on all of them (Dassl's rule, as the original recipes)"
-            )
+        sys.exit(1)
 
-        # ---- training data, optimizer, schedule ------------------------------------------------------------------
-        train_set = EpochSeededDataset(
-            ImageClassificationDataset(train_records, transforms.train(), cache_decoded=True), seed=args.seed
-        )
-        loader_generator = torch.Generator()
-        train_loader = DataLoader(
-            train_set,
-            batch_size=args.batch_size,
-            shuffle=True,
-            drop_last=drop_last,
-            num_workers=args.num_workers,
-            generator=loader_generator,
-        )
-        params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = build_optimizer(args, params)
-        # the loss module holds the classifier: preparing it puts the whole step under DDP and autocast
-        loss_fn, optimizer, train_loader = accelerator.prepare(loss_fn, optimizer, train_loader)
-        steps_per_epoch = math.ceil(len(train_loader) / args.gradient_accumulation_steps)
-        # stepped once per optimizer step, not prepared (the schedule is per epoch, whatever the process count)
-        scheduler = build_scheduler(optimizer, args.epochs, args.warmup_epochs, args.warmup_lr, steps_per_epoch)
-        accelerator.register_for_checkpointing(scheduler)
-        if aggregator is not None:  # the running sum of Gaussian prompt aggregation
-            accelerator.register_for_checkpointing(aggregator)
-        register_adapter_checkpointing(accelerator, model)
 
-        # ---- resume ------------------------------------------------------------------------------------------------
-        start_epoch, skip_batches, global_step, history = 0, 0, 0, []
-        if resume_state is not None:
-            accelerator.load_state(str(checkpoint))
-            global_step, history = resume_state["step"], resume_state["history"]
-            start_epoch, skip_batches = resume_state["epoch"] - 1, resume_state["batches_in_epoch"]
-            if skip_batches >= len(train_loader):
-                start_epoch, skip_batches = start_epoch + 1, 0
-            logger.info(f"Resumed from {checkpoint} (epoch {resume_state['epoch']}, step {global_step})")
-        accelerator.project_configuration.iteration = next_checkpoint_number(output_dir)
-
-        # ---- the training loop ---------------------------------------------------------------------------------------
-        if args.report_to:
-            accelerator.init_trackers(
-                TRACKER_DIR, config={k: v for k, v in options.items() if not isinstance(v, list)}
-            )
-        progress = tqdm(
-            total=steps_per_epoch * args.epochs,
-            initial=global_step,
-            disable=not (accelerator.is_local_main_process and progress_bars_wanted()),
-        )
-        for epoch in range(start_epoch, args.epochs):
-            set_seed(args.seed + epoch)  # the epoch's shuffling and augmentations do not depend on resuming
-            loader_generator.manual_seed(args.seed + epoch)
-            loss_fn.train()
-            batches = train_loader
-            if epoch == start_epoch and skip_batches:
-                batches = accelerator.skip_first_batches(train_loader, skip_batches)
-            batches.set_epoch(epoch)  # also the epoch of the per-image augmentation seeds (EpochSeededDataset)
-            for batch_index, batch in enumerate(batches, start=skip_batches if epoch == start_epoch else 0):
-                with accelerator.accumulate(loss_fn):
-                    out = loss_fn(image_batch(batch), batch["labels"])
-                    loss = out.loss
-                    all_losses = accelerator.gather(loss.detach()[None])
-                    if not torch.isfinite(all_losses).all():
-                        where = f"epoch {epoch + 1}, step {global_step + 1}"
-                        raise non_finite_error(f"the loss became {all_losses.tolist()} at {where}", output_dir)
-                    accelerator.backward(loss)
-                    optimizer.step()
-                    optimizer.zero_grad()
-                if not accelerator.sync_gradients:
-                    continue
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-                global_step += 1
-                record = {"step": global_step, "epoch": epoch + 1, "loss": all_losses.mean().item(), "lr": lr}
-                if len(out.terms) > 1:  # the self-regulating terms, unweighted (this process's batch)
-                    record.update({f"loss_{name}": value.item() for name, value in out.terms.items()})
-                history.append(record)
-                accelerator.log(
-                    {f"train/{k}": v for k, v in record.items() if k.startswith(("loss", "lr"))}, step=global_step
-                )
-                progress.update(1)
-                progress.set_postfix(loss=f"{history[-1]['loss']:.4f}", lr=f"{lr:.2e}")
-                state = {"epoch": epoch + 1, "batches_in_epoch": batch_index + 1, "step": global_step}
-                state["num_processes"] = accelerator.num_processes
-                step_checkpoint = args.checkpointing_steps != "epoch" and global_step % args.checkpointing_steps == 0
-                if step_checkpoint and batch_index + 1 < len(train_loader):  # an epoch's last step: saved below
-                    save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            epoch_losses = [record["loss"] for record in history if record["epoch"] == epoch + 1]  # resumed ones too
-            logger.info(
-                f"epoch {epoch + 1}/{args.epochs}: mean loss {sum(epoch_losses) / len(epoch_losses):.4f} over its "
-                f"{len(epoch_losses)} steps, lr {history[-1]['lr']:.2e}"
-            )
-            if aggregator is not None:
-                aggregator.update(model, epoch + 1)
-                history[-1]["gpa_weight"] = aggregator.history()[-1]["weight"]
-            stopping = args.stop_after_epoch == epoch + 1 and epoch + 1 < args.epochs
-            if args.checkpointing_steps == "epoch" or step_checkpoint or stopping:  # after the epoch's aggregation
-                save_checkpoint(accelerator, params, output_dir, {**state, "history": history, "options": options})
-            if stopping:
-                logger.info(
-                    f"Stopping after epoch {epoch + 1} as asked; continue with --resume_from_checkpoint latest"
-                )
+@flush_denormal()  # subnormal floats are zero on CPU (they slow arithmetic down many times)
+def main(args: argparse.Namespace | list[str] | None = None) -> dict:
+    if not isinstance(args, argparse.Namespace):  # an argument list, as on the command line
+        args = parse_args(args, description=__doc__)
+    quiet_console(args)
+    run = prepare(args)  # everything is checked before anything is created: folder, checkpoint, data, model
+    built = build(run)
+    accelerator = create_accelerator(run)
+    lock = open_run_folder(run, accelerator)
+    try:
+        log_run_start(run, built, accelerator)
+        training = start_training(run, built, accelerator)
+        for epoch in range(training.start_epoch, args.epochs):
+            if train_epoch(run, built, training, epoch):
                 accelerator.end_training()
                 return {}
-        progress.close()
-
-        if aggregator is not None:  # the adapter evaluated, saved and described is the Gaussian-weighted average
-            aggregator.apply(model)
-            logger.info(gpa_summary(aggregator))
-
-        # ---- evaluation: the adapter, and zero-shot CLIP as the baseline row ----------------------------------------
-        model.eval()
-        method = method_name(model.peft_config["default"].to_dict(), options)
-        results = evaluate_all(accelerator, model, tokenizer, splits, transforms, args, zero_shot=False, method=method)
-        zero_shot = None
-        if args.zero_shot_baseline:
-            with model.disable_adapter():
-                zero_shot = evaluate_all(
-                    accelerator, model, tokenizer, splits, transforms, args, zero_shot=True, method=method
-                )
-        accelerator.log({f"eval/{name}_accuracy": r["accuracy"] for name, r in results.items()}, step=global_step)
-        metrics = build_run_metrics(
-            base_model=args.model_name_or_path,
-            dataset=data.name,
-            setting=args.setting,
-            seed=args.seed,
-            num_shots=args.num_shots,
-            results=results,
-            train_config=options,
-            peft_config=model.peft_config["default"].to_dict(),
-            time_seconds=round(time.time() - started, 2),
-            zero_shot_results=zero_shot,
-            split_source=data.split_source,  # tables never average two splits of one benchmark
-            split_note=data.split_note,
-            benchmark=data.benchmark,
-            shots_used=shots_used,
-            data_source=data.data_source,  # hf://<repo>@<revision> for the Hub data root
-            smoke_assets=smoke_assets(args.model_name_or_path, args.data_dir),  # the card says so; no model-index
-        )
-        if "harmonic_mean" in metrics:
-            zero_shot_hm = (metrics.get("zero_shot") or {}).get("harmonic_mean")
-            baseline = "" if zero_shot_hm is None else f" (zero-shot CLIP: HM {zero_shot_hm:.2f})"
-            logger.info(f"{method}: HM of base and novel {metrics['harmonic_mean']:.2f}{baseline}")
-
-        # ---- the results, written last -----------------------------------------------------------------------------
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            from maple_peft.training.card import write_model_card
-
-            save_into_atomically(output_dir, model.save_pretrained)  # every result file complete or absent
-            atomic_write_json(output_dir / "training_history.json", history)
-            atomic_write_json(output_dir / "metrics.json", metrics)
-            draw.write(output_dir, dataset=data.name, data_source=data.data_source)  # train_images.json
-            images = write_plots(output_dir, metrics, history) if args.plots else []
-            write_model_card(output_dir, repo_id=args.hub_model_id, images=images)
-            mark_finished(output_dir)
-            logger.info(f"Wrote {output_dir}")
+        training.progress.close()
+        metrics = evaluate_run(run, built, training)
+        write_results(run, built, training, metrics)
         accelerator.end_training()
     except BaseException as error:
-        where = f"; the traceback is in {output_dir / LOG_FILE}" if accelerator.is_main_process else ""
-        reason = command_line_error(error, build_parser()).rstrip(".")
-        logger.error(
-            f"The run failed: {type(error).__name__}: {reason}{where}",
-            exc_info=not isinstance(error, KeyboardInterrupt),
-        )
-        if accelerator.is_main_process:
-            mark_failed(output_dir, error)
+        report_failure(run, accelerator, error)
         if isinstance(error, Exception):
             raise RunFailed(str(error)) from error
         raise
     finally:
         lock.release()
-
     if args.push_to_hub and accelerator.is_main_process:
-        from maple_peft.cli import push_run
-
-        try:
-            logger.info(f"Pushed to {push_run(output_dir, args.hub_model_id, private=args.hub_private)}")
-        except Exception as error:
-            logger.error(
-                f"Pushing to the Hub failed ({type(error).__name__}: {error}). The run is saved in {output_dir}; push "
-                f"it later with: maple-peft push {output_dir} --hub-model-id {args.hub_model_id}"
-            )
-            sys.exit(1)
+        push(args, run.output_dir)
     return metrics
 
 

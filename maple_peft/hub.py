@@ -26,7 +26,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "CacheNotWritableError",
@@ -168,6 +168,7 @@ def check_sources(
     *,
     cache_dir: str | os.PathLike | None = None,
     local_files_only: bool = False,
+    offline_lacking: Sequence[str] = (),
 ) -> None:
     """Checks, before anything is loaded, that each source is an existing local path or a Hub id that can be fetched.
 
@@ -178,6 +179,8 @@ def check_sources(
             name is skipped.
         cache_dir (`str` or `os.PathLike`, *optional*): the Hub cache the downloads go to (default: `HF_HUB_CACHE`).
         local_files_only (`bool`): no download is wanted: only the local paths are checked.
+        offline_lacking (`Sequence[str]`): what the caller found missing from the caches by other means (a file of
+            a Hub data root), named with the rest in offline mode.
 
     Raises:
         `FileNotFoundError`: a name that can only be a local path does not exist.
@@ -216,12 +219,13 @@ def check_sources(
                 "Hub id (user/name)."
             )
         hub_ids.append((what, name, repo_type))
-    if not hub_ids or local_files_only:
+    if not (hub_ids or offline_lacking) or local_files_only:
         return
     cache = os.fspath(cache_dir) if cache_dir is not None else constants.HF_HUB_CACHE
     if constants.HF_HUB_OFFLINE:  # nothing will be downloaded: say now everything the caches lack, not one at a time
         lacking = [(what, name, _missing_from_cache(name, repo_type, cache)) for what, name, repo_type in hub_ids]
         lacking = [f"{_described(what, name)} ({why})" for what, name, why in lacking if why is not None]
+        lacking += offline_lacking
         if lacking:
             raise HubUnreachableError(
                 f"HF_HUB_OFFLINE=1 (offline mode: nothing is downloaded) and the cache lacks {'; '.join(lacking)}. "

@@ -221,7 +221,8 @@ def _check_adapter_safetensors(adapter: str, adapter_kwargs: dict) -> None:
             os.path.join(folder, WEIGHTS_NAME)
         )
     else:  # a Hub repository: its safetensors file is fetched now (PEFT then reads it from the cache)
-        kwargs = {k: v for k, v in adapter_kwargs.items() if k in (*_HUB_KWARGS, "revision", "subfolder")}
+        names = ("token", "cache_dir", "force_download", "local_files_only", "revision", "subfolder")
+        kwargs = {k: v for k, v in adapter_kwargs.items() if k in names}
         try:
             hf_hub_download(adapter, SAFETENSORS_WEIGHTS_NAME, **kwargs)
             return

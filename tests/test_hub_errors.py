@@ -135,7 +135,19 @@ def test_offline_mode_names_everything_the_caches_lack_at_once(online, monkeypat
     hub.check_sources(sources)  # both there: used from the caches
 
 
-def test_train_in_offline_mode_names_the_missing_model_and_dataset_before_any_work(online, monkeypatch, tmp_path):
+@pytest.mark.parametrize(
+    "data, lacking",
+    [
+        (
+            ["--dataset_name", "timm/eurosat-rgb"],
+            "--dataset_name timm/eurosat-rgb (no prepared copy in the datasets cache",
+        ),
+        (["--dataset", "eurosat", "--data_root", "hub"], "--data_root hub (eurosat.zip of hf://zhengli97/"),
+    ],
+)
+def test_train_in_offline_mode_names_the_missing_model_and_dataset_before_any_work(
+    online, monkeypatch, tmp_path, data, lacking
+):
     import datasets
 
     sys.path.insert(0, str(REPO / "examples"))
@@ -144,16 +156,17 @@ def test_train_in_offline_mode_names_the_missing_model_and_dataset_before_any_wo
     finally:
         sys.path.remove(str(REPO / "examples"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))  # where a Hub data root is extracted
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "datasets-cache")
     argv = [
-        "--config", str(REPO / "examples" / "configs" / "maple_base2novel.yaml"), "--dataset_name", "timm/eurosat-rgb",
+        "--config", str(REPO / "examples" / "configs" / "maple_base2novel.yaml"), *data,
         "--seed", "1", "--output_dir", str(tmp_path / "run"),
     ]  # fmt: skip
     with pytest.raises(hub.HubUnreachableError) as error:  # the script prints it as one line, exit code 2
         train.main(argv)
     message = str(error.value)
     assert "--model_name_or_path openai/clip-vit-base-patch16 (no file of it" in message
-    assert "--dataset_name timm/eurosat-rgb (no prepared copy in the datasets cache" in message
+    assert lacking in message
     assert not (tmp_path / "run").exists()
 
 
@@ -184,6 +197,7 @@ def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     data = tmp_path / "data"
+    data.mkdir()  # (empty: the cache is checked before the data is read)
     result = _train(
         tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data,
         env={"HF_HOME": str(blocker / "hf")},
@@ -268,3 +282,19 @@ def test_train_and_evaluate_refuse_a_missing_image_folder_before_loading_anythin
         with pytest.raises(FileNotFoundError, match=r"^--data_dir smoke_asset/data: no such folder\."):
             call()
     assert not (tmp_path / "run").exists()
+
+
+def test_a_hub_data_root_is_missing_offline_only_when_neither_extracted_nor_cached(online, monkeypatch, tmp_path):
+    from maple_peft.training.data import parse_hub_root
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(tmp_path / "hf-home"))
+    root = parse_hub_root("hub")
+    assert "eurosat.zip of hf://zhengli97/prompt_learning_dataset@" in root.missing_offline("eurosat")
+    repo = Path(constants.HF_HUB_CACHE) / "models--zhengli97--prompt_learning_dataset"
+    (repo / "snapshots" / root.revision).mkdir(parents=True)
+    (repo / "snapshots" / root.revision / "eurosat.zip").write_bytes(b"PK")
+    assert root.missing_offline("eurosat") is None  # in the Hub cache: prepare() extracts it without the network
+    assert root.missing_offline("dtd") is not None
+    (root.folder(root.revision) / "dtd").mkdir(parents=True)
+    assert root.missing_offline("dtd") is None  # extracted already

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from test_oneliner import images, save_adapter
@@ -271,3 +272,19 @@ def test_an_unknown_peft_type_is_one_line_naming_the_field_and_the_value(
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1
         assert f'has peft_type {shown}, which is not a PEFT method; a MaPLe adapter has "peft_type": "MAPLE"' in err[0]
+
+
+def test_a_pickle_only_adapter_from_the_hub_cache_is_refused_without_unpickling(adapter, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    snapshot = tmp_path / "cache" / "models--someone--pickled" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (tmp_path / "cache" / "models--someone--pickled" / "refs").mkdir()
+    (tmp_path / "cache" / "models--someone--pickled" / "refs" / "main").write_text("0" * 40)
+    shutil.copy(Path(adapter) / "adapter_config.json", snapshot)
+    torch.save(load_file(str(Path(adapter) / "adapter_model.safetensors")), snapshot / "adapter_model.bin")
+    with pytest.raises(ValueError, match="'someone/pickled' holds its weights only as the pickle adapter_model.bin"):
+        PromptClassifier.from_pretrained("someone/pickled", cache_dir=str(tmp_path / "cache"), local_files_only=True)

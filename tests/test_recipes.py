@@ -343,3 +343,10 @@ def test_recipe_holds_the_values_of_its_original_config_on_every_dataset(recipe)
         # The originals compute in half precision (PREC fp16: CLIP's weights in fp16; amp: autocast): the recipes
         # compute in float32, as the equal-logits tests of every method do; --mixed_precision fp16 is the nearest.
         assert precision in ("fp16", "amp") and options["mixed_precision"] == "no"
+
+
+@pytest.mark.parametrize("given,dataset", [("EuroSAT", "eurosat"), ("cars", "stanford_cars"), ("Textures", "dtd")])
+def test_a_dataset_named_by_an_alias_gets_the_recipes_values_for_it(given, dataset):
+    expected = MMRL_PER_DATASET[dataset]  # e.g. EuroSAT: rep_dim 2048, reg_weight 0.01 (not MMRL's 512 and 1.0)
+    options = vars(parse_args(["--config", str(CONFIGS / "mmrl_base2novel.yaml"), "--dataset", given]))
+    assert {name: options[name] for name in expected} == expected

@@ -191,6 +191,25 @@ class HubDataRoot:
             return ref.read_text(encoding="utf-8").strip()
         return None
 
+    def missing_offline(self, dataset: str) -> str | None:
+        """What `prepare(dataset)` would have to download (`None` when it is extracted or in the Hub cache), so that an
+        offline run names it with the other missing sources before any work.
+
+        Args:
+            dataset (`str`): The benchmark (`"eurosat"`).
+        """
+        from huggingface_hub import try_to_load_from_cache
+
+        spec, archive = self.archive(dataset)
+        commit = self._known_commit()
+        if commit is not None and (self.folder(commit) / spec.dataset_dir).is_dir():
+            return None
+        if isinstance(
+            try_to_load_from_cache(self.repo_id, archive, cache_dir=_hub_cache(), revision=self.revision), str
+        ):
+            return None
+        return f"{archive} of {self.source}: not in the Hub cache ({_hub_cache()})"
+
     def prepare(self, dataset: str) -> Path:
         """Downloads (once) and extracts (once) the dataset's archive; returns the CoOp data root holding it.
 
