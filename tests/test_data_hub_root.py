@@ -165,12 +165,15 @@ def test_a_cached_archive_is_extracted_and_reused_offline(hub, tmp_path, monkeyp
     assert hub.gets == ["eurosat.zip"]
 
 
-def test_a_branch_is_resolved_to_its_commit_offline_through_the_cache(hub, tmp_path, monkeypatch):
+def test_a_branch_is_resolved_to_its_commit_online_and_offline_through_the_cache(hub, tmp_path, monkeypatch):
     root = parse_hub_root(f"hf://{HUB_DATA_REPO}@main").prepare("eurosat")
     assert root == extracted(tmp_path)  # the branch's commit names the folder
+    hub.commit = "2" * 40  # the branch moves on: online, a run follows it
+    moved = parse_hub_root(f"hf://{HUB_DATA_REPO}").prepare("eurosat")
+    assert moved == extracted(tmp_path).parent / hub.commit and hub.gets == ["eurosat.zip"]  # same file: no new GET
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     hub.files = {}
-    assert parse_hub_root(f"hf://{HUB_DATA_REPO}").prepare("eurosat") == root
+    assert parse_hub_root(f"hf://{HUB_DATA_REPO}").prepare("eurosat") == moved
 
 
 def no_partial_left(tmp_path: Path) -> None:

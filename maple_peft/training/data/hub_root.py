@@ -243,12 +243,14 @@ class HubDataRoot:
 
         where = f"{archive} of {self.source}"
         cache = _hub_cache()
-        try:
-            path = hf_hub_download(
-                self.repo_id, archive, revision=self.revision, cache_dir=cache, local_files_only=True
-            )
-        except Exception:  # not in the cache (or the cache's ref names no such commit)
-            path = None
+        path = None
+        if _COMMIT.match(self.revision) or constants.HF_HUB_OFFLINE:  # a branch online: asked where it points now
+            try:
+                path = hf_hub_download(
+                    self.repo_id, archive, revision=self.revision, cache_dir=cache, local_files_only=True
+                )
+            except Exception:  # not in the cache (or the cache's ref names no such commit)
+                path = None
         if path is None:
             if constants.HF_HUB_OFFLINE:
                 raise OSError(
