@@ -162,7 +162,7 @@ def test_timm_eurosat_trains_with_coops_names_and_records_its_own_split(offline_
     monkeypatch.setattr(
         train,
         "check_sources",
-        lambda sources: check_sources({k: v for k, v in sources.items() if k != "--dataset_name"}),
+        lambda sources, **kwargs: check_sources({k: v for k, v in sources.items() if k != "--dataset_name"}, **kwargs),
     )
     clip = save_tiny_clip(tmp_path / "tiny-clip")
     out = tmp_path / "run"
