@@ -433,12 +433,12 @@ def test_a_file_of_another_base_model_is_refused_naming_both(tmp_path, writer, k
         (
             "kgcoop",
             {"rep_layers": [1, 2]},
-            r"rep_layers=\[1, 2\] given, but these options belong to MMRL checkpoints, and this is a KgCoOp checkpoint",
+            r"rep_layers=\[1, 2\] given, but these options belong to MMRL and MMRL\+\+ checkpoints, and this is a KgCoOp checkpoint",
         ),
         (
             "cocoop",
             {"template": PET_TEMPLATE, "alpha": 0.5},
-            "alpha=0.5, template=.* given, but these options belong to MMRL checkpoints, and this is a CoCoOp",
+            "alpha=0.5, template=.* given, but these options belong to MMRL and MMRL\\+\\+ checkpoints, and this is a CoCoOp",
         ),
     ],
 )
@@ -563,7 +563,7 @@ def test_convert_official_command_takes_mmrls_options(tmp_path, capsys, saved_ba
             r"rep_layers=\[3\] has 1 layers, but the checkpoint has a projection per tower for 2",
         ),
         ("mmrl", ["--rep-layers", "3", "4"], r"rep_layers=\[3, 4\] but the base model's towers have 3 \(text\)"),
-        ("kgcoop", ["--alpha", "0.5"], "alpha=0.5 given, but these options belong to MMRL checkpoints"),
+        ("kgcoop", ["--alpha", "0.5"], "alpha=0.5 given, but these options belong to MMRL and MMRL\\+\\+ checkpoints"),
     ],
 )
 def test_convert_official_command_refuses_options_that_do_not_fit_before_loading_the_base(

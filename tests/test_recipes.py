@@ -57,6 +57,17 @@ MMRL_PER_DATASET = {
 # yunncheng/MMRL configs/trainers/MMRL/vit_b16_imagenet.yaml: what scripts/mmrl/*.sh run on ImageNet
 MMRL_IMAGENET = {"epochs": 5, "warmup_epochs": 1, "batch_size": 32}
 XD = {"dataset": "imagenet", "setting": "cross_dataset", "eval_datasets": TARGETS}
+# yunncheng/MMRL configs/trainers/MMRLpp/*.yaml: MMRL's values, BETA 0.9, PROJ_LORA_DIM 64, RES_LORA_DIM 4
+MMRLPP = {**MMRL, "variant": "mmrlpp", "beta": 0.9, "proj_lora_dim": 64, "res_lora_dim": 4}
+# yunncheng/MMRL trainers/config.py: get_dataset_specified_config for MMRLpp, TASK B2N and FS
+MMRLPP_PER_DATASET = {
+    "imagenet": {"beta": 0.9, "reg_weight": 0.2}, "fgvc_aircraft": {"beta": 0.9, "reg_weight": 2.0},
+    "ucf101": {"beta": 0.9, "reg_weight": 3.0}, "dtd": {"beta": 0.9, "reg_weight": 7.0},
+    "oxford_pets": {"beta": 0.7, "reg_weight": 0.01}, "stanford_cars": {"beta": 0.7, "reg_weight": 6.0},
+    "caltech101": {"beta": 0.6, "reg_weight": 3.0}, "sun397": {"beta": 0.5, "reg_weight": 3.0},
+    "oxford_flowers": {"beta": 0.4, "reg_weight": 7.0}, "eurosat": {"beta": 0.2, "reg_weight": 0.01},
+    "food101": {"beta": 0.1, "reg_weight": 1.0},
+}  # fmt: skip
 
 # recipe -> (repository, the original files, the original's precision, values, per-dataset values)
 ORIGINALS: dict[str, tuple[str, list[str], str, dict, dict[str, dict]]] = {
@@ -293,6 +304,35 @@ ORIGINALS: dict[str, tuple[str, list[str], str, dict, dict[str, dict]]] = {
         {**MMRL, "reg_weight": 0.5, "epochs": 50, "warmup_epochs": 1, "batch_size": 32, "setting": "all"},
         {**MMRL_PER_DATASET, "imagenet": {**MMRL_PER_DATASET["imagenet"], **MMRL_IMAGENET}},
     ),
+    "mmrlpp_base2novel.yaml": (  # scripts/mmrlpp/base2new_*.sh: vit_b16.yaml, vit_b16_imagenet.yaml on ImageNet
+        "yunncheng/MMRL",
+        ["configs/trainers/MMRLpp/vit_b16.yaml", "vit_b16_imagenet.yaml", "trainers/config.py"],
+        "amp",
+        {**MMRLPP, "reg_weight": 1.0, "epochs": 10, "warmup_epochs": 1, "batch_size": 4, "setting": "base2novel"},
+        {**MMRLPP_PER_DATASET, "imagenet": {**MMRLPP_PER_DATASET["imagenet"], **MMRL_IMAGENET}},
+    ),
+    "mmrlpp_cross_dataset.yaml": (  # scripts/mmrlpp/cross_datasets_train.sh: TASK CD, ImageNet's CD values (REG 0.1)
+        "yunncheng/MMRL",
+        ["configs/trainers/MMRLpp/vit_b16_cross_datasets.yaml", "trainers/config.py"],
+        "amp",
+        {**MMRLPP, **XD, "reg_weight": 0.1, "epochs": 1, "warmup_epochs": 0, "batch_size": 32},
+        {},
+    ),
+    "mmrlpp_few_shot.yaml": (  # scripts/mmrlpp/few_shot.sh: vit_b16_few_shot.yaml, vit_b16_imagenet.yaml on ImageNet
+        "yunncheng/MMRL",
+        ["configs/trainers/MMRLpp/vit_b16_few_shot.yaml", "vit_b16_imagenet.yaml", "trainers/config.py"],
+        "amp",
+        {
+            **MMRLPP,
+            "reg_weight": 1.0,
+            "lr": 0.002,
+            "epochs": 100,
+            "warmup_epochs": 1,
+            "batch_size": 32,
+            "setting": "all",
+        },
+        {**MMRLPP_PER_DATASET, "imagenet": {**MMRLPP_PER_DATASET["imagenet"], "lr": 0.001, "epochs": 5}},
+    ),
 }
 NOT_A_PAPERS_RECIPE = {"smoke.yaml"}  # the offline smoke run on a tiny random CLIP
 
@@ -301,10 +341,12 @@ def _resolved(recipe: str, *data: str) -> dict:
     """The options a run of the recipe trains with, with the prompt shape the adapter gets (e.g. CoCoOp's n_ctx from
     its prompt_init, MMRL's default rep_layers on ViT-B/16's 12 layers)."""
     options = vars(parse_args(["--config", str(CONFIGS / recipe), *data]))
-    if options["variant"] == "mmrl":
-        names = ("n_rep", "rep_dim", "rep_layers", "alpha")
-        config = maple_peft.MaPLeConfig(variant="mmrl", **{n: options[n] for n in names if options[n] is not None})
-        config.rep_layers = maple_peft.methods.get("mmrl").rep_layers(_VIT_B16_DEPTH, config)
+    method = maple_peft.methods.get(options["variant"])
+    if hasattr(method, "rep_layers"):  # representation tokens (MMRL, MMRL++): the options the method declares
+        names = [field.name for field in maple_peft.methods.fields_of(method.options)]
+        given = {n: options[n] for n in names if options[n] is not None}
+        config = maple_peft.MaPLeConfig(variant=method.name, **given)
+        config.rep_layers = method.rep_layers(_VIT_B16_DEPTH, config)
         options.update({name: getattr(config, name) for name in names})
     else:
         names = ("variant", "n_ctx", "n_ctx_vision", "depth", "prompt_init")

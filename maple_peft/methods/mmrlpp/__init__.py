@@ -1,0 +1,147 @@
+"""MMRL++ (Guo & Gu, "MMRL++: Parameter-Efficient and Interaction-Aware Representation Learning for Vision-Language
+Models", IJCV 2026, https://arxiv.org/abs/2505.10088): MMRL with fewer trainable tensors and representation tokens that
+flow from layer to layer.
+
+Against MMRL (`maple_peft.methods.mmrl`): each tower maps the representation tokens `R` into layer `k` of `rep_layers`
+with a Shared-Residual Representation Aligner, `R (W + A_k B_k)^T + b_k` (one `W` per tower; a rank-`res_lora_dim`
+residual and a bias per layer); at the later layers of `rep_layers` the tokens become `beta * (aligned tokens) + (1 -
+beta) * (the tokens out of the previous layer)` (Progressive Representation Composition) instead of being replaced;
+the representation path's projection is CLIP's frozen visual projection plus a rank-`proj_lora_dim` term `A B`. The
+logits, the test-time rule and the loss are MMRL's.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass, field
+from typing import Any
+
+from .. import register
+from ..mmrl import MMRL, MMRLOptions
+
+
+@dataclass
+class MMRLppOptions(MMRLOptions):
+    """The adapter options of MMRL++: MMRL's, and three of its own (its configs' values as defaults)."""
+
+    beta: float = field(
+        default=0.9,
+        metadata={
+            "help": "mmrlpp: weight of the aligned tokens against the previous layer's ones at the later "
+            "representation layers",
+            "title": "Composition weight (beta)",
+            "checkpoint_help": "its BETA (default: its scripts' value for --dataset, else 0.9)",
+        },
+    )
+    proj_lora_dim: int = field(
+        default=64,
+        metadata={
+            "help": "mmrlpp: rank of the term added to the frozen image projection of the representation path",
+            "title": "Projection rank (proj_lora_dim)",
+        },
+    )
+    res_lora_dim: int = field(
+        default=4,
+        metadata={
+            "help": "mmrlpp: rank of each layer's residual on its tower's shared aligner weight",
+            "title": "Aligner residual rank (res_lora_dim)",
+        },
+    )
+
+
+class MMRLpp(MMRL):
+    name = "mmrlpp"
+    title = "MMRL++"
+    paper = (
+        "[MMRL++](https://arxiv.org/abs/2505.10088) (Parameter-Efficient and Interaction-Aware Representation "
+        "Learning, Guo & Gu, IJCV 2026)"
+    )
+    citation = """@article{guo2026mmrlpp,
+  title={MMRL++: Parameter-Efficient and Interaction-Aware Representation Learning for Vision-Language Models},
+  author={Guo, Yuncheng and Gu, Xiaodong},
+  journal={International Journal of Computer Vision},
+  year={2026}
+}"""
+    description = (
+        "learns representation tokens shared by both encoders, mapped into their later layers by one shared "
+        "projection per encoder plus a low-rank residual per layer and mixed with the previous layer's tokens, and a "
+        "low-rank update of the frozen image projection (MMRL++); the class prompts are the hand-written template."
+    )
+    recipes = ("mmrlpp_base2novel", "mmrlpp_cross_dataset", "mmrlpp_few_shot")
+    options = MMRLppOptions
+    objective = None  # it defines no loss of its own:
+    objective_options = None
+    default_objective = "mmrl"  # it trains with MMRL's (the original's MMRLpp_Loss is the same)
+
+    def resolve(self, config: Any) -> None:
+        super().resolve(config)
+        defaults = MMRLppOptions()
+        for name in ("beta", "proj_lora_dim", "res_lora_dim"):
+            if getattr(config, name) is None:
+                setattr(config, name, getattr(defaults, name))
+        for name in ("proj_lora_dim", "res_lora_dim"):
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name}={value!r} must be an integer >= 1, such as MMRL++'s {getattr(defaults, name)}."
+                )
+        beta = config.beta
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta <= 1:
+            raise ValueError(f"beta={beta!r} must be a number in [0, 1], such as 0.9 (MMRL++'s default).")
+        config.beta = float(beta)
+
+    def create_layer(
+        self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
+    ) -> bool:
+        from .modeling import create_layer
+
+        create_layer(tuner, config, adapter_name, target, target_name, parent, key)
+        return True
+
+    def link(self, tuner: Any, adapter_name: str) -> bool:
+        from .modeling import link_layers
+
+        link_layers(tuner, adapter_name)
+        return True
+
+    def outputs(self, classifier: Any, inputs: Any, config: Any, **extra: Any) -> Any:
+        from .modeling import outputs
+
+        return outputs(classifier, inputs, config, **extra)
+
+    # ---- the original code's checkpoints (asked before MMRL's, whose files share the representation learner) -------
+
+    checkpoint_priority = 25
+
+    def read_checkpoint(self, state: dict[str, Any]) -> Any:
+        from .convert import read_checkpoint
+
+        return read_checkpoint(state)
+
+    def checkpoint_dims(self, converted: Any) -> dict[str, int]:
+        from .convert import dims
+
+        return dims(converted)
+
+    def checkpoint_config(
+        self,
+        converted: Any,
+        clip_config: Any,
+        *,
+        prompt_init: str | None = None,
+        tokenizer_name_or_path: str | None = None,
+        template: str | None = None,
+        options: Any = None,
+        **extra: Any,
+    ) -> Any:
+        from .convert import checkpoint_config
+
+        return checkpoint_config(converted, clip_config, template=template, **(options or {}), **extra)
+
+    def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
+        from .convert import adapter_state_dict
+
+        return adapter_state_dict(converted, config)
+
+
+register(MMRLpp())
