@@ -157,15 +157,21 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def run_command_line(args: argparse.Namespace | list[str] | None = None) -> int:
+    """`main` as the command line runs it, giving its exit code: 0 done; 2 refused (missing files, bad options, an
+    adapter of another backbone, a busy run folder), in one line on stderr.
+
+    Args:
+        args: The parsed options, or an argument list as on the command line.
+    """
     try:
-        main(ARGS)
-    except (
-        OSError,
-        ValueError,
-        TypeError,
-        RunLockError,
-    ) as error:  # missing files, bad options, another backbone, a busy run
+        main(args)
+    except (OSError, ValueError, TypeError, RunLockError) as error:
         if os.environ.get("RANK", "0") == "0":  # once, not once per process under `accelerate launch`
             print(f"error: {command_line_error(error, build_parser())}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command_line(ARGS))

@@ -709,12 +709,24 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     return metrics
 
 
-if __name__ == "__main__":
+def run_command_line(args: argparse.Namespace | list[str] | None = None) -> int:
+    """`main` as the command line runs it, giving its exit code: 0 done; 1 the run failed after it started (the
+    console and training_log.txt have said why); 2 refused before any work, in one line on stderr. A failed push
+    exits with 1 itself (`SystemExit`).
+
+    Args:
+        args: The parsed options, or an argument list as on the command line.
+    """
     try:
-        main(ARGS)
-    except RunFailed:  # the console and training_log.txt have said why
-        sys.exit(1)
-    except (ValueError, OSError, RuntimeError) as error:  # refused before any work: one line, exit code 2
+        main(args)
+    except RunFailed:
+        return 1
+    except (ValueError, OSError, RuntimeError) as error:
         if os.environ.get("RANK", "0") == "0":  # once, not once per process under `accelerate launch`
             print(f"error: {command_line_error(error, build_parser())}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run_command_line(ARGS))

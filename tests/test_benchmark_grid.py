@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import logging
 import re
 import shlex
 import subprocess
@@ -23,7 +22,6 @@ import traceback
 from pathlib import Path
 
 import pytest
-from accelerate.state import AcceleratorState
 from matplotlib.container import BarContainer
 from PIL import Image
 
@@ -33,6 +31,7 @@ import benchmark  # noqa: E402
 import evaluate  # noqa: E402
 import train  # noqa: E402
 from make_smoke_assets import save_tiny_clip  # noqa: E402
+from script_runs import as_a_process  # noqa: E402
 
 from maple_peft.training.data import get_benchmark  # noqa: E402
 from maple_peft.training.metrics import RunMetrics, harmonic_mean  # noqa: E402
@@ -63,10 +62,8 @@ def write_coop_dataset(root: Path, name: str, class_names: list[str]) -> None:
 def in_process(command: list[str], env: dict, log: Path) -> int:
     """Runs `python examples/train.py ...` / `evaluate.py ...` in this process, its output in the cell's log."""
     module = {"train.py": train, "evaluate.py": evaluate}[Path(command[1]).name]
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
     with open(log, "a", encoding="utf-8") as handle, contextlib.redirect_stdout(handle):
-        with contextlib.redirect_stderr(handle):
+        with contextlib.redirect_stderr(handle), as_a_process():
             try:
                 module.main(command[2:])
             except SystemExit as error:
@@ -74,11 +71,6 @@ def in_process(command: list[str], env: dict, log: Path) -> int:
             except Exception:
                 traceback.print_exc()
                 return 1
-            finally:  # as a process of its own would: no accelerate state or log handler left for later tests
-                AcceleratorState._reset_state(reset_partial_state=True)
-                for handler in set(root.handlers) - set(handlers):
-                    handler.close()
-                root.handlers[:], root.level = handlers, level
     return 0
 
 

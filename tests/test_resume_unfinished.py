@@ -7,14 +7,13 @@ import contextlib
 import errno
 import io
 import json
-import logging
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from script_runs import as_a_process, example
 from test_train import FAST, REPO, assets, smoke_args  # noqa: F401 (assets: the smoke assets fixture)
 
 RESULTS = ("adapter_model.safetensors", "adapter_config.json", "README.md", "metrics.json", "training_history.json")
@@ -22,22 +21,8 @@ RESULTS = ("adapter_model.safetensors", "adapter_config.json", "README.md", "met
 
 def train(argv: list) -> None:
     """`examples/train.py` with `argv`, in this process, leaving no Accelerate state or log handler behind."""
-    from accelerate.state import AcceleratorState
-
-    sys.path.insert(0, str(REPO / "examples"))
-    try:
-        import train as train_script
-    finally:
-        sys.path.remove(str(REPO / "examples"))
-    handlers, level = list(logging.getLogger().handlers), logging.getLogger().level
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train_script.main([str(arg) for arg in argv])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
-        for handler in set(logging.getLogger().handlers) - set(handlers):
-            handler.close()
-        logging.getLogger().handlers[:], logging.getLogger().level = handlers, level
+    with as_a_process(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        example("train").main([str(arg) for arg in argv])
 
 
 def half_written_then_disk_full(tensors, filename, metadata=None):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import options  # noqa: E402
+from script_runs import run_example  # noqa: E402
 
 from maple_peft.training.run_dir import RunLock, clear_previous_run  # noqa: E402
 
@@ -27,6 +28,8 @@ CHECKPOINTED = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "10"]
 
 
 def run_script(script, *args, check=True, env=None):
+    """`python examples/<script> *args` in a process of its own: for what only a process shows (its console, the
+    lock held by another process, several processes); `run` is the same command in this process."""
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / script), *map(str, args)],
         capture_output=True,
@@ -34,6 +37,15 @@ def run_script(script, *args, check=True, env=None):
         cwd=REPO,
         env={**os.environ, "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO), **(env or {})},
     )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def run_in_process(script, *args, check=True):
+    """`python examples/<script> *args` in this process (the same exit code, stdout and stderr), without the seconds
+    of imports a process costs."""
+    result = run_example(script, *args)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
     return result
@@ -132,7 +144,7 @@ def test_the_docs_run_folder_table_lists_everything_a_run_writes(smoke_run):
 
 def test_fewer_images_than_the_shots_asked_for_are_reported_in_log_metrics_and_card(assets, tmp_path):
     out = tmp_path / "few"
-    result = run_script("train.py", *smoke_args(assets, out, *FAST, "--num_shots", "16", "--epochs", "1",
+    result = run_in_process("train.py", *smoke_args(assets, out, *FAST, "--num_shots", "16", "--epochs", "1",
                                                  "--warmup_epochs", "0"))  # fmt: skip
     assert "fewer than num_shots=16 items and keep all they have" in result.stderr  # the data's own warning
     metrics = json.loads((out / "metrics.json").read_text())
@@ -161,8 +173,10 @@ def test_checkpoints_are_numbered_from_one_and_hold_the_adapter_only(smoke_run):
         assert path.stat().st_mode & 0o777 == 0o666 & ~_umask()
 
 
-def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp_path):
-    out = tmp_path / "ddp"
+@pytest.fixture(scope="session")
+def ddp_run(assets, tmp_path_factory):
+    """The smoke recipe trained by two processes (`torch.distributed.run`), with its checkpoints (one per epoch)."""
+    out = tmp_path_factory.mktemp("runs") / "ddp"
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "examples" / "train.py"),
          *map(str, smoke_args(assets, out, "--no_plots"))],
@@ -171,6 +185,11 @@ def test_two_process_ddp_run_counts_every_test_image_once(assets, smoke_run, tmp
              "PYTHONPATH": str(REPO)},
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_two_process_ddp_run_counts_every_test_image_once(ddp_run, smoke_run):
+    out = ddp_run
     assert "2 process(es)" in (out / "training_log.txt").read_text()
     ddp = json.loads((out / "metrics.json").read_text())
     single = json.loads((smoke_run / "metrics.json").read_text())
@@ -203,11 +222,11 @@ def assert_same_result(run, other):
 
 def test_paused_after_an_epoch_and_resumed_run_ends_with_the_same_adapter_and_history(assets, smoke_run, tmp_path):
     out = tmp_path / "paused"
-    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--stop_after_epoch", "2"))
+    run_in_process("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--stop_after_epoch", "2"))
     assert not (out / "adapter_model.safetensors").exists() and (out / "RUNNING").is_file()  # not a result yet
     state = json.loads((out / "checkpoints" / "checkpoint_3" / "trainer_state.json").read_text())
     assert (state["epoch"], state["batches_in_epoch"], state["step"]) == (2, 3, 6)  # the end of epoch 2
-    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))
+    run_in_process("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))
     assert_same_result(smoke_run, out)
     assert not {"RUNNING", "run.lock"} & {p.name for p in out.iterdir()}
 
@@ -220,7 +239,7 @@ def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_adapter_and_history
     (out / "run.lock").write_text("999999999\n")  # the killed run's lock
     (out / "RUNNING").write_text("")
     workers = ["--num_workers", "2"]  # another worker count than the straight run: same augmentations
-    run_script(
+    run_in_process(
         "train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *workers, "--resume_from_checkpoint", "latest")
     )
     assert_same_result(smoke_run, out)
@@ -231,7 +250,7 @@ def test_killed_mid_epoch_and_resumed_run_ends_with_the_same_adapter_and_history
 def test_resuming_with_other_options_is_refused_naming_them(assets, smoke_run, tmp_path):
     out = tmp_path / "resumed"
     shutil.copytree(smoke_run / "checkpoints", out / "checkpoints")
-    result = run_script(
+    result = run_in_process(
         "train.py", *smoke_args(assets, out, *FAST, "--lr", "0.5", "--seed", "2", "--resume_from_checkpoint", "latest"),
         check=False,
     )  # fmt: skip
@@ -244,7 +263,7 @@ def test_resuming_in_a_folder_with_results_does_not_overwrite_them(assets, smoke
     out = tmp_path / "finished"
     shutil.copytree(smoke_run, out)
     before = {name: (out / name).read_bytes() for name in ("README.md", "metrics.json")}
-    result = run_script("train.py", *smoke_args(assets, out, "--resume_from_checkpoint", "latest"), check=False)
+    result = run_in_process("train.py", *smoke_args(assets, out, "--resume_from_checkpoint", "latest"), check=False)
     assert result.returncode != 0 and "resuming would overwrite them" in result.stderr
     assert {name: (out / name).read_bytes() for name in before} == before
 
@@ -258,7 +277,7 @@ def test_existing_output_dir_is_not_overwritten_even_when_the_yaml_says_so(asset
     args = smoke_args(assets, out, "--no_overwrite_output_dir")
     args[1] = config
     assert options.parse_args(list(map(str, args))).overwrite_output_dir is False
-    result = run_script("train.py", *args, check=False)
+    result = run_in_process("train.py", *args, check=False)
     assert result.returncode != 0 and "exists and is not empty" in result.stderr
     assert (out / "precious.txt").read_text() == "keep me" and len(list(out.iterdir())) == 1
 
@@ -268,16 +287,18 @@ def test_smoke_recipe_does_not_overwrite_by_default():
 
 
 def test_overwriting_a_finished_run_leaves_only_the_new_run_and_a_failed_push_says_how_to_retry(
-    assets, smoke_run, tmp_path
+    assets, smoke_run, tmp_path, monkeypatch
 ):
+    from huggingface_hub import constants
+
     out = tmp_path / "again"
     shutil.copytree(smoke_run, out)
     (out / "precious.txt").write_text("keep me")
-    result = run_script(
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)  # HF_HUB_OFFLINE=1: the push fails
+    result = run_in_process(
         "train.py",
         *smoke_args(assets, out, *FAST, "--overwrite_output_dir", "--push_to_hub", "--hub_model_id", "me/maple-smoke"),
         check=False,
-        env={"HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 1 and "Traceback" not in result.stderr + result.stdout
     assert f"The run is saved in {out}" in result.stderr  # an error line: on stderr
@@ -297,7 +318,7 @@ def test_overwriting_a_finished_run_leaves_only_the_new_run_and_a_failed_push_sa
 
 def test_non_finite_loss_stops_marks_the_run_failed_and_names_the_last_good_checkpoint(assets, tmp_path):
     out = tmp_path / "nan"
-    result = run_script("train.py", *smoke_args(assets, out, *FAST, "--lr", "1e30"), check=False)
+    result = run_in_process("train.py", *smoke_args(assets, out, *FAST, "--lr", "1e30"), check=False)
     assert result.returncode != 0 and "lower --lr" in result.stderr
     assert f"the last good state is {out / 'checkpoints' / 'checkpoint_1'}" in result.stderr
     weights = load_file(out / "checkpoints" / "checkpoint_1" / "adapter_model.safetensors")
@@ -377,7 +398,7 @@ def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smok
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
     out = run / "eval.json"  # inside a run folder: recorded, so that overwriting the run removes it
-    result = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
+    result = run_in_process("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
                         assets / "data", "--subset", "novel", "--output", out, "--num_workers", "0")  # fmt: skip
     evaluated = json.loads(out.read_text())
     metrics = json.loads((smoke_run / "metrics.json").read_text())
@@ -386,7 +407,7 @@ def test_evaluate_script_writes_where_asked_and_never_over_an_existing_file(smok
     assert not list(REPO.glob("eval_*.json"))  # nothing in the current folder
     assert "%|" not in result.stderr  # progress bars are drawn on a terminal only, not into a pipe or a file
     assert json.loads(result.stdout.strip().splitlines()[-1])["accuracy"] == evaluated["accuracy"]
-    again = run_script("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
+    again = run_in_process("evaluate.py", "--adapter", smoke_run, "--dataset_name", "imagefolder", "--data_dir",
                        assets / "data", "--output", out, check=False)  # fmt: skip
     assert again.returncode == 2 and "exists" in again.stderr and "--overwrite" in again.stderr
     assert json.loads(out.read_text()) == evaluated
@@ -399,7 +420,7 @@ def test_evaluate_refuses_an_adapter_of_another_backbone(smoke_run, assets, tmp_
 
     other = tmp_path / "other-clip"
     tiny_clip("wide_text").save_pretrained(other)
-    bad = run_script("evaluate.py", "--adapter", smoke_run, "--model_name_or_path", other,
+    bad = run_in_process("evaluate.py", "--adapter", smoke_run, "--model_name_or_path", other,
                      "--tokenizer_name_or_path", assets / "tiny-clip", "--dataset_name", "imagefolder",
                      "--data_dir", assets / "data", "--output", tmp_path / "bad.json", check=False)  # fmt: skip
     assert bad.returncode != 0 and "was trained on a model with text width" in bad.stderr
@@ -407,12 +428,14 @@ def test_evaluate_refuses_an_adapter_of_another_backbone(smoke_run, assets, tmp_
 
 
 def test_bad_dataset_columns_and_long_class_names_are_clear_errors(assets, tmp_path):
-    result = run_script("train.py", *smoke_args(assets, tmp_path / "a", *FAST, "--image_column", "img"), check=False)
+    result = run_in_process(
+        "train.py", *smoke_args(assets, tmp_path / "a", *FAST, "--image_column", "img"), check=False
+    )
     assert result.returncode != 0 and "'img'" in result.stderr
     assert not (tmp_path / "a").exists()  # validated before anything was created
     mapping = tmp_path / "names.json"
     mapping.write_text(json.dumps({"forest": "forest " + "very " * 80 + "dense"}))
-    result = run_script(
+    result = run_in_process(
         "train.py", *smoke_args(assets, tmp_path / "b", *FAST, "--class_name_map", mapping), check=False
     )
     assert (
@@ -439,7 +462,7 @@ SRC = ["--text_weight", "25", "--image_weight", "10", "--logits_weight", "1", "-
 @pytest.fixture(scope="session")
 def src_run(assets, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "src"
-    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC))
+    run_in_process("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC))
     return out
 
 
@@ -481,7 +504,9 @@ def test_self_regulated_run_with_gpa_resumed_ends_with_the_same_adapter_and_hist
 ):
     out = tmp_path / "resumed"
     shutil.copytree(src_run / "checkpoints" / checkpoint, out / "checkpoints" / checkpoint)
-    run_script("train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC, "--resume_from_checkpoint", "latest"))
+    run_in_process(
+        "train.py", *smoke_args(assets, out, *FAST, *CHECKPOINTED, *SRC, "--resume_from_checkpoint", "latest")
+    )
     assert_same_result(src_run, out)
 
 
@@ -492,7 +517,7 @@ def test_bad_regularization_options_are_refused_before_any_work(assets, tmp_path
         (["--gpa_mean", "3", "--gpa_std", "0"], "error: --gpa_std 0.0 must be > 0"),
     ]:
         out = tmp_path / "bad"
-        result = run_script("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)
+        result = run_in_process("train.py", *smoke_args(assets, out, *FAST, *extra), check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
         assert not out.exists()
 
@@ -510,22 +535,18 @@ def test_every_recipe_is_a_valid_set_of_options(recipe):
 def test_a_run_stopped_between_step_checkpoints_saves_one_and_resumes_to_the_same_result(assets, smoke_run, tmp_path):
     out = tmp_path / "stopped"
     stop = ["--checkpointing_steps", "100", "--stop_after_epoch", "1"]  # no step checkpoint falls in epoch 1
-    run_script("train.py", *smoke_args(assets, out, *FAST, *stop))
+    run_in_process("train.py", *smoke_args(assets, out, *FAST, *stop))
     state = json.loads((out / "checkpoints" / "checkpoint_1" / "trainer_state.json").read_text())
     assert (state["epoch"], state["step"], state["num_processes"]) == (1, 3, 1)
-    run_script("train.py", *smoke_args(assets, out, *FAST, "--resume_from_checkpoint", "latest"))
+    run_in_process("train.py", *smoke_args(assets, out, *FAST, "--resume_from_checkpoint", "latest"))
     assert_same_result(smoke_run, out)
 
 
-def test_resuming_on_another_number_of_processes_is_refused(assets, smoke_run, tmp_path):
-    out = tmp_path / "two"
-    shutil.copytree(smoke_run / "checkpoints" / "checkpoint_2", out / "checkpoints" / "checkpoint_2")
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(REPO / "examples" / "train.py"),
-         *map(str, smoke_args(assets, out, *FAST, *CHECKPOINTED, "--resume_from_checkpoint", "latest"))],
-        capture_output=True, text=True, cwd=REPO,
-        env={**os.environ, "ACCELERATE_USE_CPU": "true", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1",
-             "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert result.returncode != 0 and "written by a run on 1 process(es), but this run has 2" in result.stderr
+def test_resuming_on_another_number_of_processes_is_refused(assets, ddp_run, tmp_path):
+    out = tmp_path / "one"
+    shutil.copytree(ddp_run / "checkpoints", out / "checkpoints")  # the two-process run's, resumed by one process
+    result = run_in_process(
+        "train.py", *smoke_args(assets, out, *FAST, "--resume_from_checkpoint", "latest"), check=False
+    )
+    assert result.returncode != 0 and "written by a run on 2 process(es), but this run has 1" in result.stderr
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]  # nothing else was created
