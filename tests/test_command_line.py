@@ -270,7 +270,9 @@ def test_a_malformed_template_says_what_a_template_looks_like(tokenizer, templat
 
 
 def test_evaluate_refuses_a_malformed_template_in_one_line_before_loading_anything(tmp_path):
-    result = run("examples/evaluate.py", "--dataset", "eurosat", "--data_root", tmp_path, "--template", "a {} of {x}")
+    from script_runs import run_example  # in this process, as its command line runs it
+
+    result = run_example("evaluate.py", "--dataset", "eurosat", "--data_root", tmp_path, "--template", "a {} of {x}")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
         "error: --template a {} of {x} has the field {x}; a template holds exactly one {} where the class name "

@@ -19,6 +19,7 @@ from accelerate.utils import ProjectConfiguration
 from conftest import tiny_clip
 from peft import get_peft_model
 from safetensors.torch import save_file
+from script_runs import run_example
 
 import maple_peft
 from maple_peft.training.checkpointing import (
@@ -310,23 +311,11 @@ def test_an_interrupted_checkpoint_holding_a_users_file_is_not_removed(tmp_path)
 
 
 def train_script(output_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    """examples/train.py on the smoke recipe, with a model and data that do not exist: a refusal of the output
-    folder must come first, before anything is loaded."""
-    command = [
-        sys.executable,
-        str(REPO / "examples" / "train.py"),
-        "--config",
-        str(REPO / "examples/configs/smoke.yaml"),
-    ]
-    command += [
-        "--model_name_or_path",
-        "/no/such/model",
-        "--data_dir",
-        "/no/such/data",
-        "--output_dir",
-        str(output_dir),
-    ]
-    return subprocess.run([*command, *extra], capture_output=True, text=True, cwd=REPO)
+    """examples/train.py on the smoke recipe (in this process, as its command line runs it), with a model and data
+    that do not exist: a refusal of the output folder must come first, before anything is loaded."""
+    command = ["--config", REPO / "examples/configs/smoke.yaml", "--model_name_or_path", "/no/such/model"]
+    command += ["--data_dir", "/no/such/data", "--output_dir", output_dir]
+    return run_example("train.py", *command, *extra)
 
 
 def assert_one_error_line(done: subprocess.CompletedProcess, message: str) -> None:
