@@ -13,7 +13,7 @@ import torch
 from conftest import TOKENIZER_DIRS
 from peft import get_peft_model
 from PIL import Image
-from test_train import REPO, run_script
+from test_train import REPO, run_in_process
 
 import maple_peft
 from maple_peft.training.data import ImageClassificationDataset, PatchTransforms, image_transforms
@@ -36,7 +36,7 @@ def family_assets(tmp_path_factory):
 
 def test_siglip2_smoke_run_trains_evaluates_and_writes_a_loadable_adapter(family_assets, tmp_path):
     out = tmp_path / "run"
-    run_script(
+    run_in_process(
         "train.py",
         "--config", REPO / "examples" / "configs" / "smoke.yaml",
         "--model_name_or_path", family_assets / "tiny-siglip2",
@@ -54,7 +54,7 @@ def test_siglip2_smoke_run_trains_evaluates_and_writes_a_loadable_adapter(family
     scores = clf.predict_proba([str(p) for p in images])
     assert len(scores) == 3 and all(0 < row[0]["score"] < 1 for row in scores)
     assert sum(r["score"] for r in scores[0]) != pytest.approx(1.0, abs=1e-3)  # sigmoid scores, not a softmax
-    result = run_script(
+    result = run_in_process(
         "evaluate.py", "--adapter", out, "--dataset_name", "imagefolder", "--data_dir", family_assets / "data",
         "--subset", "novel", "--num_workers", "0",
     )  # fmt: skip
