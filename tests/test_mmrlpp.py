@@ -271,6 +271,9 @@ def test_mmrlpp_options_are_checked_and_its_own():
     mmrl_model = get_peft_model(tiny_model("clip"), MaPLeConfig(variant="mmrl", n_rep=2, rep_dim=8))
     with pytest.raises(ValueError, match="cannot share a model"):
         mmrl_model.add_adapter("pp", MaPLeConfig(variant="mmrlpp", n_rep=2, rep_dim=8))
+    mmrlpp_model = get_peft_model(tiny_model("clip"), MaPLeConfig(variant="mmrlpp", n_rep=2, rep_dim=8))
+    with pytest.raises(ValueError, match="cannot share a model"):  # nor the other way round
+        mmrlpp_model.add_adapter("mmrl", MaPLeConfig(variant="mmrl", n_rep=2, rep_dim=8))
 
 
 def test_an_mmrlpp_adapter_saves_its_options_and_loads_with_the_same_logits(saved_base, tmp_path):

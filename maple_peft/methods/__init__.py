@@ -215,6 +215,13 @@ class Method:
         """Each name of `display_title` -> (markdown description linking its paper, BibTeX entry)."""
         return {self.title: (self.paper, self.citation)}
 
+    # ---- the method's own modules ----------------------------------------------------------------------------------
+
+    def submodule(self, name: str) -> Any:
+        """The module `name` (`"modeling"`, `"convert"`) of the package that defines this method's class, imported on
+        first use: hooks that ask for it serve a subclass defined in another package (MMRL++ from MMRL's) too."""
+        return importlib.import_module(f"{type(self).__module__}.{name}")
+
     def __repr__(self) -> str:
         return f"<method {self.name!r}: {self.title}>"
 
