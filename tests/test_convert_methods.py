@@ -404,7 +404,7 @@ def test_malformed_files_get_one_clear_error(tmp_path, kind):
         (
             "mmrl",
             {"layers": 4},
-            r"projection per tower for 4 layers, but the base model's text tower has 3; pass the CLIP",
+            r"projection per tower for 4 layers, but the base model's text tower has 3 layers and its vision tower 4; pass",
         ),
     ],
 )
