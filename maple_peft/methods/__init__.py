@@ -5,7 +5,9 @@ module of this package is imported by `registry()`, so adding a method is adding
 torch when imported (the command line reads the options before torch is loaded); its hooks import what they need.
 A method with tensors and computations of its own (layers, logits, a loss) is a package, as transformers keeps a
 model's configuration apart from its modeling code: `<name>/__init__.py` declares and registers the method (no
-torch), `<name>/modeling.py` holds its `nn.Module`s and functions (e.g. `maple_peft/methods/mmrl/`).
+torch), `<name>/modeling.py` holds its `nn.Module`s and functions (e.g. `maple_peft/methods/mmrl/`), and hooks reach
+them through `Method.submodule("modeling")`, so that a method that subclasses another (MMRL++ of MMRL) inherits its
+hooks and brings its own modules.
 
 What a method module declares, as class attributes of a `Method` subclass passed to `register`:
 
@@ -15,7 +17,8 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - `recipes`: the stems of its recipes in `examples/configs/`.
 - `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
   `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's
-  files do not hold, which `maple-peft convert-official` then takes as a flag). `MaPLeConfig` gets one field per
+  files do not hold, which `maple-peft convert-official` then takes as a flag; `"test_time": True` for an option
+  the method reads at each forward pass, which `maple_peft.test_time_options` may change for an evaluation). `MaPLeConfig` gets one field per
   option (unset: `None`), the training script one flag, and `adapter_config.json` holds the options of the adapter's
   own method only. A name two methods declare (MMRL++ and MMRL's `n_rep`) is one field and one flag.
 - `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,

@@ -42,6 +42,7 @@ class MMRLOptions:
             "help": "mmrl: weight of the class path in the fused logits",
             "title": "Fusion weight (alpha)",
             "checkpoint_help": "its ALPHA (default 0.7)",
+            "test_time": True,  # read at each pass: `maple_peft.test_time_options(model, alpha=...)`
         },
     )
 

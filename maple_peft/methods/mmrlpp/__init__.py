@@ -29,6 +29,7 @@ class MMRLppOptions(MMRLOptions):
             "representation layers",
             "title": "Composition weight (beta)",
             "checkpoint_help": "its BETA (default: its scripts' value for --dataset, else 0.9)",
+            "test_time": True,  # read at each pass: the original evaluates each cross-dataset target with its own
         },
     )
     proj_lora_dim: int = field(
