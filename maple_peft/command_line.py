@@ -293,8 +293,8 @@ def build_parser() -> CommandParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     convert = commands.add_parser(
         "convert-official",
-        help="Convert a checkpoint of the original MaPLe, PromptSRC / IVLP, CoCoOp, KgCoOp, CoOp or MMRL code into a "
-        "PEFT adapter folder.",
+        help=f"Convert a checkpoint of the original {', '.join(name for name, _ in methods.checkpoint_sources())} "
+        "code into a PEFT adapter folder.",
     )
     convert.add_argument("checkpoint", help="the model.pth.tar-N file written by the original code")
     convert.add_argument("--base-model", required=True, help="the CLIP it was trained on (Hub id or directory)")

@@ -98,6 +98,9 @@ class Method:
     default_depth: ClassVar[int | None] = 9
     #: The order in which `maple_peft.convert` asks the methods whether a file is theirs (lower first).
     checkpoint_priority: ClassVar[int] = 100
+    #: For a method that imports the original code's files: (that code's name, the keys that tell its files), which
+    #: the command line's help and the refusal of an unknown file list.
+    checkpoint_files: ClassVar[tuple[str, str] | None] = None
     #: The keys a file holding the method's prompt learner alone may hold (CoOp, CoCoOp, KgCoOp).
     learner_keys: ClassVar[frozenset[str]] = frozenset()
     #: The original code uses its `ctx_init` only up to this many context tokens (MaPLe, PromptSRC); None: any.
@@ -318,6 +321,13 @@ def checkpoint_options() -> dict[str, tuple[dataclasses.Field, list[Method]]]:
     """The adapter options that the original code's checkpoints do not hold (`metadata["checkpoint_help"]`): the
     import takes them from its caller."""
     return {name: entry for name, entry in option_fields().items() if "checkpoint_help" in entry[0].metadata}
+
+
+def checkpoint_sources() -> list[tuple[str, str]]:
+    """(code name, the keys that tell its files) of every original code whose checkpoints `maple_peft.convert`
+    imports, in the order it asks the methods."""
+    ordered = sorted(registry().values(), key=lambda method: method.checkpoint_priority)
+    return list(dict.fromkeys(method.checkpoint_files for method in ordered if method.checkpoint_files))
 
 
 def owners(name: str, kind: str = "options") -> list[Method]:

@@ -193,6 +193,7 @@ class MMRL(Method):
     # ---- the original code's checkpoints (each method of this family reads them in its package's `convert`) --------
 
     checkpoint_priority = 30
+    checkpoint_files = ("MMRL", "'representation_learner.compound_rep_tokens' with 'image_encoder.proj_rep'")
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:
         return self.submodule("convert").read_checkpoint(state)

@@ -78,6 +78,10 @@ class MMRLpp(MMRL):
     # ---- the original code's checkpoints (asked before MMRL's, whose files share the representation learner) -------
 
     checkpoint_priority = 25
+    checkpoint_files = (
+        "MMRL++",
+        "'representation_learner.srra_r2tproj.weight' with 'image_encoder.A', 'image_encoder.B'",
+    )
 
 
 register(MMRLpp())
