@@ -171,7 +171,8 @@ def test_a_file_that_is_not_a_maple_checkpoint_is_refused(tmp_path):
     sources = maple_peft.methods.checkpoint_sources()
     assert {"MaPLe", "PromptSRC / IVLP", "CoCoOp", "KgCoOp", "CoOp", "MMRL", "MMRL++"} <= {name for name, _ in sources}
     assert all(f"{name}: {keys}" in str(refused.value) for name, keys in sources)
-    assert "PromptSRC / IVLP, MMRL++, MMRL, KgCoOp, CoCoOp or CoOp code" in str(refused.value)
+    names = [name for name, _ in sources]
+    assert f"the original {', '.join(names[:-1])} or {names[-1]} code" in str(refused.value)
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(ValueError, match="could not be read"):
         from_official_checkpoint(tiny_clip(), tmp_path / "text.pt", tokenizer_name_or_path=TOKENIZER_DIR)
