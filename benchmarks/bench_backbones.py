@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     environment,
     load_tokenizer,
     median,
+    peft_model,
     time_interleaved,
     trainable,
 )
@@ -98,12 +99,10 @@ def images(name: str, batch: int) -> Any:
 
 
 def classifier(name: str, n_classes: int, **kwargs: Any) -> maple_peft.PromptClassifier:
-    from peft import get_peft_model
-
     config = maple_peft.MaPLeConfig(
         n_ctx=N_CTX, depth=DEPTH, prompt_init=PROMPT_INIT, tokenizer_name_or_path=str(TOKENIZER_DIR)
     )
-    model = get_peft_model(build(name), config)
+    model = peft_model(build(name), config)
     return maple_peft.PromptClassifier(model, load_tokenizer(), class_names(n_classes), **kwargs)
 
 

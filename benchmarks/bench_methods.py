@@ -58,6 +58,7 @@ from common import (  # noqa: E402
     environment,
     load_tokenizer,
     median,
+    peft_model,
     synchronize,
     time_interleaved,
     trainable,
@@ -151,11 +152,9 @@ def adapter_config(config: dict[str, Any], layers: int) -> maple_peft.MaPLeConfi
 
 def adapt(base: nn.Module, config: dict[str, Any], layers: int, seed: int = 1) -> nn.Module:
     """`get_peft_model` on a copy of `base` that shares its (frozen) weights: one copy of CLIP in memory for all."""
-    from peft import get_peft_model
-
     shared = {id(p): p for p in base.parameters()}
     torch.manual_seed(seed)
-    return get_peft_model(copy.deepcopy(base, memo=shared), adapter_config(config, layers))
+    return peft_model(copy.deepcopy(base, memo=shared), adapter_config(config, layers))
 
 
 def make_objective(name: str, classifier: maple_peft.PromptClassifier) -> maple_peft.PromptObjective:

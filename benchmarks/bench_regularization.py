@@ -38,6 +38,7 @@ from common import (  # noqa: E402
     environment,
     load_tokenizer,
     median,
+    peft_model,
     synchronize,
     time_interleaved,
     trainable,
@@ -50,8 +51,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def build_promptsrc(layers: int, device: str):
     """PromptSRC's prompts: `variant="ivlp"`, 4 text + 4 vision tokens, depth 9, on the random ViT-B/16 CLIP."""
-    from peft import get_peft_model
-
     config = maple_peft.MaPLeConfig(
         variant="ivlp",
         n_ctx=4,
@@ -61,7 +60,7 @@ def build_promptsrc(layers: int, device: str):
         tokenizer_name_or_path=str(TOKENIZER_DIR),
     )
     torch.manual_seed(1)
-    return get_peft_model(build_clip(layers), config).to(device)
+    return peft_model(build_clip(layers), config).to(device)
 
 
 def measure(model, tokenizer, n_classes: int, reps: int, device: str, batch_size: int) -> dict:

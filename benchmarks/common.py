@@ -133,17 +133,26 @@ def build_clip(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str 
     return model.to(device)
 
 
+def peft_model(model: torch.nn.Module, config: maple_peft.MaPLeConfig) -> torch.nn.Module:
+    """`get_peft_model(model, config)` without the deprecation warning PEFT's own code raises on transformers 5 (see
+    `maple_peft.console.peft_deprecation_quieted`), so that a benchmark's output holds only its figures."""
+    from peft import get_peft_model
+
+    from maple_peft.console import peft_deprecation_quieted
+
+    with peft_deprecation_quieted():
+        return get_peft_model(model, config)
+
+
 def build_maple(layers: int = 12, attn: str = "sdpa", seed: int = 0, device: str = "cpu", shape: str = "vit-b16"):
     """`get_peft_model(CLIP, MaPLeConfig(n_ctx=2, depth=9, prompt_init="a photo of a"))` on a random CLIP of the
     given shape (default: ViT-B/16)."""
-    from peft import get_peft_model
-
     clip = build_clip(layers, attn, seed, device="cpu", shape=shape)
     config = maple_peft.MaPLeConfig(
         n_ctx=N_CTX, depth=DEPTH, prompt_init=PROMPT_INIT, tokenizer_name_or_path=str(TOKENIZER_DIR)
     )
     torch.manual_seed(seed + 1)
-    model = get_peft_model(clip, config)
+    model = peft_model(clip, config)
     return model.to(device)
 
 

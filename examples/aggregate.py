@@ -87,6 +87,27 @@ def load_runs(files: Sequence[Path]) -> list[tuple[str, Any]]:
     return runs
 
 
+def _without_smoke_runs(runs: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """The runs that are not offline smoke runs (their `smoke_assets` name a tiny random model or generated images:
+    their numbers measure nothing); the ones left out are named on stderr. `ValueError` when no other run is left."""
+    smoke = [label for label, run in runs if run.smoke_assets]
+    if not smoke:
+        return runs
+    kept = [(label, run) for label, run in runs if not run.smoke_assets]
+    shown = ", ".join(smoke[:3]) + (f" and {len(smoke) - 3} more" if len(smoke) > 3 else "")
+    if not kept:
+        raise ValueError(
+            f"Every run found is an offline smoke run ({shown}): a tiny random model or generated images, whose "
+            "numbers measure nothing; pass --include_smoke to table them anyway."
+        )
+    print(
+        f"note: left out {len(smoke)} offline smoke run(s) ({shown}): their numbers measure nothing; pass "
+        "--include_smoke to table them",
+        file=sys.stderr,
+    )
+    return kept
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point; returns the process exit code.
 
@@ -100,6 +121,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--published", nargs="*", default=None, help="YAML files of published figures (default: examples/published/)"
     )
+    parser.add_argument(
+        "--include_smoke",
+        action="store_true",
+        help="table the offline smoke runs too (left out by default: a tiny random model or generated images)",
+    )
     args = parser.parse_args(argv)
 
     # imported after the arguments are parsed: --help and argument errors do not wait for torch
@@ -112,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"No metrics.json found below {args.run_dirs}; pass the output directories of training runs."
             )
         published = load_published(args.published if args.published is not None else [PUBLISHED])
-        tables = build_tables(load_runs(files), published=published)
+        runs = load_runs(files)
+        if not args.include_smoke:
+            runs = _without_smoke_runs(runs)
+        tables = build_tables(runs, published=published)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

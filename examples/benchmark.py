@@ -498,6 +498,7 @@ def run_grid(
         else:
             todo.append((cell, plan))
     failed = sum(state == "refused" for state, _ in outcome.values())
+    stdout = sys.stdout  # the lines go where stdout is now, whatever a cell's command does to sys.stdout meanwhile
     bar = tqdm(total=len(cells), initial=len(outcome), unit="cell", desc="benchmark", dynamic_ncols=True)
     # one worker thread per device, each keeping its device for the whole grid
     unassigned, assigned = list(devices), threading.local()
@@ -522,7 +523,7 @@ def run_grid(
             line = f"{state:>7} {cell.name} ({minutes:.1f} min, {Path(cell.recipe).name})"
             line += f": {detail}" if detail else ""
             if write is print:
-                bar.write(line)
+                bar.write(line, file=stdout)
             else:
                 write(line)
             bar.update(1)

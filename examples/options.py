@@ -224,7 +224,29 @@ def yaml_defaults(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
             str(name): _checked_values(parser, f"{path} ({DATASET_OVERRIDES}: {name})", dict(options), actions)
             for name, options in overrides.items()
         }
-    checked = _checked_values(parser, path, {k: v for k, v in values.items() if k != DATASET_OVERRIDES}, actions)
+    targets = values.pop(EVAL_OVERRIDES, None)
+    if targets is not None:
+        test_time = sorted(
+            name for name, (field, _) in methods.option_fields().items() if field.metadata.get("test_time")
+        )
+        if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):
+            parser.error(
+                f"--config {path}: {EVAL_OVERRIDES} must map dataset names to test-time options, e.g. "
+                "{eurosat: {beta: 0.3}}"
+            )
+        for name, options in targets.items():
+            for key in options:
+                if key not in test_time:
+                    parser.error(
+                        f"--config {path} ({EVAL_OVERRIDES}: {name}): {key} does not act at test time; the options "
+                        f"that do are {test_time}"
+                    )
+        values[EVAL_OVERRIDES] = {
+            str(name): _checked_values(parser, f"{path} ({EVAL_OVERRIDES}: {name})", dict(options), actions)
+            for name, options in targets.items()
+        }
+    special = (DATASET_OVERRIDES, EVAL_OVERRIDES)
+    checked = _checked_values(parser, path, {k: v for k, v in values.items() if k not in special}, actions)
     return {**values, **checked}
 
 
@@ -274,6 +296,11 @@ def _checked_values(
 DATASET_OVERRIDES = "dataset_overrides"
 """A recipe's key mapping dataset names to options of their own (as the original code bases' per-dataset configs):
 they apply after the recipe and before the command line."""
+
+EVAL_OVERRIDES = "eval_dataset_overrides"
+"""A recipe's key mapping the datasets a run is evaluated on to values of the adapter's test-time options (MMRL++'s
+`beta`), used while evaluating on that dataset (`maple_peft.test_time_options`), as the original code evaluates each
+cross-dataset target with a value of its own; recorded as the run's option of that name."""
 
 
 def option_flags(parser: argparse.ArgumentParser) -> dict[str, str]:
@@ -366,9 +393,11 @@ def parse_args(argv: list[str] | None = None, *, description: str | None = None)
     """The options of `examples/train.py`, from `argv` (default: the command line) and the `--config` YAML file."""
     parser = build_parser(description)
     first, _ = parser.parse_known_args(argv)
+    targets = None  # the recipe's eval_dataset_overrides
     if first.config:
         values = yaml_defaults(parser, first.config)
         overrides = values.pop(DATASET_OVERRIDES, None) or {}
+        targets = values.pop(EVAL_OVERRIDES, None)
         _one_data_source(first, values)
         parser.set_defaults(**values)
         dataset = first.dataset or first.dataset_name or values.get("dataset") or values.get("dataset_name")
@@ -377,6 +406,14 @@ def parse_args(argv: list[str] | None = None, *, description: str | None = None)
         if dataset in overrides:  # the recipe's values for this dataset; the command line still wins
             parser.set_defaults(**overrides[dataset])
     args = parser.parse_args(argv)
+    args.eval_dataset_overrides = targets
+    for target, options in (args.eval_dataset_overrides or {}).items():
+        for name in options:
+            if args.variant not in {method.name for method in methods.owners(name)}:
+                parser.error(
+                    f"{EVAL_OVERRIDES}: {target}: {name} is an option of --variant "
+                    f"{methods.owners(name)[0].name}, not of --variant {args.variant}"
+                )
     if args.dataset and args.dataset_name:
         parser.error(
             f"--dataset {args.dataset} (a CoOp benchmark) and --dataset_name {args.dataset_name} (a 🤗 dataset) are "

@@ -243,10 +243,16 @@ def evaluate_all(
             dataset=source,  # MMRL's test-time rule: its fused logits on the classes of its training dataset only
         )
         label = f"{'zero-shot CLIP' if zero_shot else method} {name}"
-        results[name] = evaluate_classifier(
-            accelerator, classifier, accelerator.prepare(loader), class_names, desc=label
-        )
+        target_options = {} if zero_shot else (args.eval_dataset_overrides or {}).get(source, {})
+        if target_options:  # the recipe's values for this target (the original's per-dataset test-time beta)
+            label += " (" + ", ".join(f"{key} {value:g}" for key, value in target_options.items()) + ")"
+        with maple_peft.test_time_options(model, **target_options):
+            results[name] = evaluate_classifier(
+                accelerator, classifier, accelerator.prepare(loader), class_names, desc=label
+            )
         results[name]["num_skipped_images"] = dataset.num_skipped
+        if target_options:
+            results[name]["test_time_options"] = dict(target_options)
         logger.info(f"{label}: accuracy {results[name]['accuracy']:.2f}%")
     return results
 

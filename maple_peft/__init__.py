@@ -23,6 +23,7 @@ _PUBLIC_NAMES = {
     "ClassTextEncoder": "class_text",
     "ClassifierOutput": "classifier",
     "PromptClassifier": "classifier",
+    "test_time_options": "classifier",
     "MaPLeConfig": "config",
     "from_official_checkpoint": "convert",
     "MaPLeModel": "model",
@@ -42,7 +43,7 @@ _PUBLIC_NAMES = {
 if TYPE_CHECKING:  # what type checkers and IDEs see
     from .backbones import BACKBONES, Backbone, backbone_of
     from .class_text import ClassTextEncoder
-    from .classifier import ClassifierOutput, PromptClassifier
+    from .classifier import ClassifierOutput, PromptClassifier, test_time_options
     from .config import MaPLeConfig
     from .convert import from_official_checkpoint
     from .methods.kgcoop.modeling import KnowledgeGuidedLoss
@@ -105,5 +106,6 @@ __all__ = [
     "clean_class_name",
     "format_prompts",
     "from_official_checkpoint",
+    "test_time_options",
     "tokenize_prompts",
 ]

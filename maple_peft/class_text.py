@@ -23,6 +23,7 @@ from torch.utils.checkpoint import checkpoint
 from .backbones import Backbone, backbone_of
 from .config import MaPLeConfig
 from .layer import MaPLeLayer, MaPLeTextPromptLayer, conditioned
+from .methods import fields_of
 from .prompts import (
     check_class_names,
     check_template,
@@ -124,9 +125,10 @@ class ClassTextEncoder:
 
     Cache: the features are reused while all of these stay the same: the tokenizer, template, class names and chunk
     size (they decide the tokens and their grouping), the backbone family, which adapter the text layers use (another
-    active adapter, adapters disabled), `shared_prefix`, the identity, storage and in-place version counter of every
-    text-tower parameter, and a checksum (sum and position-weighted sum) of the values of the active text prompts and
-    of every trainable text-tower parameter. The checksum catches values replaced without an in-place operation
+    active adapter, adapters disabled) and that adapter's options (MMRL++'s `beta` changed by `test_time_options`),
+    `shared_prefix`, the identity, storage and in-place version counter of every text-tower parameter, and a checksum
+    (sum and position-weighted sum) of the values of the active text prompts and of every trainable text-tower
+    parameter. The checksum catches values replaced without an in-place operation
     (`param.data = ...`, `torch.nn.utils.vector_to_parameters`). Frozen base weights replaced through `.data` are
     caught by their storage address only; call `set_class_names(encoder.class_names)` to force a recomputation.
 
@@ -341,7 +343,12 @@ class ClassTextEncoder:
             name = module.prompt_adapter()
             if name is not None and isinstance(module, MaPLeTextPromptLayer):
                 watched.setdefault(id(module.maple_ctx[name]), module.maple_ctx[name])
-        return versions, adapters, _checksum(list(watched.values())), self.shared_prefix
+        # the options of the active adapter (one set between passes, as test_time_options sets MMRL++'s beta)
+        config = active_maple_config(self.model)
+        options = (
+            () if config is None else tuple(repr(getattr(config, f.name)) for f in fields_of(config.method.options))
+        )
+        return versions, adapters, _checksum(list(watched.values())), self.shared_prefix, options
 
     def features(self) -> torch.Tensor:
         """L2-normalized text features of the classes, `(n_classes, embed_dim)`: recomputed (with gradients) in train

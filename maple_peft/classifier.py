@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -18,10 +19,18 @@ from .class_text import ClassTextEncoder, TokenizedPrompts, active_maple_config,
 from .config import MaPLeConfig
 from .layer import MaPLeTextPromptLayer
 from .loading import load_image
+from .methods import fields_of
 from .numerics import flush_denormal
 from .prompts import prompt_template
 
-__all__ = ["ClassifierOutput", "PromptClassifier", "TokenizedPrompts", "active_maple_config", "base_model_of"]
+__all__ = [
+    "ClassifierOutput",
+    "PromptClassifier",
+    "TokenizedPrompts",
+    "active_maple_config",
+    "base_model_of",
+    "test_time_options",
+]
 
 REP_LOGITS = ("auto", "fusion", "class")
 
@@ -73,7 +82,7 @@ class PromptClassifier(nn.Module):
 
     Text-feature cache: in train mode the text features are recomputed at every call, with gradients. In eval mode
     they are computed once and reused while nothing that changes them changes (the tokenizer, template, class names,
-    chunk size, backbone, active adapter and the values of the text tower's parameters and prompts: see
+    chunk size, backbone, active adapter and its options, the values of the text tower's parameters and prompts: see
     `maple_peft.ClassTextEncoder`); call `set_class_names(clf.class_names)` to force a recomputation.
 
     Images: `clf(pixel_values)` with the image processor's `pixel_values`; SigLIP 2 (NaFlex) takes the processor's whole
@@ -600,3 +609,56 @@ class PromptClassifier(nn.Module):
             model.save_pretrained(save_directory, **kwargs)
         finally:
             config.class_names = previous
+
+
+@contextmanager
+def test_time_options(model: nn.Module, **values: Any) -> Iterator[MaPLeConfig | None]:
+    """Within a `with` block, give the active adapter of `model` other values of the options that act at each forward
+    pass (those its method declares with `metadata["test_time"]`: MMRL's `alpha`, MMRL++'s `alpha` and `beta`), as the
+    original code evaluates each target dataset with a value of its own; the adapter's values come back at the end.
+
+    Args:
+        model (`nn.Module`): a model carrying a MaPLe adapter (`PeftModel`, or one wrapped for distributed runs).
+        **values: the options and their values for the block; checked like `MaPLeConfig`'s before anything changes.
+
+    Yields:
+        `MaPLeConfig`: the active adapter's config, holding the block's values (`None` when no values are given and
+            no adapter is active).
+
+    Raises:
+        `ValueError`: no adapter is active, an option is not one of its method's test-time options, or a value is out
+            of range.
+
+    Example:
+
+        ```py
+        >>> with maple_peft.test_time_options(model, beta=0.3):  # EuroSAT's in MMRL++'s cross-dataset scripts
+        ...     logits = classifier(pixel_values)
+        ```
+    """
+    config = active_maple_config(model)
+    if not values:
+        yield config
+        return
+    if config is None:
+        raise ValueError(f"test_time_options({values}) needs an active MaPLe adapter, and the model has none active.")
+    method = config.method
+    allowed = [field.name for field in fields_of(method.options) if field.metadata.get("test_time")]
+    for name in values:
+        if name not in allowed:
+            raise ValueError(
+                f"{name}={values[name]!r} cannot change at test time for a {method.title} adapter; the options that "
+                f"can are {allowed or 'none'}."
+            )
+    candidate = copy.copy(config)
+    for name, value in values.items():
+        setattr(candidate, name, value)
+    method.resolve(candidate)  # the same checks as MaPLeConfig's (ValueError naming the bad value)
+    saved = {name: getattr(config, name) for name in values}
+    try:
+        for name in values:
+            setattr(config, name, getattr(candidate, name))
+        yield config
+    finally:
+        for name, value in saved.items():
+            setattr(config, name, value)

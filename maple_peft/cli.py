@@ -11,6 +11,7 @@ import argparse
 import codecs
 import os
 import sys
+from pathlib import Path
 
 from . import methods
 from .command_line import (
@@ -369,6 +370,94 @@ def _push(args: argparse.Namespace) -> int:
     return 0
 
 
+def recipe_folder(configs: str | os.PathLike | None = None) -> Path:
+    """The folder of the recipes: `configs` if given, else `examples/configs` of the source checkout this package
+    runs from (an editable install), else of the current folder.
+
+    Args:
+        configs (`str` or `os.PathLike`, *optional*): the folder the user named (`--configs`).
+    """
+    if configs is not None:
+        return Path(configs)
+    beside = Path(__file__).resolve().parents[1] / "examples" / "configs"
+    return beside if beside.is_dir() else Path("examples") / "configs"
+
+
+def recipe_summary(path: str | os.PathLike) -> str:
+    """What a recipe says it is: the first sentence of its header comment (up to its first `:` or `.` outside
+    parentheses), which names the original configuration it reproduces.
+
+    Args:
+        path (`str` or `os.PathLike`): the recipe (a YAML file of `train.py` options).
+    """
+    lines = []
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            text = line.strip()
+            if not text.startswith("#"):
+                break
+            text = text.lstrip("#").strip()
+            if text.startswith(("python ", "accelerate ")):  # the command that runs it
+                break
+            lines.append(text)
+    text = " ".join(lines)
+    depth = 0
+    for index, char in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(char, 0)
+        if depth == 0 and char in ":." and text[index + 1 : index + 2] in (" ", ""):
+            return text[:index]
+    return text
+
+
+def _shown_path(path: Path) -> str:
+    """`path` relative to the current folder where it is inside it (what `--config` then takes), else as it is."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _wrapped(text: str, indent: int) -> str:
+    """`text` in lines of at most 119 characters, the first indented by 2 spaces and the others by `indent` (paths
+    and words are kept whole)."""
+    import textwrap
+
+    return textwrap.fill(
+        text, 119, initial_indent="  ", subsequent_indent=" " * indent, break_on_hyphens=False, break_long_words=False
+    )
+
+
+def _methods(args: argparse.Namespace) -> int:
+    """Print every registered method with its paper, the option that selects it and its recipes."""
+    import re
+
+    folder = recipe_folder(args.configs)
+    if args.configs is not None and not folder.is_dir():
+        _error(f"--configs {args.configs} is not a folder; name the folder of the recipes (examples/configs).")
+        return 2
+    missing = []
+    for method in methods.registry().values():
+        selects = [f"--variant {method.name}"] if method.is_variant else []
+        if method.objective:
+            selects.append(f"--objective {method.objective}")
+        print(f"{method.title} ({' '.join(selects)})")
+        print(_wrapped(re.sub(r"\[([^\]]*)\]\(([^)]*)\)", r"\1 <\2>", method.paper), 4))  # markdown links as text
+        for recipe in method.recipes:
+            path = folder / f"{recipe}.yaml"
+            if path.is_file():
+                print(_wrapped(printable(f"{_shown_path(path)}: {recipe_summary(path)}"), 6))
+            else:
+                print(_wrapped(f"{recipe}.yaml (not in {folder})", 6))
+                missing.append(recipe)
+    if missing:
+        print(
+            f"\n{len(missing)} recipe(s) not found in {folder}: the recipes are examples/configs/ of the source "
+            "repository (not installed with the package); name that folder with --configs DIR.",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Runs the subcommand of parsed `maple-peft` arguments (see `command_line.build_parser`); returns the exit code.
 
@@ -382,6 +471,8 @@ def run(args: argparse.Namespace) -> int:
         return _predict(args)
     if args.command == "push":
         return _push(args)
+    if args.command == "methods":
+        return _methods(args)
     return _convert_official(args)
 
 

@@ -293,8 +293,8 @@ def build_parser() -> CommandParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     convert = commands.add_parser(
         "convert-official",
-        help="Convert a checkpoint of the original MaPLe, PromptSRC / IVLP, CoCoOp, KgCoOp, CoOp or MMRL code into a "
-        "PEFT adapter folder.",
+        help=f"Convert a checkpoint of the original {', '.join(name for name, _ in methods.checkpoint_sources())} "
+        "code into a PEFT adapter folder.",
     )
     convert.add_argument("checkpoint", help="the model.pth.tar-N file written by the original code")
     convert.add_argument("--base-model", required=True, help="the CLIP it was trained on (Hub id or directory)")
@@ -360,6 +360,20 @@ def build_parser() -> CommandParser:
     push.add_argument("run_dir", help="the run folder written by examples/train.py")
     push.add_argument("--hub-model-id", required=True, help="the model repository, user/name")
     push.add_argument("--private", action="store_true", help="create the repository as private")
+
+    listing = commands.add_parser(
+        "methods",
+        help="List the methods: their papers, how to train them and their recipes (examples/configs/*.yaml).",
+        description="Prints each registered method (maple_peft/methods/): its title, paper, the train.py option that "
+        "selects it, and its recipes, each with the original configuration its header says it reproduces.",
+    )
+    listing.add_argument(
+        "--configs",
+        default=None,
+        metavar="DIR",
+        help="the recipes' folder (default: examples/configs of the source checkout maple_peft runs from, else of "
+        "the current folder)",
+    )
     return parser
 
 

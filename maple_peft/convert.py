@@ -273,12 +273,11 @@ def read_official_checkpoint(checkpoint_path: str | os.PathLike) -> OfficialChec
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
     if found is None:
+        sources = methods.checkpoint_sources()
+        layouts = "; ".join(f"{name}: {keys}" for name, keys in sources)
         raise ValueError(
-            f"{path} is not a checkpoint of the original MaPLe, PromptSRC / IVLP, CoCoOp, KgCoOp, CoOp or MMRL code: "
-            "its state_dict has none of their layouts (MaPLe: 'prompt_learner.ctx' with 'prompt_learner.proj.*'; "
-            "PromptSRC / IVLP: 'prompt_learner.ctx' with 'image_encoder.VPT'; MMRL: 'representation_learner.*'; "
-            "CoOp, CoCoOp, KgCoOp: a prompt learner alone, 'ctx' with only 'meta_net.*', 'bias_vectors', "
-            f"'token_prefix', 'token_suffix'); found keys such as {sorted(state)[:5]}."
+            f"{path} is not a checkpoint of the original {_list([name for name, _ in sources], 'or')} code: its "
+            f"state_dict has none of their layouts ({layouts}); found keys such as {sorted(state)[:5]}."
         )
     non_finite = non_finite_keys(found.state_dict)
     if non_finite:
@@ -289,8 +288,8 @@ def read_official_checkpoint(checkpoint_path: str | os.PathLike) -> OfficialChec
     return found
 
 
-def _list(parts: list[str]) -> str:
-    return ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+def _list(parts: list[str], conjunction: str = "and") -> str:
+    return ", ".join(parts[:-1]) + f" {conjunction} {parts[-1]}" if len(parts) > 1 else parts[0]
 
 
 def _refuse_options_of_others(converted: OfficialCheckpoint, template: str | None, options: dict[str, Any]) -> None:

@@ -7,7 +7,9 @@ image processor.
 
 from __future__ import annotations
 
+import io
 import os
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
@@ -328,8 +330,22 @@ IMAGE_URL_TIMEOUT = (10.0, 30.0)
 """The seconds `load_image` waits on an image URL's server by default: to connect, then for each read (between
 bytes), so that a server that accepts the connection and never answers cannot hang a run."""
 
+IMAGE_URL_DEADLINE = 120.0
+"""The seconds an image download may take in all by default: a server that trickles its bytes (each within the read
+timeout) is cut off after this (at most one read timeout later)."""
 
-def load_image(image: Any, timeout: float | tuple[float, float] | None = None) -> Any:
+IMAGE_URL_MAX_BYTES = 64 * 1024 * 1024
+"""The size an image download may reach by default (64 MiB, far above any photo): a server that announces or sends
+more is cut off, so that an endless response cannot fill the memory."""
+
+
+def load_image(
+    image: Any,
+    timeout: float | tuple[float, float] | None = None,
+    *,
+    deadline: float | None = None,
+    max_bytes: int | None = None,
+) -> Any:
     """Read an image given as a local path or an `http(s)://` URL into an RGB PIL image, naming it on failure.
 
     Paths and URLs are read as transformers' `load_image` reads them (EXIF orientation applied); a URL's server is
@@ -340,6 +356,9 @@ def load_image(image: Any, timeout: float | tuple[float, float] | None = None) -
         image (`PIL.Image.Image`, `str`, `os.PathLike` or array): the image or where to read it.
         timeout (`float` or `(float, float)`, *optional*): for a URL, the seconds to wait for the connection and then
             for each read, as `(connect, read)` or one number for both; default `IMAGE_URL_TIMEOUT` (10 s, 30 s).
+        deadline (`float`, *optional*): for a URL, the seconds the whole download may take; default
+            `IMAGE_URL_DEADLINE` (120 s).
+        max_bytes (`int`, *optional*): for a URL, the most bytes it may send; default `IMAGE_URL_MAX_BYTES` (64 MiB).
 
     Returns:
         The PIL image (or `image` itself when it is not a path or URL).
@@ -363,7 +382,8 @@ def load_image(image: Any, timeout: float | tuple[float, float] | None = None) -
         raise FileNotFoundError(f"Cannot read image {source!r}: no such file.")
     try:
         if is_url:
-            return transformers_load_image(source, timeout=_url_timeout(timeout))
+            data = _download(source, timeout, deadline, max_bytes)
+            return transformers_load_image(Image.open(io.BytesIO(data)))  # its EXIF orientation and RGB, as for files
         return transformers_load_image(source)
     except Exception as err:  # PIL's UnidentifiedImageError, truncated files, HTTP errors, timeouts...
         reason = _timeout_reason(err, timeout) or (str(err).splitlines()[0] if str(err) else type(err).__name__)
@@ -376,12 +396,32 @@ def _timeouts(timeout: float | tuple[float, float] | None) -> tuple[float, float
     return tuple(timeout) if isinstance(timeout, (tuple, list)) else (timeout, timeout)
 
 
-def _url_timeout(timeout: float | tuple[float, float] | None) -> Any:
-    """The `httpx.Timeout` of an image download (transformers' `load_image` passes it to `httpx.get`)."""
+def _download(
+    url: str, timeout: float | tuple[float, float] | None, deadline: float | None, max_bytes: int | None
+) -> bytes:
+    """The bytes of an image URL (redirects followed), within the timeouts, the `deadline` and `max_bytes`."""
     from huggingface_hub.utils import httpx
 
     connect, read = _timeouts(timeout)
-    return httpx.Timeout(read, connect=connect)
+    deadline = IMAGE_URL_DEADLINE if deadline is None else deadline
+    max_bytes = IMAGE_URL_MAX_BYTES if max_bytes is None else max_bytes
+    started = time.monotonic()
+    with httpx.stream("GET", url, timeout=httpx.Timeout(read, connect=connect), follow_redirects=True) as response:
+        response.raise_for_status()
+        announced = response.headers.get("content-length", "")
+        if announced.isdigit() and int(announced) > max_bytes:
+            raise ValueError(
+                f"the server announces {int(announced)} bytes, more than the {max_bytes} an image may have"
+            )
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > max_bytes:
+                raise ValueError(f"the server sent more than the {max_bytes} bytes an image may have")
+            if time.monotonic() - started > deadline:
+                raise ValueError(f"the download took longer than {deadline:g} s ({size} bytes received)")
+            chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _timeout_reason(error: Exception, timeout: float | tuple[float, float] | None) -> str | None:

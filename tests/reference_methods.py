@@ -211,7 +211,14 @@ def mmrl_loss(clip, input_ids, pixel_values, learner, rep_layers, labels, alpha:
     mean cos(text, text_clip))`: `image_clip` frozen CLIP's image features, `text_clip` frozen CLIP's text features on
     the same template prompts (`input_ids`), all normalised; `F.cosine_similarity`'s default eps (1e-8).
     """
-    logits, logits_rep, fusion, image, text = mmrl_logits(clip, input_ids, pixel_values, learner, rep_layers, alpha)
+    outputs = mmrl_logits(clip, input_ids, pixel_values, learner, rep_layers, alpha)
+    return representation_loss(clip, input_ids, pixel_values, outputs, labels, alpha, reg_weight)
+
+
+def representation_loss(clip, input_ids, pixel_values, outputs, labels, alpha: float, reg_weight: float):
+    """The loss of MMRL (and of MMRL++, whose `MMRLpp_Loss` is the same) from the model's `outputs` `(logits,
+    logits_rep, fusion, image, text)`: see `mmrl_loss`."""
+    logits, logits_rep, fusion, image, text = outputs
     with torch.no_grad():
         image_clip = normalize(reference_image_embeds(clip, pixel_values, []))
         text_clip = normalize(reference_text_embeds(clip, input_ids, []))

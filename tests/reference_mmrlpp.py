@@ -28,8 +28,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from reference import _block, reference_image_embeds, reference_text_embeds
-from reference_methods import MMRL_LOGIT_SCALE, causal_mask, cosine, normalize, pooled_position
+from reference import _block
+from reference_methods import MMRL_LOGIT_SCALE, causal_mask, normalize, pooled_position, representation_loss
 
 TOKENS = "representation_learner.compound_rep_tokens"
 
@@ -123,25 +123,8 @@ def mmrlpp_loss(
     """MMRL++'s loss (`MMRLpp_Loss`, MMRL's): `alpha CE(logits) + (1 - alpha) CE(logits_rep) + reg_weight (1 - mean
     cos(image, image_clip)) + reg_weight (1 - mean cos(text, text_clip))`, frozen CLIP's features on the same images
     and template prompts; returns `(loss, terms, fusion)`."""
-    logits, logits_rep, fusion, image, text = mmrlpp_logits(
-        clip, input_ids, pixel_values, learner, rep_layers, alpha, beta
-    )
-    with torch.no_grad():
-        image_clip = normalize(reference_image_embeds(clip, pixel_values, []))
-        text_clip = normalize(reference_text_embeds(clip, input_ids, []))
-    terms = {
-        "ce": F.cross_entropy(logits, labels),
-        "ce_rep": F.cross_entropy(logits_rep, labels),
-        "reg_image": 1 - cosine(image, image_clip, 1e-8).mean(),
-        "reg_text": 1 - cosine(text, text_clip, 1e-8).mean(),
-    }
-    loss = (
-        alpha * terms["ce"]
-        + (1 - alpha) * terms["ce_rep"]
-        + reg_weight * terms["reg_image"]
-        + reg_weight * terms["reg_text"]
-    )
-    return loss, terms, fusion
+    outputs = mmrlpp_logits(clip, input_ids, pixel_values, learner, rep_layers, alpha, beta)
+    return representation_loss(clip, input_ids, pixel_values, outputs, labels, alpha, reg_weight)
 
 
 def mmrlpp_trainable(key: str) -> bool:

@@ -337,3 +337,21 @@ def test_the_shipped_recipes_meet_their_published_figures(recipe, expected):
     assert [p.name for p in published if p.matches(method_key(run))] == expected
     hub = RunMetrics(**{**run.__dict__, "split_source": "hub:timm/eurosat-rgb:train/test"})
     assert not [p for p in published if p.matches(method_key(hub))]  # another split: no paper figure beside it
+
+
+def test_aggregate_leaves_out_smoke_runs_unless_asked_and_says_so(aggregate, runs_root, tmp_path, capsys):
+    _write_run(
+        runs_root, "smoke/seed4", "eurosat", "base2novel", 4, {"base": 10.0, "novel": 10.0}, smoke_assets=["data"]
+    )
+    assert aggregate.main([str(runs_root)]) == 0
+    captured = capsys.readouterr()
+    assert "left out 1 offline smoke run(s)" in captured.err and "smoke/seed4" in captured.err
+    assert _row(captured.out, "eurosat")[1:3] == [_mean_std([96.0, 98.0, 97.0]), _mean_std([70.0, 80.0, 75.0])]
+    assert aggregate.main([str(runs_root), "--include_smoke"]) == 0
+    captured = capsys.readouterr()
+    assert "left out" not in captured.err
+    assert _row(captured.out, "eurosat")[1] == _mean_std([96.0, 98.0, 97.0, 10.0])
+    only_smoke = tmp_path / "only-smoke"
+    _write_run(only_smoke, "run", "eurosat", "base2novel", 1, {"base": 10.0, "novel": 10.0}, smoke_assets=["data"])
+    assert aggregate.main([str(only_smoke)]) == 2
+    assert "Every run found is an offline smoke run" in capsys.readouterr().err

@@ -42,6 +42,7 @@ def imported_modules(importtime_stderr: str) -> set[str]:
         (["-c", "import maple_peft"], 0),
         (["-m", "maple_peft.cli", "--help"], 0),
         (["-m", "maple_peft.cli", "predict", "--help"], 0),
+        (["-m", "maple_peft.cli", "methods"], 0),
         (["-m", "maple_peft.cli", "predict", "--adapter", "a", "--top-k", "0", "x.jpg"], 2),
         (["examples/train.py", "--help"], 0),
         (["examples/train.py", "--lr", "abc"], 2),

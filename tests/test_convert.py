@@ -165,10 +165,14 @@ def test_official_checkpoint_gives_the_original_models_logits(tmp_path, tokenize
 
 def test_a_file_that_is_not_a_maple_checkpoint_is_refused(tmp_path):
     torch.save({"state_dict": {"weight": torch.zeros(2)}}, tmp_path / "other.pt")
-    with pytest.raises(
-        ValueError, match="not a checkpoint of the original MaPLe, PromptSRC / IVLP, CoCoOp, KgCoOp, CoOp or MMRL code"
-    ):
+    with pytest.raises(ValueError, match="not a checkpoint of the original") as refused:
         from_official_checkpoint(tiny_clip(), tmp_path / "other.pt", tokenizer_name_or_path=TOKENIZER_DIR)
+    # every original code whose files the methods import is named, with the keys that tell its files
+    sources = maple_peft.methods.checkpoint_sources()
+    assert {"MaPLe", "PromptSRC / IVLP", "CoCoOp", "KgCoOp", "CoOp", "MMRL", "MMRL++"} <= {name for name, _ in sources}
+    assert all(f"{name}: {keys}" in str(refused.value) for name, keys in sources)
+    names = [name for name, _ in sources]
+    assert f"the original {', '.join(names[:-1])} or {names[-1]} code" in str(refused.value)
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(ValueError, match="could not be read"):
         from_official_checkpoint(tiny_clip(), tmp_path / "text.pt", tokenizer_name_or_path=TOKENIZER_DIR)

@@ -23,13 +23,22 @@ from test_methods import cocoop_learner, mmrl_learner
 from test_model import CLASSES, padded77
 from transformers import CLIPModel
 
-from maple_peft import MaPLeConfig, PromptClassifier, format_prompts, from_official_checkpoint
+from maple_peft import MaPLeConfig, PromptClassifier, format_prompts, from_official_checkpoint, methods
 from maple_peft.cli import main
 from maple_peft.convert import read_official_checkpoint
 
 # the tiny CLIP of conftest: d_text 32 (3 layers), d_vision 48 (4 layers), image embeddings 16 wide
 D_TEXT, D_VISION, EMBED = 32, 48, 16
 PET_TEMPLATE = "a photo of a {}, a type of pet."
+
+
+def owners_of(*names: str) -> str:
+    """A regex of the methods a refusal says the options `names` belong to, `MMRL and MMRL\\+\\+`: those that declare
+    them (for `template`: the variants without learned prompts, which take a class template), in title order."""
+    titles = {method.title for name in names for method in methods.owners(name)}
+    if "template" in names:
+        titles |= {m.title for m in methods.variants().values() if not (m.text_prompts or m.vision_prompts)}
+    return re.escape(" and ".join(sorted(titles)))
 
 
 def _read_back(tensors, dtype):
@@ -404,7 +413,7 @@ def test_malformed_files_get_one_clear_error(tmp_path, kind):
         (
             "mmrl",
             {"layers": 4},
-            r"projection per tower for 4 layers, but the base model's text tower has 3; pass the CLIP",
+            r"projection per tower for 4 layers, but the base model's text tower has 3 layers and its vision tower 4; pass",
         ),
     ],
 )
@@ -433,12 +442,14 @@ def test_a_file_of_another_base_model_is_refused_naming_both(tmp_path, writer, k
         (
             "kgcoop",
             {"rep_layers": [1, 2]},
-            r"rep_layers=\[1, 2\] given, but these options belong to MMRL and MMRL\+\+ checkpoints, and this is a KgCoOp checkpoint",
+            rf"rep_layers=\[1, 2\] given, but these options belong to {owners_of('rep_layers')} checkpoints, and this is a "
+            "KgCoOp checkpoint",
         ),
         (
             "cocoop",
             {"template": PET_TEMPLATE, "alpha": 0.5},
-            "alpha=0.5, template=.* given, but these options belong to MMRL and MMRL\\+\\+ checkpoints, and this is a CoCoOp",
+            f"alpha=0.5, template=.* given, but these options belong to {owners_of('alpha', 'template')} checkpoints, and "
+            "this is a CoCoOp",
         ),
     ],
 )
@@ -563,7 +574,11 @@ def test_convert_official_command_takes_mmrls_options(tmp_path, capsys, saved_ba
             r"rep_layers=\[3\] has 1 layers, but the checkpoint has a projection per tower for 2",
         ),
         ("mmrl", ["--rep-layers", "3", "4"], r"rep_layers=\[3, 4\] but the base model's towers have 3 \(text\)"),
-        ("kgcoop", ["--alpha", "0.5"], "alpha=0.5 given, but these options belong to MMRL and MMRL\\+\\+ checkpoints"),
+        (
+            "kgcoop",
+            ["--alpha", "0.5"],
+            f"alpha=0.5 given, but these options belong to {owners_of('alpha')} checkpoints",
+        ),
     ],
 )
 def test_convert_official_command_refuses_options_that_do_not_fit_before_loading_the_base(

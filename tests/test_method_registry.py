@@ -4,6 +4,7 @@ declarations."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from transformers import CLIPTokenizer
 
 from maple_peft import MaPLeConfig, PromptClassifier, methods
 from maple_peft.adapter_card import method_name
+from maple_peft.cli import main, recipe_summary
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "examples"))
@@ -28,6 +30,48 @@ def test_every_recipe_belongs_to_exactly_one_method():
     on_disk = {path.stem for path in (REPO / "examples" / "configs").glob("*.yaml")} - {"smoke"}
     assert sorted(named) == sorted(set(named))
     assert set(named) == on_disk
+
+
+def test_maple_peft_methods_lists_every_method_and_every_recipe_with_the_original_it_reproduces(capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["methods"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    blocks: dict[str, list[str]] = {}  # method title -> its lines (the first at the margin, the others indented)
+    for line in out.splitlines():
+        if not line.startswith(" "):
+            blocks[line.split(" (--")[0]] = []
+        list(blocks.values())[-1].append(line.strip())
+    assert list(blocks) == [method.title for method in methods.registry().values()]
+    for method in methods.registry().values():
+        text = " ".join(blocks[method.title])
+        assert (f"--variant {method.name}" in blocks[method.title][0]) == method.is_variant
+        assert all(link in text for link in re.findall(r"\]\(([^)]*)\)", method.paper))  # the paper's link
+        for recipe in method.recipes:
+            summary = recipe_summary(REPO / "examples" / "configs" / f"{recipe}.yaml")
+            assert summary and f"examples/configs/{recipe}.yaml: {summary}" in text
+    listed = set(re.findall(r"examples/configs/(\w+)\.yaml", out))
+    assert listed == {path.stem for path in (REPO / "examples" / "configs").glob("*.yaml")} - {"smoke"}
+
+
+def test_a_recipe_summary_is_the_headers_first_sentence_which_names_the_original():
+    summary = recipe_summary(REPO / "examples" / "configs" / "maple_base2novel.yaml")
+    assert summary == (
+        "MaPLe, base-to-novel generalization (the paper's Table 1 recipe; the MaPLe repository's "
+        "configs/trainers/MaPLe/vit_b16_c2_ep5_batch4_2ctx.yaml)"
+    )
+
+
+def test_maple_peft_methods_says_where_the_recipes_are_when_it_cannot_find_them(tmp_path, capsys):
+    assert main(["methods", "--configs", str(tmp_path)]) == 0
+    out, err = capsys.readouterr()
+    assert f"mmrl_base2novel.yaml (not in {tmp_path})" in out
+    assert "examples/configs/ of the source repository" in err and "--configs DIR" in err
+    assert main(["methods", "--configs", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == (
+        f"maple-peft: error: --configs {tmp_path / 'missing'} is not a folder; name the folder of the recipes "
+        "(examples/configs).\n"
+    )
 
 
 def test_a_maple_adapter_saves_no_option_of_another_method(tmp_path):

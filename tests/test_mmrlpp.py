@@ -28,6 +28,7 @@ from test_backbones import model_input_ids
 from test_methods import randomized
 from test_train import assets  # noqa: F401 (the smoke assets fixture)
 
+import maple_peft
 from maple_peft import MaPLeConfig, PromptClassifier
 
 CLASSES = ["cat", "golden retriever", "sea anemone", "Boeing 737-800"]
@@ -259,6 +260,92 @@ def test_a_beta_set_on_the_adapters_config_applies_at_the_next_pass():
     torch.testing.assert_close(got, expected, atol=2e-5 * expected.abs().max().item(), rtol=1e-4)
 
 
+def test_test_time_options_change_beta_for_a_block_only_and_are_checked_first():
+    model, untouched, tokenizer = mmrlpp(rep_layers=[1, 3])
+    model.eval()
+    images, targets = family_images("clip"), ["pad thai", "ramen", "tacos"]
+    clf = PromptClassifier(model, tokenizer, targets)
+    learner = {key: value.detach() for key, value in mmrlpp_learner(model).items()}
+    input_ids = model_input_ids("clip", tokenizer, clf.prompts)
+    trained = model.peft_config["default"].beta
+    with torch.no_grad():
+        with maple_peft.test_time_options(model, beta=0.3) as config:
+            assert config.beta == 0.3
+            got = clf(images)
+        after = clf(images)
+        expected = mmrlpp_logits(untouched, input_ids, images, learner, [1, 3], beta=0.3)[0]
+        expected_after = mmrlpp_logits(untouched, input_ids, images, learner, [1, 3], beta=trained)[0]
+    close(got, expected, rel=2e-5)
+    close(after, expected_after, rel=2e-5)
+    assert model.peft_config["default"].beta == trained
+    with pytest.raises(
+        ValueError, match=r"n_rep=2 cannot change at test time for a MMRL\+\+ adapter.*\['alpha', 'beta'\]"
+    ):
+        with maple_peft.test_time_options(model, n_rep=2):
+            pass
+    with pytest.raises(ValueError, match=r"beta=1.5 must be a number in \[0, 1\]"):
+        with maple_peft.test_time_options(model, beta=1.5):
+            pass
+    assert model.peft_config["default"].beta == trained
+    maple = get_peft_model(tiny_model("clip"), MaPLeConfig(n_ctx=2, depth=1, prompt_init=None))
+    with pytest.raises(ValueError, match="for a MaPLe adapter; the options that can are none"):
+        with maple_peft.test_time_options(maple, beta=0.3):
+            pass
+
+
+#: The BETA the original evaluates each cross-dataset target with (yunncheng/MMRL, trainers/config.py, TASK CD).
+ORIGINAL_CD_BETA = {
+    "imagenetv2": 0.9, "imagenet_r": 0.9, "imagenet_a": 0.8, "imagenet_sketch": 0.7, "fgvc_aircraft": 0.9,
+    "ucf101": 0.9, "sun397": 0.7, "oxford_pets": 0.6, "caltech101": 0.6, "dtd": 0.5, "oxford_flowers": 0.4,
+    "stanford_cars": 0.3, "eurosat": 0.3, "food101": 0.3,
+}  # fmt: skip
+
+
+def test_the_cross_dataset_recipe_evaluates_each_target_with_the_originals_beta(monkeypatch, tmp_path):
+    from test_train import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    import options
+    import train
+
+    args = options.parse_args(
+        ["--config", str(REPO / "examples/configs/mmrlpp_cross_dataset.yaml"), "--data_root", "x"]
+    )
+    assert args.eval_dataset_overrides == {name: {"beta": beta} for name, beta in ORIGINAL_CD_BETA.items()}
+    assert args.beta == 0.9  # trained (and evaluated on ImageNet) with the CD value of ImageNet
+
+    model, _, tokenizer = mmrlpp(rep_layers=[1, 3], beta=0.9)
+    seen = {}
+
+    def evaluate(accelerator, classifier, loader, class_names, desc):
+        seen[desc] = model.peft_config["default"].beta
+        return {"accuracy": 50.0}
+
+    monkeypatch.setattr(train, "evaluate_classifier", evaluate)
+    monkeypatch.setattr(
+        train, "ImageClassificationDataset", lambda records, transform: type("D", (), {"num_skipped": 0})
+    )
+    monkeypatch.setattr(train, "DataLoader", lambda dataset, **kwargs: dataset)
+    accelerator = type("A", (), {"prepare": staticmethod(lambda loader: loader)})
+    transforms = type("T", (), {"test": staticmethod(lambda: None)})
+    splits = {
+        "imagenet": (None, ["cat", "dog"], "a photo of a {}.", "imagenet"),
+        "eurosat": (None, ["forest", "river"], "a centered satellite photo of {}.", "eurosat"),
+    }
+    args.text_batch_size, args.num_workers = 8, 0
+    results = train.evaluate_all(
+        accelerator, model, tokenizer, splits, transforms, args, zero_shot=False, method="MMRL++"
+    )
+    assert seen == {"MMRL++ imagenet": 0.9, "MMRL++ eurosat (beta 0.3)": 0.3}
+    assert "test_time_options" not in results["imagenet"] and results["eurosat"]["test_time_options"] == {"beta": 0.3}
+    assert model.peft_config["default"].beta == 0.9
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("variant: mmrlpp\ndataset: imagenet\neval_dataset_overrides: {eurosat: {reg_weight: 1.0}}\n")
+    with pytest.raises(SystemExit):
+        options.parse_args(["--config", str(bad), "--data_root", "x"])
+
+
 def test_mmrlpp_options_are_checked_and_its_own():
     with pytest.raises(ValueError, match=r"beta=1.5 must be a number in \[0, 1\]"):
         MaPLeConfig(variant="mmrlpp", beta=1.5)
@@ -271,6 +358,9 @@ def test_mmrlpp_options_are_checked_and_its_own():
     mmrl_model = get_peft_model(tiny_model("clip"), MaPLeConfig(variant="mmrl", n_rep=2, rep_dim=8))
     with pytest.raises(ValueError, match="cannot share a model"):
         mmrl_model.add_adapter("pp", MaPLeConfig(variant="mmrlpp", n_rep=2, rep_dim=8))
+    mmrlpp_model = get_peft_model(tiny_model("clip"), MaPLeConfig(variant="mmrlpp", n_rep=2, rep_dim=8))
+    with pytest.raises(ValueError, match="cannot share a model"):  # nor the other way round
+        mmrlpp_model.add_adapter("mmrl", MaPLeConfig(variant="mmrl", n_rep=2, rep_dim=8))
 
 
 def test_an_mmrlpp_adapter_saves_its_options_and_loads_with_the_same_logits(saved_base, tmp_path):

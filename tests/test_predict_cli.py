@@ -209,14 +209,73 @@ def test_image_urls_are_waited_on_10_s_to_connect_and_30_s_per_read_by_default(m
 
     seen = {}
 
-    def get(url, timeout, **kwargs):
+    def stream(method, url, timeout, **kwargs):
         seen["timeout"] = timeout
         raise httpx.ReadTimeout("timed out")
 
-    monkeypatch.setattr(httpx, "get", get)
+    monkeypatch.setattr(httpx, "stream", stream)
     with pytest.raises(ValueError, match="did not answer within 30 s"):
         load_image("https://example.com/image.png")
     assert (seen["timeout"].connect, seen["timeout"].read) == (10.0, 30.0)
+
+
+@pytest.fixture
+def odd_server():
+    """A local server whose paths misbehave: /trickle sends a byte every 0.05 s for 10 s, /announced announces 5000
+    bytes, /endless sends 5000 bytes without announcing them, /image.png is a real PNG."""
+    import io
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from PIL import Image
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 3), (200, 10, 10)).save(png, format="PNG")
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            self.send_response(200)
+            if self.path == "/image.png":
+                self.send_header("Content-Length", str(len(png.getvalue())))
+                self.end_headers()
+                self.wfile.write(png.getvalue())
+                return
+            if self.path == "/announced":
+                self.send_header("Content-Length", "5000")
+            self.end_headers()
+            try:
+                if self.path == "/trickle":
+                    for _ in range(200):
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        time.sleep(0.05)
+                else:
+                    self.wfile.write(b"x" * 5000)
+            except OSError:  # the client hung up, as it should
+                pass
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_image_download_is_cut_off_past_its_deadline_or_size(odd_server):
+    from maple_peft.loading import load_image
+
+    assert load_image(f"{odd_server}/image.png", max_bytes=1000).size == (4, 3)
+    with pytest.raises(ValueError, match=r"/trickle': the download took longer than 0.3 s \(\d+ bytes received\)"):
+        load_image(f"{odd_server}/trickle", timeout=5, deadline=0.3)
+    with pytest.raises(ValueError, match="the server announces 5000 bytes, more than the 1000 an image may have"):
+        load_image(f"{odd_server}/announced", max_bytes=1000)
+    with pytest.raises(ValueError, match="the server sent more than the 1000 bytes an image may have"):
+        load_image(f"{odd_server}/endless", max_bytes=1000)
 
 
 def test_a_pickle_only_adapter_or_base_model_is_refused_in_one_line_without_unpickling(

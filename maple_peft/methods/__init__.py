@@ -5,7 +5,9 @@ module of this package is imported by `registry()`, so adding a method is adding
 torch when imported (the command line reads the options before torch is loaded); its hooks import what they need.
 A method with tensors and computations of its own (layers, logits, a loss) is a package, as transformers keeps a
 model's configuration apart from its modeling code: `<name>/__init__.py` declares and registers the method (no
-torch), `<name>/modeling.py` holds its `nn.Module`s and functions (e.g. `maple_peft/methods/mmrl/`).
+torch), `<name>/modeling.py` holds its `nn.Module`s and functions (e.g. `maple_peft/methods/mmrl/`), and hooks reach
+them through `Method.submodule("modeling")`, so that a method that subclasses another (MMRL++ of MMRL) inherits its
+hooks and brings its own modules.
 
 What a method module declares, as class attributes of a `Method` subclass passed to `register`:
 
@@ -15,7 +17,8 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - `recipes`: the stems of its recipes in `examples/configs/`.
 - `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
   `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's
-  files do not hold, which `maple-peft convert-official` then takes as a flag). `MaPLeConfig` gets one field per
+  files do not hold, which `maple-peft convert-official` then takes as a flag; `"test_time": True` for an option
+  the method reads at each forward pass, which `maple_peft.test_time_options` may change for an evaluation). `MaPLeConfig` gets one field per
   option (unset: `None`), the training script one flag, and `adapter_config.json` holds the options of the adapter's
   own method only. A name two methods declare (MMRL++ and MMRL's `n_rep`) is one field and one flag.
 - `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,
@@ -95,6 +98,9 @@ class Method:
     default_depth: ClassVar[int | None] = 9
     #: The order in which `maple_peft.convert` asks the methods whether a file is theirs (lower first).
     checkpoint_priority: ClassVar[int] = 100
+    #: For a method that imports the original code's files: (that code's name, the keys that tell its files), which
+    #: the command line's help and the refusal of an unknown file list.
+    checkpoint_files: ClassVar[tuple[str, str] | None] = None
     #: The keys a file holding the method's prompt learner alone may hold (CoOp, CoCoOp, KgCoOp).
     learner_keys: ClassVar[frozenset[str]] = frozenset()
     #: The original code uses its `ctx_init` only up to this many context tokens (MaPLe, PromptSRC); None: any.
@@ -215,6 +221,13 @@ class Method:
         """Each name of `display_title` -> (markdown description linking its paper, BibTeX entry)."""
         return {self.title: (self.paper, self.citation)}
 
+    # ---- the method's own modules ----------------------------------------------------------------------------------
+
+    def submodule(self, name: str) -> Any:
+        """The module `name` (`"modeling"`, `"convert"`) of the package that defines this method's class, imported on
+        first use: hooks that ask for it serve a subclass defined in another package (MMRL++ from MMRL's) too."""
+        return importlib.import_module(f"{type(self).__module__}.{name}")
+
     def __repr__(self) -> str:
         return f"<method {self.name!r}: {self.title}>"
 
@@ -308,6 +321,13 @@ def checkpoint_options() -> dict[str, tuple[dataclasses.Field, list[Method]]]:
     """The adapter options that the original code's checkpoints do not hold (`metadata["checkpoint_help"]`): the
     import takes them from its caller."""
     return {name: entry for name, entry in option_fields().items() if "checkpoint_help" in entry[0].metadata}
+
+
+def checkpoint_sources() -> list[tuple[str, str]]:
+    """(code name, the keys that tell its files) of every original code whose checkpoints `maple_peft.convert`
+    imports, in the order it asks the methods."""
+    ordered = sorted(registry().values(), key=lambda method: method.checkpoint_priority)
+    return list(dict.fromkeys(method.checkpoint_files for method in ordered if method.checkpoint_files))
 
 
 def owners(name: str, kind: str = "options") -> list[Method]:

@@ -35,6 +35,7 @@ class CoCoOp(Method):
     conditional = True
     default_depth = 1
     checkpoint_priority = 50
+    checkpoint_files = ("CoCoOp", "a prompt learner alone, 'ctx' with 'meta_net.*', 'token_prefix', 'token_suffix'")
     learner_keys = frozenset({"ctx", *META_NET})
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:

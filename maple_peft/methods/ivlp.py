@@ -25,6 +25,7 @@ class IVLP(Method):
     text_prompts = True
     vision_prompts = True
     checkpoint_priority = 20
+    checkpoint_files = ("PromptSRC / IVLP", "'prompt_learner.ctx' with 'image_encoder.VPT'")
     ctx_init_max_tokens = 4
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:

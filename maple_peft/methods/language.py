@@ -32,6 +32,7 @@ class LanguagePrompts(Method):
     recipes = ("language_base2novel", "coop_base2novel")
     text_prompts = True
     checkpoint_priority = 60
+    checkpoint_files = ("CoOp", "a prompt learner alone, 'ctx' with only 'token_prefix', 'token_suffix'")
     learner_keys = frozenset({"ctx"})
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:

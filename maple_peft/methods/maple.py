@@ -36,6 +36,7 @@ class MaPLe(Method):
     vision_prompts = True
     coupling = "per_depth"
     checkpoint_priority = 10
+    checkpoint_files = ("MaPLe", "'prompt_learner.ctx' with 'prompt_learner.proj.*'")
     ctx_init_max_tokens = 4
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:
@@ -67,6 +68,8 @@ class MaPLeShared(MaPLe):
     )
     recipes = ()
     coupling = "shared"
+
+    checkpoint_files = None
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:
         return None  # MaPLe's code has no shared coupling: its files are MaPLe's

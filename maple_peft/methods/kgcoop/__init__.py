@@ -49,6 +49,7 @@ class KgCoOp(Method):
     trained_with = "trained with the knowledge-guided loss of {paper}"
 
     checkpoint_priority = 40
+    checkpoint_files = ("KgCoOp", "a prompt learner alone, 'ctx' with 'bias_vectors' and 'meta_net.linear1.*'")
     #: what KgCoOp's prompt learner saves beside `ctx` and never uses
     learner_keys = frozenset({"ctx", "bias_vectors", "meta_net.linear1.weight", "meta_net.linear1.bias"})
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
-from .. import Method, register
+from .. import Method, fields_of, register
 
 
 @dataclass
@@ -42,6 +42,7 @@ class MMRLOptions:
             "help": "mmrl: weight of the class path in the fused logits",
             "title": "Fusion weight (alpha)",
             "checkpoint_help": "its ALPHA (default 0.7)",
+            "test_time": True,  # read at each pass: `maple_peft.test_time_options(model, alpha=...)`
         },
     )
 
@@ -54,11 +55,6 @@ class MMRLObjectiveOptions:
         default=1.0,
         metadata={"help": "mmrl: weight of each cosine regularization term", "title": "Regularization weight"},
     )
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r} must be an integer >= 1.")
 
 
 def default_rep_layers(n_text: int) -> list[int]:
@@ -89,22 +85,34 @@ class MMRL(Method):
 
     # ---- configuration ----------------------------------------------------------------------------------------------
 
+    #: Options that are counts (integers >= 1) and weights (numbers in [0, 1]).
+    counts: ClassVar[tuple[str, ...]] = ("n_rep", "rep_dim")
+    weights: ClassVar[tuple[str, ...]] = ("alpha",)
+
     def resolve(self, config: Any) -> None:
         if config.depth is not None:
             raise ValueError(
                 f"depth={config.depth} was given, but variant={self.name!r} places its representation tokens by "
                 "rep_layers; leave depth unset."
             )
-        defaults = MMRLOptions()
-        for name in ("n_rep", "rep_dim", "alpha"):
+        defaults = self.options()
+        for name in (option.name for option in fields_of(self.options)):
             if getattr(config, name) is None:
                 setattr(config, name, getattr(defaults, name))
-        for name in ("n_rep", "rep_dim"):
-            _check_positive_int(name, getattr(config, name))
-        alpha = config.alpha
-        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
-            raise ValueError(f"alpha={alpha!r} must be a number in [0, 1], such as 0.7 (MMRL's).")
-        config.alpha = float(alpha)
+        for name in self.counts:
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name}={value!r} must be an integer >= 1, such as {self.title}'s {getattr(defaults, name)}."
+                )
+        for name in self.weights:
+            value = getattr(config, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+                raise ValueError(
+                    f"{name}={value!r} must be a number in [0, 1], such as {getattr(defaults, name)} "
+                    f"({self.title}'s default)."
+                )
+            setattr(config, name, float(value))
         if config.rep_layers is not None:
             layers = config.rep_layers
             if (
@@ -164,15 +172,15 @@ class MMRL(Method):
     def create_layer(
         self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
     ) -> bool:
-        from .modeling import create_representation_layer
+        from .modeling import create_layer
 
-        create_representation_layer(tuner, config, adapter_name, target, target_name, parent, key)
+        create_layer(self.submodule("modeling").LAYER, tuner, config, adapter_name, target, target_name, parent, key)
         return True
 
     def link(self, tuner: Any, adapter_name: str) -> bool:
-        from .modeling import link_representation_layers
+        from .modeling import link_layers
 
-        link_representation_layers(tuner, adapter_name)
+        link_layers(tuner, adapter_name)
         return True
 
     # ---- logits and loss -------------------------------------------------------------------------------------------
@@ -182,19 +190,16 @@ class MMRL(Method):
 
         return representation_outputs(classifier, inputs, config, **extra)
 
-    # ---- the original code's checkpoints --------------------------------------------------------------------------
+    # ---- the original code's checkpoints (each method of this family reads them in its package's `convert`) --------
 
     checkpoint_priority = 30
+    checkpoint_files = ("MMRL", "'representation_learner.compound_rep_tokens' with 'image_encoder.proj_rep'")
 
     def read_checkpoint(self, state: dict[str, Any]) -> Any:
-        from .convert import read_checkpoint
-
-        return read_checkpoint(state)
+        return self.submodule("convert").read_checkpoint(state)
 
     def checkpoint_dims(self, converted: Any) -> dict[str, int]:
-        from .convert import dims
-
-        return dims(converted)
+        return self.submodule("convert").dims(converted)
 
     def checkpoint_config(
         self,
@@ -207,14 +212,11 @@ class MMRL(Method):
         options: Any = None,
         **extra: Any,
     ) -> Any:
-        from .convert import checkpoint_config
-
-        return checkpoint_config(converted, clip_config, template=template, **(options or {}), **extra)
+        convert = self.submodule("convert")
+        return convert.checkpoint_config(converted, clip_config, template=template, **(options or {}), **extra)
 
     def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
-        from .convert import adapter_state_dict
-
-        return adapter_state_dict(converted, config)
+        return self.submodule("convert").adapter_state_dict(converted, config)
 
     def objective_class(self) -> type:
         from .modeling import RepresentationLoss

@@ -142,42 +142,56 @@ def checkpoint_config(
     converted: OfficialCheckpoint,
     clip_config: Any,
     rep_layers: list[int] | None = None,
-    alpha: float | None = None,
     template: str | None = None,
-    **extra: Any,
+    **options: Any,
 ) -> MaPLeConfig:
-    """The `MaPLeConfig` of an MMRL checkpoint on a base model: `rep_layers` (default: the last k text layers, k the
-    file's projections per tower, as every MMRL config places them) checked against the file's projections and the
-    towers; the other options validated."""
+    """The `MaPLeConfig` of an MMRL checkpoint on a base model (see `layered_config`); `alpha` and the `extra` options
+    of `MaPLeConfig` as given."""
+    first = "compound_rep_tokens_r2tproj"
+    return layered_config(converted, clip_config, projections(converted), "a projection per tower", first, rep_layers,
+                          template, **options)  # fmt: skip
+
+
+def layered_config(
+    converted: OfficialCheckpoint,
+    clip_config: Any,
+    count: int,
+    held: str,
+    key: str,
+    rep_layers: list[int] | None,
+    template: str | None,
+    **options: Any,
+) -> MaPLeConfig:
+    """The `MaPLeConfig` of a checkpoint of MMRL or MMRL++ (`converted.variant`, its options from the file) on a base
+    model of config `clip_config`: `rep_layers` (default: the last `count` text layers, as every config of the
+    original places them) checked against the file's `count` layers and the towers; `options` (`alpha`, `beta`,
+    `class_names`, ...) validated by `MaPLeConfig`. `held` and `key` name, in messages, what the file holds per layer
+    ("a projection per tower") and the key of its first one."""
     n_text = clip_config.text_config.num_hidden_layers
     n_vision = clip_config.vision_config.num_hidden_layers
-    count = projections(converted)
+    limit = min(n_text, n_vision)
+    if count > limit:
+        raise ValueError(
+            f"The checkpoint has {held} for {count} layers, but the base model's text tower has {n_text} layers and "
+            f"its vision tower {n_vision}; pass the CLIP the checkpoint was trained on."
+        )
     shown = f"rep_layers={rep_layers}"
     if rep_layers is None:
-        if count > n_text:
-            raise ValueError(
-                f"The checkpoint has a projection per tower for {count} layers, but the base model's text tower has "
-                f"{n_text}; pass the CLIP the checkpoint was trained on."
-            )
         rep_layers = list(range(n_text - count + 1, n_text + 1))
-        shown = f"rep_layers={rep_layers} (the default: the last {count} text layers, one per projection in the file)"
+        shown = f"rep_layers={rep_layers} (the default: the last {count} text layers, one per layer in the file)"
     config = MaPLeConfig(
-        variant="mmrl",
-        n_rep=converted.options["n_rep"],
-        rep_dim=converted.options["rep_dim"],
+        variant=converted.variant,
+        **converted.options,
         rep_layers=rep_layers,
-        alpha=alpha,
         template=template if template is not None else prompt_template(None),
-        **extra,
+        **options,
     )
     if len(config.rep_layers) != count:
-        example = list(range(max(1, n_text - count + 1), n_text + 1))
         raise ValueError(
-            f"{shown} has {len(config.rep_layers)} layers, but the checkpoint has a projection per tower for {count} "
-            f"(compound_rep_tokens_r2tproj.0 .. {count - 1}); pass the REP_LAYERS of the run that wrote it (MMRL's "
-            f"configs use 6 .. 12 on ViT-B/16), e.g. rep_layers={example}."
+            f"{shown} has {len(config.rep_layers)} layers, but the checkpoint has {held} for {count} ({key}.0 .. "
+            f"{count - 1}); pass the REP_LAYERS of the run that wrote it ({converted.source}'s configs use 6 .. 12 on "
+            f"ViT-B/16), e.g. rep_layers={list(range(max(1, n_text - count + 1), n_text + 1))}."
         )
-    limit = min(n_text, n_vision)
     if config.rep_layers[-1] > limit:
         raise ValueError(
             f"{shown} but the base model's towers have {n_text} (text) and {n_vision} (vision) layers; use 1-based "

@@ -53,35 +53,45 @@ class MaPLeRepresentationLayer(MaPLeLayer):
         tower (`str`): `"text"` or `"vision"`.
         n_rep (`int`): the number of representation tokens.
         first (`bool`): the tokens are inserted here (the adapter's first layer of `rep_layers`).
-        proj (`nn.Linear`, *optional*): this layer's projection of the tokens (None: the layer carries them).
-        tokens (`torch.Tensor`, *optional*): the initial `R` (first text layer).
-        proj_rep (`torch.Tensor`, *optional*): the initial `proj_rep` (first vision layer).
+        **parts: the initial tensors the layer holds for the adapter (`initial_parts`; see `update_layer`).
     """
 
     adapter_layer_names = ("maple_rep_tokens", "maple_rep_proj", "maple_proj_rep")
     other_param_names = ("maple_n_ctx", "maple_rep_first", "maple_rep_source")
 
     def __init__(
-        self,
-        base_layer: nn.Module,
-        adapter_name: str,
-        depth: int,
-        tower: str,
-        n_rep: int,
-        first: bool,
-        proj: nn.Linear | None = None,
-        tokens: torch.Tensor | None = None,
-        proj_rep: torch.Tensor | None = None,
+        self, base_layer: nn.Module, adapter_name: str, depth: int, tower: str, n_rep: int, first: bool, **parts: Any
     ) -> None:
         super().__init__(base_layer, adapter_name, depth)
         self.tower = tower
+        self.create_holders()
+        self.update_layer(adapter_name, n_rep, first, **parts)
+
+    def create_holders(self) -> None:
+        """The containers of the adapters' tensors at this layer (a subclass adds its own)."""
         self.maple_rep_tokens = nn.ParameterDict()
         self.maple_rep_proj = nn.ModuleDict()
         self.maple_proj_rep = nn.ParameterDict()
         self.maple_rep_first: dict[str, bool] = {}
         # adapter -> the layer holding R (a plain dict, so that nothing is registered twice)
         self.maple_rep_source: dict[str, MaPLeRepresentationLayer] = {}
-        self.update_layer(adapter_name, n_rep, first, proj, tokens, proj_rep)
+
+    @classmethod
+    def initial_parts(
+        cls, config: Any, tower: str, first: bool, template: nn.Linear | None, embed_dim: int
+    ) -> dict[str, Any]:
+        """What a new layer of an adapter with `config` holds, initialized as the original: this layer's projection (a
+        copy of its tower's freshly initialized `template`, None when the layer carries the tokens), `R` normal with
+        std `prompt_init_std` (first text layer) and `proj_rep` `d_vision**-0.5 * randn` (first vision layer)."""
+        parts: dict[str, Any] = {}
+        if template is not None:
+            parts["proj"] = copy.deepcopy(template)
+        if first and tower == "text":
+            parts["tokens"] = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
+        if first and tower == "vision":
+            d_vision = template.out_features
+            parts["proj_rep"] = d_vision**-0.5 * torch.randn(d_vision, embed_dim)
+        return parts
 
     def update_layer(
         self,
@@ -107,9 +117,14 @@ class MaPLeRepresentationLayer(MaPLeLayer):
         self.maple_rep_first[adapter_name] = first
         self.set_adapter(self.active_adapters)
 
-    def link(self, adapter_name: str, source: MaPLeRepresentationLayer) -> None:
-        """Take the representation tokens of `adapter_name` from `source` (the adapter's first text layer)."""
-        self.maple_rep_source[adapter_name] = source
+    def link(self, adapter_name: str, layers: list[MaPLeRepresentationLayer]) -> None:
+        """Take the representation tokens of `adapter_name` from the one of its `layers` that holds them."""
+        self.maple_rep_source[adapter_name] = next(m for m in layers if adapter_name in m.maple_rep_tokens)
+
+    def projection(self, adapter_name: str, base_model: nn.Module) -> torch.Tensor:
+        """The representation path's projection `(d_vision, embed_dim)` of `adapter_name`: `proj_rep` (held by the
+        adapter's first vision layer)."""
+        return self.maple_proj_rep[adapter_name]
 
     def tokens(self, adapter_name: str) -> torch.Tensor | None:
         """The projected tokens `(n_rep, d)` this layer writes for `adapter_name`, or None (it carries them)."""
@@ -150,72 +165,74 @@ class MaPLeRepresentationLayer(MaPLeLayer):
         return "maple." + super().__repr__()
 
 
-def create_representation_layer(
-    tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
+#: MMRL's layer class: the `MMRL` method builds the `LAYER` of its package's modeling module (MMRL++ names its own).
+LAYER = MaPLeRepresentationLayer
+
+
+def create_layer(
+    layer_class: type[MaPLeRepresentationLayer],
+    tuner: Any,
+    config: Any,
+    adapter_name: str,
+    target: Any,
+    target_name: str,
+    parent: Any,
+    key: str,
 ) -> None:
-    """MMRL's layer at module `key`: a text or vision layer that inserts, replaces or carries the tokens."""
+    """The layer of class `layer_class` (MMRL's, MMRL++'s) at module `key`: a text or vision layer that inserts,
+    replaces or carries the tokens, holding what `layer_class.initial_parts` gives it; each tower's projections start
+    from one freshly initialized `Linear(rep_dim, d)`, as in the original code."""
     from ...model import depth_of_key
 
-    if isinstance(target, MaPLeLayer) and not isinstance(target, MaPLeRepresentationLayer):
+    if isinstance(target, MaPLeLayer) and type(target) is not layer_class:
         raise ValueError(
-            f"{key} already carries an adapter of another kind ({type(target).__name__}); MMRL's "
-            "representation tokens and the prompts of the other variants cannot share a model. Add the adapter "
+            f"{key} already carries an adapter of another kind ({type(target).__name__}); representation tokens "
+            "cannot share a model with the prompts of other variants (nor MMRL's with MMRL++'s). Add the adapter "
             "to a fresh base model."
         )
     backbone = backbone_of(tuner.model)
     index = depth_of_key(key)
-    layer_number = index + 1
     tower = "vision" if key.startswith(backbone.vision_layer.format("")) else "text"
-    first = layer_number == config.rep_layers[0]
-    d_text, d_vision = backbone.widths(tuner.model.config)
-    proj = None
-    if layer_number in config.rep_layers:
-        # each tower's projections start as copies of one freshly initialized Linear, as in the original code
+    first = index + 1 == config.rep_layers[0]
+    template = None
+    if index + 1 in config.rep_layers:
         templates = tuner.__dict__.setdefault("_maple_rep_templates", {})
-        template_key = (adapter_name, tower)
-        if template_key not in templates:
-            templates[template_key] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
-        proj = copy.deepcopy(templates[template_key])
-    tokens = proj_rep = None
-    if first and tower == "text":
-        tokens = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
-    if first and tower == "vision":
-        proj_rep = d_vision**-0.5 * torch.randn(d_vision, backbone.embed_dim(tuner.model.config))
-    args = (config.n_rep, first, proj, tokens, proj_rep)
-    if isinstance(target, MaPLeRepresentationLayer):
-        target.update_layer(adapter_name, *args)
+        if (adapter_name, tower) not in templates:
+            d_text, d_vision = backbone.widths(tuner.model.config)
+            templates[adapter_name, tower] = nn.Linear(config.rep_dim, d_vision if tower == "vision" else d_text)
+        template = templates[adapter_name, tower]
+    parts = layer_class.initial_parts(config, tower, first, template, backbone.embed_dim(tuner.model.config))
+    if isinstance(target, layer_class):
+        target.update_layer(adapter_name, config.n_rep, first, **parts)
         return
-    new_module = MaPLeRepresentationLayer(unwrap(target), adapter_name, index, tower, *args)
+    new_module = layer_class(unwrap(target), adapter_name, index, tower, config.n_rep, first, **parts)
     if adapter_name not in tuner.active_adapters:
         new_module.requires_grad_(False)
     tuner._replace_module(parent, target_name, new_module, target)
 
 
-def link_representation_layers(tuner: Any, adapter_name: str) -> None:
-    """After injection: every MMRL layer of `adapter_name` takes its tokens from the layer that holds them."""
+def link_layers(tuner: Any, adapter_name: str) -> None:
+    """After injection: every representation layer of `adapter_name` takes the tensors it shares from the layer that
+    holds them."""
     for key in [key for key in tuner.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
         del tuner.__dict__["_maple_rep_templates"][key]
-    layers = [m for m in tuner.model.modules() if isinstance(m, MaPLeRepresentationLayer)]
-    owner = next(m for m in layers if adapter_name in m.maple_rep_tokens)
+    layers = [
+        m for m in tuner.model.modules() if isinstance(m, MaPLeRepresentationLayer) and adapter_name in m.maple_n_ctx
+    ]
     for layer in layers:
-        if adapter_name in layer.maple_n_ctx:
-            layer.link(adapter_name, owner)
+        layer.link(adapter_name, layers)
 
 
 def representation_outputs(classifier: Any, inputs: Any, config: Any, **extra: Any) -> ClassifierOutput:
     """MMRL's classifier outputs: the class path (the class token) and the representation path (its tokens' mean
-    through `post_layernorm` and `proj_rep`) from one pass of the vision tower, both against the same text features;
-    the logits are the fused ones on the adapter's own classes (`PromptClassifier.uses_fusion`), else the class
-    path's."""
+    through `post_layernorm` and the adapter's `projection`) from one pass of the vision tower, both against the same
+    text features; the logits are the fused ones on the adapter's own classes (`PromptClassifier.uses_fusion`), else
+    the class path's."""
     base, backbone = classifier.base_model, classifier.backbone
     vision = backbone.image_outputs(base, inputs, **extra)
     image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
-    owner = next(
-        m for m in base.vision_model.modules() if isinstance(m, MaPLeRepresentationLayer) and m.maple_proj_rep
-    )
-    proj_rep = owner.maple_proj_rep[owner.prompt_adapter()]
     tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
-    rep = tokens.mean(dim=1) @ proj_rep.to(tokens.dtype)
+    rep = tokens.mean(dim=1) @ active_projection(base).to(tokens.dtype)
     rep = rep / rep.norm(dim=-1, keepdim=True)
     text = classifier.text_features()
     logits_class = backbone.logits(base, image, text, scale=LOGIT_SCALE)
@@ -229,6 +246,16 @@ def representation_outputs(classifier: Any, inputs: Any, config: Any, **extra: A
         logits_rep=logits_rep,
         image_rep_features=rep,
     )
+
+
+def active_projection(base_model: nn.Module) -> torch.Tensor:
+    """The representation path's projection of the active adapter, from its first vision layer."""
+    for module in base_model.vision_model.modules():
+        if isinstance(module, MaPLeRepresentationLayer):
+            adapter_name = module.prompt_adapter()
+            if adapter_name is not None and module.maple_rep_first.get(adapter_name):
+                return module.projection(adapter_name, base_model)
+    raise RuntimeError("The model has no active adapter with representation tokens; activate one with set_adapter.")
 
 
 class RepresentationLoss(PromptObjective):

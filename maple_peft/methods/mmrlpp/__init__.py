@@ -12,9 +12,7 @@ logits, the test-time rule and the loss are MMRL's.
 
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass, field
-from typing import Any
 
 from .. import register
 from ..mmrl import MMRL, MMRLOptions
@@ -31,6 +29,7 @@ class MMRLppOptions(MMRLOptions):
             "representation layers",
             "title": "Composition weight (beta)",
             "checkpoint_help": "its BETA (default: its scripts' value for --dataset, else 0.9)",
+            "test_time": True,  # read at each pass: the original evaluates each cross-dataset target with its own
         },
     )
     proj_lora_dim: int = field(
@@ -73,75 +72,16 @@ class MMRLpp(MMRL):
     objective_options = None
     default_objective = "mmrl"  # it trains with MMRL's (the original's MMRLpp_Loss is the same)
 
-    def resolve(self, config: Any) -> None:
-        super().resolve(config)
-        defaults = MMRLppOptions()
-        for name in ("beta", "proj_lora_dim", "res_lora_dim"):
-            if getattr(config, name) is None:
-                setattr(config, name, getattr(defaults, name))
-        for name in ("proj_lora_dim", "res_lora_dim"):
-            value = getattr(config, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"{name}={value!r} must be an integer >= 1, such as MMRL++'s {getattr(defaults, name)}."
-                )
-        beta = config.beta
-        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not 0 <= beta <= 1:
-            raise ValueError(f"beta={beta!r} must be a number in [0, 1], such as 0.9 (MMRL++'s default).")
-        config.beta = float(beta)
-
-    def create_layer(
-        self, tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
-    ) -> bool:
-        from .modeling import create_layer
-
-        create_layer(tuner, config, adapter_name, target, target_name, parent, key)
-        return True
-
-    def link(self, tuner: Any, adapter_name: str) -> bool:
-        from .modeling import link_layers
-
-        link_layers(tuner, adapter_name)
-        return True
-
-    def outputs(self, classifier: Any, inputs: Any, config: Any, **extra: Any) -> Any:
-        from .modeling import outputs
-
-        return outputs(classifier, inputs, config, **extra)
+    counts = (*MMRL.counts, "proj_lora_dim", "res_lora_dim")
+    weights = (*MMRL.weights, "beta")
 
     # ---- the original code's checkpoints (asked before MMRL's, whose files share the representation learner) -------
 
     checkpoint_priority = 25
-
-    def read_checkpoint(self, state: dict[str, Any]) -> Any:
-        from .convert import read_checkpoint
-
-        return read_checkpoint(state)
-
-    def checkpoint_dims(self, converted: Any) -> dict[str, int]:
-        from .convert import dims
-
-        return dims(converted)
-
-    def checkpoint_config(
-        self,
-        converted: Any,
-        clip_config: Any,
-        *,
-        prompt_init: str | None = None,
-        tokenizer_name_or_path: str | None = None,
-        template: str | None = None,
-        options: Any = None,
-        **extra: Any,
-    ) -> Any:
-        from .convert import checkpoint_config
-
-        return checkpoint_config(converted, clip_config, template=template, **(options or {}), **extra)
-
-    def checkpoint_state_dict(self, converted: Any, config: Any) -> dict[str, Any]:
-        from .convert import adapter_state_dict
-
-        return adapter_state_dict(converted, config)
+    checkpoint_files = (
+        "MMRL++",
+        "'representation_learner.srra_r2tproj.weight' with 'image_encoder.A', 'image_encoder.B'",
+    )
 
 
 register(MMRLpp())

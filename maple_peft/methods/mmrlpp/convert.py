@@ -19,13 +19,8 @@ import torch
 
 from ...backbones import TEXT_LAYER, VISION_LAYER
 from ...config import MaPLeConfig
-from ...convert import (
-    OfficialCheckpoint,
-    check_numbered,
-    check_same_shape,
-    checkpoint_tensor,
-)
-from ...prompts import prompt_template
+from ...convert import OfficialCheckpoint, check_numbered, check_same_shape, checkpoint_tensor
+from ..mmrl.convert import layered_config
 
 PREFIX = "representation_learner."
 TOKENS = "representation_learner.compound_rep_tokens"
@@ -141,49 +136,16 @@ def checkpoint_config(
     converted: OfficialCheckpoint,
     clip_config: Any,
     rep_layers: list[int] | None = None,
-    alpha: float | None = None,
-    beta: float | None = None,
     template: str | None = None,
-    **extra: Any,
+    beta: float | None = None,
+    **options: Any,
 ) -> MaPLeConfig:
-    """The `MaPLeConfig` of an MMRL++ checkpoint on a base model: `rep_layers` (default: the last k text layers, k the
-    file's aligner layers per tower, as every MMRL++ config places them) checked against the file and the towers;
-    `alpha` (default 0.7) and `beta` (default: the original's value for the `dataset` given, else 0.9) are not in the
-    file."""
+    """The `MaPLeConfig` of an MMRL++ checkpoint on a base model (see MMRL's `layered_config`); `beta` (default: the
+    original's value for the `dataset` given, else 0.9) and `alpha` (default 0.7) are not in the file."""
     if beta is None:
-        beta = DATASET_BETA.get(extra.get("dataset"))
-    n_text = clip_config.text_config.num_hidden_layers
-    n_vision = clip_config.vision_config.num_hidden_layers
-    count = layers(converted)
-    if count > min(n_text, n_vision):
-        raise ValueError(
-            f"The checkpoint has aligner layers for {count} representation layers, but the base model's towers have "
-            f"{n_text} (text) and {n_vision} (vision) layers; pass the CLIP the checkpoint was trained on."
-        )
-    shown = f"rep_layers={rep_layers}"
-    if rep_layers is None:
-        rep_layers = list(range(n_text - count + 1, n_text + 1))
-    config = MaPLeConfig(
-        variant="mmrlpp",
-        **converted.options,
-        rep_layers=rep_layers,
-        alpha=alpha,
-        beta=beta,
-        template=template if template is not None else prompt_template(None),
-        **extra,
-    )
-    if len(config.rep_layers) != count:
-        raise ValueError(
-            f"{shown} has {len(config.rep_layers)} layers, but the checkpoint has aligner layers for {count} "
-            f"(srra_r2tproj.srra.0 .. {count - 1}); pass the REP_LAYERS of the run that wrote it (MMRL++'s configs use "
-            f"6 .. 12 on ViT-B/16), e.g. rep_layers={list(range(max(1, n_text - count + 1), n_text + 1))}."
-        )
-    if config.rep_layers[-1] > min(n_text, n_vision):
-        raise ValueError(
-            f"{shown} but the base model's towers have {n_text} (text) and {n_vision} (vision) layers; use 1-based "
-            f"layer numbers up to {min(n_text, n_vision)}."
-        )
-    return config
+        beta = DATASET_BETA.get(options.get("dataset"))
+    return layered_config(converted, clip_config, layers(converted), "aligner layers", "srra_r2tproj.srra",
+                          rep_layers, template, beta=beta, **options)  # fmt: skip
 
 
 def adapter_state_dict(converted: OfficialCheckpoint, config: MaPLeConfig) -> dict[str, torch.Tensor]:

@@ -10,10 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbones import backbone_of
-from ...classifier import ClassifierOutput
-from ...layer import MaPLeLayer, unwrap
-from ..mmrl.modeling import LOGIT_SCALE, MaPLeRepresentationLayer
+from ..mmrl.modeling import MaPLeRepresentationLayer
 
 
 class ResidualAligner(nn.Module):
@@ -67,20 +64,47 @@ class MMRLppLayer(MaPLeRepresentationLayer):
         "maple_n_ctx", "maple_rep_first", "maple_rep_source", "maple_rep_config", "maple_rep_shared_source",
     )  # fmt: skip
 
-    def __init__(
-        self, base_layer: nn.Module, adapter_name: str, depth: int, tower: str, n_rep: int, first: bool, **parts: Any
-    ) -> None:
-        super().__init__(base_layer, adapter_name, depth, tower, n_rep, first)
-        self.update_layer(adapter_name, n_rep, first, **parts)
+    def create_holders(self) -> None:
+        super().create_holders()
+        self.maple_rep_shared = nn.ParameterDict()
+        self.maple_proj_lora_A = nn.ParameterDict()
+        self.maple_proj_lora_B = nn.ParameterDict()
+        self.maple_rep_config: dict[str, Any] = {}
+        # adapter -> the layer of this tower that holds W (a plain dict, so that nothing is registered twice)
+        self.maple_rep_shared_source: dict[str, MMRLppLayer] = {}
+
+    @classmethod
+    def initial_parts(
+        cls, config: Any, tower: str, first: bool, template: nn.Linear | None, embed_dim: int
+    ) -> dict[str, Any]:
+        """What a new layer of an adapter with `config` holds, initialized as the original: the tower's aligner starts
+        from one `Linear(rep_dim, d)` (`template`: its weight shared, a copy of its bias in every layer), each residual
+        `A` kaiming-uniform and `B` zero, the projection's `A` kaiming-uniform and `B` zero (so `W + A B = W` and the
+        projection is CLIP's at the start), `R` normal with std `prompt_init_std` (0.02)."""
+        parts: dict[str, Any] = {"config": config}
+        if template is not None:
+            parts["aligner"] = ResidualAligner(
+                _kaiming_uniform(template.out_features, config.res_lora_dim),
+                torch.zeros(config.res_lora_dim, config.rep_dim),
+                template.bias,
+            )
+            if first:
+                parts["shared"] = template.weight
+        if first and tower == "text":
+            parts["tokens"] = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
+        if first and tower == "vision":
+            parts["proj_lora"] = (
+                _kaiming_uniform(template.out_features, config.proj_lora_dim),
+                torch.zeros(config.proj_lora_dim, embed_dim),
+            )
+        return parts
 
     def update_layer(
         self,
         adapter_name: str,
         n_rep: int,
         first: bool,
-        proj: nn.Module | None = None,
         tokens: torch.Tensor | None = None,
-        proj_rep: torch.Tensor | None = None,
         *,
         config: Any = None,
         aligner: ResidualAligner | None = None,
@@ -88,20 +112,8 @@ class MMRLppLayer(MaPLeRepresentationLayer):
         proj_lora: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> None:
         """Add (or replace) what `adapter_name` holds at this layer: the tokens `R` `(n_rep, rep_dim)`, the layer's
-        `aligner`, the tower's `shared` weight `(d, rep_dim)`, `proj_lora` `(A, B)` of the projection, and the adapter's `config` (its `beta`).
-        MMRL's `proj` and `proj_rep` are refused: an MMRL adapter does not go into MMRL++'s layers."""
-        if proj is not None or proj_rep is not None:
-            raise ValueError(
-                f"Layer {self.depth} of the {self.tower} tower carries MMRL++ representation tokens, and an MMRL "
-                "adapter cannot share a model with them; add it to a fresh base model."
-            )
-        if "maple_rep_shared" not in self._modules:  # first call, from MaPLeRepresentationLayer.__init__
-            self.maple_rep_shared = nn.ParameterDict()
-            self.maple_proj_lora_A = nn.ParameterDict()
-            self.maple_proj_lora_B = nn.ParameterDict()
-            self.maple_rep_config: dict[str, Any] = {}
-            # adapter -> the layer of this tower that holds W (a plain dict, so that nothing is registered twice)
-            self.maple_rep_shared_source: dict[str, MMRLppLayer] = {}
+        `aligner`, the tower's `shared` weight `(d, rep_dim)`, `proj_lora` `(A, B)` of the projection, and the
+        adapter's `config` (its `beta`)."""
         device, dtype = self._base_device_dtype()
 
         def parameter(tensor: torch.Tensor) -> nn.Parameter:
@@ -119,7 +131,19 @@ class MMRLppLayer(MaPLeRepresentationLayer):
             aligner = aligner.to(device=device, dtype=dtype)
         if aligner is not None:
             self.maple_rep_proj[adapter_name] = aligner
-        super().update_layer(adapter_name, n_rep, first, None, tokens, None)
+        super().update_layer(adapter_name, n_rep, first, tokens=tokens)
+
+    def link(self, adapter_name: str, layers: list[MaPLeRepresentationLayer]) -> None:
+        """Take `R` from the first text layer and `W` from the first layer of this tower."""
+        super().link(adapter_name, layers)
+        self.maple_rep_shared_source[adapter_name] = next(
+            m for m in layers if m.tower == self.tower and adapter_name in m.maple_rep_shared
+        )
+
+    def projection(self, adapter_name: str, base_model: nn.Module) -> torch.Tensor:
+        """The representation path's projection `(d_vision, embed_dim)`: CLIP's frozen visual projection plus `A B`."""
+        lora = self.maple_proj_lora_A[adapter_name] @ self.maple_proj_lora_B[adapter_name]
+        return base_model.visual_projection.weight.t() + lora
 
     def aligned_tokens(self, adapter_name: str) -> torch.Tensor:
         """`R (W + A B)^T + b` `(n_rep, d)`: the tokens this layer's aligner maps into its tower."""
@@ -150,55 +174,8 @@ class MMRLppLayer(MaPLeRepresentationLayer):
         return super().forward(hidden_states, *args, **kwargs)
 
 
-def create_layer(
-    tuner: Any, config: Any, adapter_name: str, target: Any, target_name: str, parent: Any, key: str
-) -> None:
-    """MMRL++'s layer at module `key`, initialized as the original: the tower's aligner starts from one
-    `Linear(rep_dim, d)` (its weight shared, a copy of its bias in every layer), each residual `A` kaiming-uniform and
-    `B` zero, the projection's `A` kaiming-uniform and `B` zero (so `W + A B = W` and the projection is CLIP's at the
-    start), `R` normal with std `prompt_init_std` (0.02)."""
-    from ...model import depth_of_key
-
-    if isinstance(target, MaPLeLayer) and not isinstance(target, MMRLppLayer):
-        raise ValueError(
-            f"{key} already carries an adapter of another kind ({type(target).__name__}); MMRL++'s representation "
-            "tokens cannot share a model with other adapters (MMRL's included). Add the adapter to a fresh base model."
-        )
-    backbone = backbone_of(tuner.model)
-    index = depth_of_key(key)
-    layer_number = index + 1
-    tower = "vision" if key.startswith(backbone.vision_layer.format("")) else "text"
-    first = layer_number == config.rep_layers[0]
-    d_text, d_vision = backbone.widths(tuner.model.config)
-    width = d_vision if tower == "vision" else d_text
-    parts: dict[str, Any] = {"config": config}
-    if layer_number in config.rep_layers:
-        templates = tuner.__dict__.setdefault("_maple_rep_templates", {})
-        if (adapter_name, tower) not in templates:
-            templates[adapter_name, tower] = nn.Linear(config.rep_dim, width)
-        template = templates[adapter_name, tower]
-        parts["aligner"] = ResidualAligner(
-            _kaiming_uniform(width, config.res_lora_dim),
-            torch.zeros(config.res_lora_dim, config.rep_dim),
-            template.bias,
-        )
-        if first:
-            parts["shared"] = template.weight
-    if first and tower == "text":
-        parts["tokens"] = torch.empty(config.n_rep, config.rep_dim).normal_(std=config.prompt_init_std)
-    if first and tower == "vision":
-        embed_dim = backbone.embed_dim(tuner.model.config)
-        parts["proj_lora"] = (
-            _kaiming_uniform(d_vision, config.proj_lora_dim),
-            torch.zeros(config.proj_lora_dim, embed_dim),
-        )
-    if isinstance(target, MMRLppLayer):
-        target.update_layer(adapter_name, config.n_rep, first, **parts)
-        return
-    new_module = MMRLppLayer(unwrap(target), adapter_name, index, tower, config.n_rep, first, **parts)
-    if adapter_name not in tuner.active_adapters:
-        new_module.requires_grad_(False)
-    tuner._replace_module(parent, target_name, new_module, target)
+#: MMRL++'s layer class (the `MMRL` method's hooks build it; see `maple_peft.methods.mmrl.modeling.create_layer`).
+LAYER = MMRLppLayer
 
 
 def _kaiming_uniform(rows: int, columns: int) -> torch.Tensor:
@@ -206,49 +183,3 @@ def _kaiming_uniform(rows: int, columns: int) -> torch.Tensor:
     tensor = torch.empty(rows, columns)
     nn.init.kaiming_uniform_(tensor, a=math.sqrt(5))
     return tensor
-
-
-def link_layers(tuner: Any, adapter_name: str) -> None:
-    """After injection: every MMRL++ layer of `adapter_name` takes `R` from the first text layer and `W` from the first
-    layer of its tower."""
-    for key in [key for key in tuner.__dict__.get("_maple_rep_templates", {}) if key[0] == adapter_name]:
-        del tuner.__dict__["_maple_rep_templates"][key]
-    layers = [m for m in tuner.model.modules() if isinstance(m, MMRLppLayer) and adapter_name in m.maple_n_ctx]
-    tokens = next(m for m in layers if adapter_name in m.maple_rep_tokens)
-    shared = {m.tower: m for m in layers if adapter_name in m.maple_rep_shared}
-    for layer in layers:
-        layer.link(adapter_name, tokens)
-        layer.maple_rep_shared_source[adapter_name] = shared[layer.tower]
-
-
-def projection(classifier: Any) -> torch.Tensor:
-    """The representation path's projection `(d_vision, embed_dim)` of the active adapter: CLIP's frozen visual
-    projection plus `A B`."""
-    base = classifier.base_model
-    owner = next(m for m in base.vision_model.modules() if isinstance(m, MMRLppLayer) and m.maple_proj_lora_A)
-    adapter_name = owner.prompt_adapter()
-    lora = owner.maple_proj_lora_A[adapter_name] @ owner.maple_proj_lora_B[adapter_name]
-    return base.visual_projection.weight.t() + lora
-
-
-def outputs(classifier: Any, inputs: Any, config: Any, **extra: Any) -> ClassifierOutput:
-    """MMRL's two paths (see `maple_peft.methods.mmrl.modeling.representation_outputs`), the representation path
-    through `projection`."""
-    base, backbone = classifier.base_model, classifier.backbone
-    vision = backbone.image_outputs(base, inputs, **extra)
-    image = vision.pooler_output / vision.pooler_output.norm(dim=-1, keepdim=True)
-    tokens = base.vision_model.post_layernorm(vision.last_hidden_state[:, 1 : 1 + config.n_rep])
-    rep = tokens.mean(dim=1) @ projection(classifier).to(tokens.dtype)
-    rep = rep / rep.norm(dim=-1, keepdim=True)
-    text = classifier.text_features()
-    logits_class = backbone.logits(base, image, text, scale=LOGIT_SCALE)
-    logits_rep = backbone.logits(base, rep, text, scale=LOGIT_SCALE)
-    fused = config.alpha * logits_class + (1 - config.alpha) * logits_rep
-    return ClassifierOutput(
-        logits=fused if classifier.uses_fusion(config) else logits_class,
-        image_features=image,
-        text_features=text,
-        logits_class=logits_class,
-        logits_rep=logits_rep,
-        image_rep_features=rep,
-    )
