@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -170,22 +169,18 @@ def test_train_in_offline_mode_names_the_missing_model_and_dataset_before_any_wo
     assert not (tmp_path / "run").exists()
 
 
-def _train(tmp_path, *args, env):
-    base_env = {k: v for k, v in os.environ.items() if k not in OFFLINE_VARIABLES}
-    return subprocess.run(
-        [sys.executable, str(REPO / "examples" / "train.py"), "--output_dir", str(tmp_path / "run"), *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**base_env, "PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf"), **env},
-    )
+def _train(tmp_path, *args):
+    """examples/train.py in this process, as its command line runs it (exit code, stdout, stderr)."""
+    from script_runs import run_example
+
+    return run_example("train.py", "--output_dir", tmp_path / "run", *args)
 
 
-def test_train_with_an_unreachable_hub_is_one_line_naming_the_network_and_the_way_out(tmp_path, closed_port):
-    result = _train(
-        tmp_path, "--model_name_or_path", "user/model", "--dataset", "eurosat", "--data_root", tmp_path,
-        env={"HF_ENDPOINT": closed_port},
-    )  # fmt: skip
+def test_train_with_an_unreachable_hub_is_one_line_naming_the_network_and_the_way_out(
+    online, tmp_path, closed_port, monkeypatch
+):
+    monkeypatch.setattr(constants, "ENDPOINT", closed_port)  # HF_ENDPOINT
+    result = _train(tmp_path, "--model_name_or_path", "user/model", "--dataset", "eurosat", "--data_root", tmp_path)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: Cannot reach the Hugging Face Hub at {closed_port} (")
@@ -193,15 +188,15 @@ def test_train_with_an_unreachable_hub_is_one_line_naming_the_network_and_the_wa
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
-def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base):
+def test_train_with_an_unwritable_cache_is_one_line(tmp_path, saved_base, monkeypatch):
+    import datasets
+
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     data = tmp_path / "data"
     data.mkdir()  # (empty: the cache is checked before the data is read)
-    result = _train(
-        tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data,
-        env={"HF_HOME": str(blocker / "hf")},
-    )  # fmt: skip
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", blocker / "hf" / "datasets")  # HF_HOME=a-file/hf
+    result = _train(tmp_path, "--model_name_or_path", saved_base, "--dataset_name", "imagefolder", "--data_dir", data)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(
