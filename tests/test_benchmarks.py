@@ -43,21 +43,50 @@ FP32_RTOL = 2e-5  # ~170 float32 epsilons: other attention kernels, the baseline
 BF16_RTOL = 5e-2  # ~6 bfloat16 epsilons (2**-7): bf16 autocast against float32
 
 
+def bench_args(tmp_path: Path, *, sections: list[str] | None = None, shape: str = "tiny") -> list[str]:
+    # 9 layers per tower (the least MaPLe's depth 9 needs), 2-3 classes, 1 repetition; each memory configuration is a
+    # fresh process, so only one per kind of worker code
+    args = ["--quick", "--shape", shape, "--layers", "9", "--train-classes", "2", "3"]
+    args += ["--eval-classes", "3", "--reps", "1", "--eval-images", "4", "--eval-batch-size", "2"]
+    args += ["--memory-classes", "3", "--out", str(tmp_path), "--tag", "smoke", "--override", json.dumps(TINY)]
+    return args + (["--sections", *sections] if sections else [])
+
+
 def run_bench(
     tmp_path: Path, *, bf16: str, sections: list[str] | None = None, shape: str = "tiny"
 ) -> subprocess.CompletedProcess:
-    # 9 layers per tower (the least MaPLe's depth 9 needs), 2-3 classes, 1 repetition; each memory configuration is a
-    # fresh process, so only one per kind of worker code. The tiny shape runs on one thread: its timings mean nothing,
-    # and a busy machine slows many tiny multi-threaded operations down by orders of magnitude.
-    command = [sys.executable, str(BENCH), "--quick", "--shape", shape, "--layers", "9", "--train-classes", "2", "3"]
-    command += ["--eval-classes", "3", "--reps", "1", "--eval-images", "4", "--eval-batch-size", "2"]
-    command += ["--memory-classes", "3", "--out", str(tmp_path), "--tag", "smoke", "--override", json.dumps(TINY)]
-    if sections:
-        command += ["--sections", *sections]
+    # The tiny shape runs on one thread: its timings mean nothing, and a busy machine slows many tiny multi-threaded
+    # operations down by orders of magnitude.
     env = {**os.environ, "MAPLE_PEFT_BENCH_BF16": bf16}
     if shape == "tiny":
         env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    command = [sys.executable, str(BENCH), *bench_args(tmp_path, sections=sections, shape=shape)]
     return subprocess.run(command, capture_output=True, text=True, timeout=1800, check=False, env=env)
+
+
+@pytest.fixture(scope="module")
+def bench():
+    """benchmarks/bench.py, loaded in this process (its imports are those of the package and its tests)."""
+    if str(BENCH.parent) not in sys.path:
+        sys.path.insert(0, str(BENCH.parent))  # its own modules: baseline, common, report
+    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_bench_here(bench, tmp_path: Path, monkeypatch, *, bf16: str, sections: list[str], shape: str) -> None:
+    """`run_bench` in this process (a section that starts no worker process), the tiny shape on one thread."""
+    import torch
+
+    monkeypatch.setenv("MAPLE_PEFT_BENCH_BF16", bf16)
+    threads = torch.get_num_threads()
+    if shape == "tiny":
+        torch.set_num_threads(1)
+    try:
+        bench.main(bench_args(tmp_path, sections=sections, shape=shape))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def assert_options_agree(options: dict, *, bf16_rows: bool) -> None:
@@ -111,25 +140,22 @@ def test_bench_runs_every_section_and_the_baseline_agrees(tmp_path, shape):
     assert "## Targets" in report and "## Training step" in report and (tmp_path / "smoke.png").stat().st_size > 0
 
 
+# the report of the options section alone leaves the other sections' plots empty (matplotlib warns of their legends)
+@pytest.mark.filterwarnings("ignore:No artists with labels found to put in legend")
 @pytest.mark.parametrize("shape", SHAPES)
-def test_bench_options_with_bf16_autocast_agree_at_bf16_tolerance(tmp_path, shape):
+def test_bench_options_with_bf16_autocast_agree_at_bf16_tolerance(bench, tmp_path, monkeypatch, shape):
     # the path of a CPU with native bf16 (forced): the options section alone adds bf16-autocast training rows,
     # compared at a bf16 tolerance while the float32 rows keep a float32 one
-    done = run_bench(tmp_path, bf16="1", sections=["options"], shape=shape)
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_bench_here(bench, tmp_path, monkeypatch, bf16="1", sections=["options"], shape=shape)
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert set(result["section_seconds"]) == {"options"}
     assert_options_agree(result["options"], bf16_rows=True)
 
 
-def test_bench_refuses_an_invalid_bf16_override_before_any_work(tmp_path, monkeypatch, capsys):
-    # in this process (bench.py's imports are already loaded here): the refusal comes before any model is built
+def test_bench_refuses_an_invalid_bf16_override_before_any_work(bench, tmp_path, monkeypatch, capsys):
+    # in this process: the refusal comes before any model is built
     value = "yes"
     monkeypatch.setenv("MAPLE_PEFT_BENCH_BF16", value)
-    monkeypatch.syspath_prepend(str(BENCH.parent))
-    spec = importlib.util.spec_from_file_location("bench_under_test", BENCH)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     with pytest.raises(SystemExit, match=f"MAPLE_PEFT_BENCH_BF16={value!r} is not a valid value; use 1"):
         bench.main(["--quick", "--shape", "tiny", "--sections", "options", "--out", str(tmp_path), "--tag", "smoke"])
     assert list(tmp_path.iterdir()) == [] and "building the models" not in capsys.readouterr().out
