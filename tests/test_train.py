@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
 import options  # noqa: E402
 from script_runs import run_example  # noqa: E402
 
-from maple_peft.training.run_dir import RunLock, clear_previous_run  # noqa: E402
+from maple_peft.training.run_dir import clear_previous_run  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "examples" / "configs" / "smoke.yaml"
@@ -28,8 +28,8 @@ CHECKPOINTED = ["--checkpointing_steps", "2", "--checkpoints_total_limit", "10"]
 
 
 def run_script(script, *args, check=True, env=None):
-    """`python examples/<script> *args` in a process of its own: for what only a process shows (its console, the
-    lock held by another process, several processes); `run` is the same command in this process."""
+    """`python examples/<script> *args` in a process of its own: for what only a process shows (its console, its
+    exit code, several processes); `run_in_process` is the same command in this process."""
     result = subprocess.run(
         [sys.executable, str(REPO / "examples" / script), *map(str, args)],
         capture_output=True,
@@ -447,12 +447,19 @@ def test_bad_dataset_columns_and_long_class_names_are_clear_errors(assets, tmp_p
 
 
 def test_a_second_run_on_a_folder_in_use_is_refused_and_leaves_it_alone(assets, tmp_path):
+    from test_run_folder import hold_lock
+
     out = tmp_path / "busy"
     out.mkdir()
-    with RunLock(out):  # this test process stands for a run still writing
-        result = run_script("train.py", *smoke_args(assets, out, *FAST), check=False)
-        assert result.returncode != 0 and f"in use by another run (process {os.getpid()}" in result.stderr
+    holder = hold_lock(out)  # another process (light: the lock's module alone) stands for a run still writing
+    try:
+        result = run_in_process("train.py", *smoke_args(assets, out, *FAST), check=False)
+        assert result.returncode == 2 and f"in use by another run (process {holder.pid}" in result.stderr
         assert sorted(p.name for p in out.iterdir()) == ["run.lock"]
+        assert (out / "run.lock").read_text() == f"{holder.pid}\n"  # still the holder's
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 # PromptSRC's self-regulating terms and Gaussian prompt aggregation on the smoke recipe (GPA mean at epoch 2 of 3)
