@@ -35,8 +35,8 @@ def test_import_registers_maple_and_is_idempotent():
     assert model.peft_type == PeftType.MAPLE
 
 
-@pytest.fixture
-def adapted_on_disk(saved_base, tmp_path, tokenizer, pixel_values):
+def save_adapted(saved_base, folder, tokenizer, pixel_values):
+    """A MaPLe adapter with random prompts on the saved tiny CLIP, saved in `folder`/adapter; its logits."""
     base = CLIPModel.from_pretrained(saved_base).eval()
     model = get_peft_model(base, MaPLeConfig(depth=3))  # tokenizer found beside the base model
     with torch.no_grad():
@@ -44,8 +44,59 @@ def adapted_on_disk(saved_base, tmp_path, tokenizer, pixel_values):
             if p.requires_grad:
                 p.normal_(0, 0.5)
         logits = PromptClassifier(model, tokenizer, CLASSES)(pixel_values)
-    model.save_pretrained(tmp_path / "adapter")
-    return model, tmp_path / "adapter", logits
+    model.save_pretrained(folder / "adapter")
+    return model, folder / "adapter", logits
+
+
+@pytest.fixture
+def adapted_on_disk(saved_base, tmp_path, tokenizer, pixel_values):
+    return save_adapted(saved_base, tmp_path, tokenizer, pixel_values)
+
+
+@pytest.fixture(scope="module")
+def fresh_processes(saved_base, tmp_path_factory, tokenizer):
+    """A saved adapter loaded by two new processes, started together (their imports, most of their time, run side by
+    side): "load" imports maple_peft and saves the logits of the adapter loaded two ways; "no_import" does not."""
+    folder = tmp_path_factory.mktemp("fresh-processes")
+    pixel_values = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))  # as conftest's
+    _, path, logits = save_adapted(saved_base, folder, tokenizer, pixel_values)
+    torch.save(pixel_values, folder / "pixels.pt")
+    scripts = {
+        "load": textwrap.dedent(
+            f"""
+            import torch, maple_peft
+            from peft import PeftModel, AutoPeftModel, PeftConfig
+            from transformers import CLIPModel, CLIPTokenizer
+            tok = CLIPTokenizer.from_pretrained({TOKENIZER_DIR!r})
+            px = torch.load({str(folder / "pixels.pt")!r})
+            model = PeftModel.from_pretrained(CLIPModel.from_pretrained({saved_base!r}).eval(), {str(path)!r})
+            auto = AutoPeftModel.from_pretrained({str(path)!r}).eval()
+            assert type(PeftConfig.from_pretrained({str(path)!r})).__name__ == "MaPLeConfig"
+            with torch.no_grad():
+                out = [maple_peft.PromptClassifier(m, tok, {CLASSES!r})(px) for m in (model, auto)]
+            torch.save(out, {str(folder / "out.pt")!r})
+            """
+        ),
+        "no_import": (
+            "from peft import PeftModel\nfrom transformers import CLIPModel\n"
+            f"PeftModel.from_pretrained(CLIPModel.from_pretrained({saved_base!r}), {str(path)!r})"
+        ),
+    }
+    processes = {}
+    for name, script in scripts.items():
+        with open(folder / f"{name}.err", "w") as err:
+            processes[name] = subprocess.Popen([sys.executable, "-c", script], stderr=err, cwd=folder)
+    yield folder, logits, processes
+    for process in processes.values():
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def finished(fresh_processes, name: str) -> tuple[int, str]:
+    """The exit code and stderr of the fresh process `name`, once it has ended."""
+    folder, _, processes = fresh_processes
+    return processes[name].wait(timeout=600), (folder / f"{name}.err").read_text()
 
 
 def test_saved_folder_holds_only_adapter_tensors_and_the_full_config(adapted_on_disk):
@@ -72,38 +123,18 @@ def test_saved_folder_holds_only_adapter_tensors_and_the_full_config(adapted_on_
     assert "import maple_peft" in card and "library_name: peft" in card
 
 
-def test_load_in_a_fresh_process_gives_bitwise_equal_logits(adapted_on_disk, saved_base, pixel_values, tmp_path):
-    _, path, logits = adapted_on_disk
-    torch.save(pixel_values, tmp_path / "pixels.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch, maple_peft
-        from peft import PeftModel, AutoPeftModel, PeftConfig
-        from transformers import CLIPModel, CLIPTokenizer
-        tok = CLIPTokenizer.from_pretrained({TOKENIZER_DIR!r})
-        px = torch.load({str(tmp_path / "pixels.pt")!r})
-        model = PeftModel.from_pretrained(CLIPModel.from_pretrained({saved_base!r}).eval(), {str(path)!r})
-        auto = AutoPeftModel.from_pretrained({str(path)!r}).eval()
-        assert type(PeftConfig.from_pretrained({str(path)!r})).__name__ == "MaPLeConfig"
-        with torch.no_grad():
-            out = [maple_peft.PromptClassifier(m, tok, {CLASSES!r})(px) for m in (model, auto)]
-        torch.save(out, {str(tmp_path / "out.pt")!r})
-        """
-    )
-    subprocess.run([sys.executable, "-c", script], check=True, cwd=tmp_path)
-    loaded, auto = torch.load(tmp_path / "out.pt")
+def test_load_in_a_fresh_process_gives_bitwise_equal_logits(fresh_processes):
+    code, stderr = finished(fresh_processes, "load")
+    assert code == 0, stderr[-3000:]
+    folder, logits, _ = fresh_processes
+    loaded, auto = torch.load(folder / "out.pt")
     assert torch.equal(loaded, logits)
     assert torch.equal(auto, logits)
 
 
-def test_loading_without_import_fails_inside_peft(adapted_on_disk, saved_base, tmp_path):
-    _, path, _ = adapted_on_disk
-    script = (
-        "from peft import PeftModel\nfrom transformers import CLIPModel\n"
-        f"PeftModel.from_pretrained(CLIPModel.from_pretrained({saved_base!r}), {str(path)!r})"
-    )
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
-    assert result.returncode != 0 and "MAPLE" in result.stderr
+def test_loading_without_import_fails_inside_peft(fresh_processes):
+    code, stderr = finished(fresh_processes, "no_import")
+    assert code != 0 and "MAPLE" in stderr
 
 
 def test_disable_adapter_is_bitwise_the_untouched_clip(tokenizer, pixel_values):
