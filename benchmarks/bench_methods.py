@@ -109,7 +109,7 @@ class Method:
         name: the row's key.
         title: the method, as the README names it.
         config: `MaPLeConfig` keyword arguments (the depth is capped at the model's layers for tiny models).
-        objective: `ce`, `src`, `kgcoop` or `mmrl` (the names of `maple_peft.OBJECTIVES`).
+        objective: a name of `maple_peft.OBJECTIVES` (`ce`, `src`, `kgcoop`, `mmrl`).
         batch_size: images per step.
     """
 
@@ -140,6 +140,9 @@ METHODS = (
     Method("cocoop", "CoCoOp", COCOOP),
     Method("cocoop_b1", "CoCoOp, batch 1", COCOOP, batch_size=1),
     Method("mmrl", "MMRL", dict(variant="mmrl", n_rep=5, rep_dim=512, template="a photo of a {}."), objective="mmrl"),
+    Method(
+        "mmrlpp", "MMRL++", dict(variant="mmrlpp", n_rep=5, rep_dim=512, template="a photo of a {}."), objective="mmrl"
+    ),
 )
 
 
@@ -158,16 +161,11 @@ def adapt(base: nn.Module, config: dict[str, Any], layers: int, seed: int = 1) -
 
 
 def make_objective(name: str, classifier: maple_peft.PromptClassifier) -> maple_peft.PromptObjective:
-    """The method's objective with its recipe's weights (KgCoOp 8.0, PromptSRC 25/10/1, MMRL 1.0)."""
-    if name == "ce":
-        return maple_peft.CrossEntropyObjective(classifier)
-    if name == "src":
-        return maple_peft.SelfRegularizedLoss(classifier)
-    if name == "kgcoop":
-        return maple_peft.KnowledgeGuidedLoss(classifier, weight=8.0)
-    if name == "mmrl":
-        return maple_peft.RepresentationLoss(classifier, reg_weight=1.0)
-    raise ValueError(f"objective={name!r} is not one of ce, src, kgcoop, mmrl.")
+    """The objective `name` of `maple_peft.OBJECTIVES` with its declared defaults, which are its recipes' weights
+    (KgCoOp 8.0, PromptSRC 25/10/1, MMRL 1.0)."""
+    if name not in maple_peft.OBJECTIVES:
+        raise ValueError(f"objective={name!r} is not one of {sorted(maple_peft.OBJECTIVES)}.")
+    return maple_peft.OBJECTIVES[name].from_options(classifier)
 
 
 def images(batch: int, size: int, device: str, seed: int = 0) -> torch.Tensor:
@@ -678,10 +676,10 @@ def _times(value: float | None) -> str:
 
 def _describe(config: dict[str, Any]) -> str:
     variant = config["variant"]
-    if variant == "mmrl":
+    if "n_rep" in config:  # representation tokens (MMRL, MMRL++)
         layers = config.get("rep_layers")
         span = f"{layers[0]}..{layers[-1]}" if layers else "default"
-        return f"mmrl, {config['n_rep']} × {config['rep_dim']}, layers {span}"
+        return f"{variant}, {config['n_rep']} × {config['rep_dim']}, layers {span}"
     if variant == "vision":
         return f"vision, {config.get('n_ctx_vision') or config['n_ctx']} tokens, depth {config['depth']}"
     if variant == "ivlp":

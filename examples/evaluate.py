@@ -22,6 +22,8 @@ from pathlib import Path
 # the data options, declared once for both scripts; this imports neither torch nor transformers
 from options import PACKAGED_BUILDERS, CommandParser, add_data_arguments, command_line_error, script_parser
 
+from maple_peft import methods
+
 
 def build_parser() -> CommandParser:
     p = script_parser("evaluate.py", __doc__)
@@ -41,6 +43,15 @@ def build_parser() -> CommandParser:
         choices=["auto", "fusion", "class"],
         help="MMRL adapters: fused or class-path logits; auto: fused on the adapter's own classes and dataset only",
     )
+    for name, (field, owners) in test_time_fields().items():  # MMRL++'s beta: the original's per-target values
+        kind, _ = methods.flag_type(field)
+        p.add_argument(
+            f"--{name}",
+            type=kind,
+            default=None,
+            help=f"{' / '.join(m.name for m in owners)} adapters: evaluate with this "
+            f"{field.metadata.get('title', name).lower()} instead of the adapter's",
+        )
     p.add_argument("--eval_batch_size", type=int, default=100)
     p.add_argument("--text_batch_size", type=int, default=256)
     p.add_argument("--mixed_precision", default="no", choices=["no", "bf16", "fp16"])
@@ -50,9 +61,17 @@ def build_parser() -> CommandParser:
     return p
 
 
+def test_time_fields() -> dict:
+    """The adapter options that may take another value at test time (`metadata["test_time"]`), by name."""
+    return {name: entry for name, entry in methods.option_fields().items() if entry[0].metadata.get("test_time")}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = build_parser()
     args = p.parse_args(argv)
+    given = [name for name in test_time_fields() if getattr(args, name) is not None]
+    if given and not args.adapter:
+        p.error(f"--{given[0]} sets an adapter option at test time; it needs --adapter")
     if args.output is not None:
         output = Path(args.output)
         if output.is_dir() or (output.exists() and not args.overwrite):
@@ -138,8 +157,13 @@ def main(args: argparse.Namespace | list[str] | None = None) -> dict:
     classifier.set_class_names(class_names)  # tokenized again with the tokenizer, template and chunk size set above
     dataset = ImageClassificationDataset(records, image_transforms(classifier.image_processor).test())
     loader = DataLoader(dataset, batch_size=args.eval_batch_size, num_workers=args.num_workers)
-    classifier = accelerator.prepare_model(classifier.eval(), evaluation_mode=True)
-    result = evaluate_classifier(accelerator, classifier, accelerator.prepare(loader), class_names, desc=args.subset)
+    given = {name: getattr(args, name) for name in test_time_fields() if getattr(args, name) is not None}
+    with maple_peft.test_time_options(classifier.model, **given):  # checked against the adapter's method first
+        classifier = accelerator.prepare_model(classifier.eval(), evaluation_mode=True)
+        loader = accelerator.prepare(loader)
+        result = evaluate_classifier(accelerator, classifier, loader, class_names, desc=args.subset)
+    if given:
+        result["test_time_options"] = given
     result.update(
         adapter=args.adapter,
         base_model=base_path,

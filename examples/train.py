@@ -214,8 +214,9 @@ def build_objective(args: argparse.Namespace, classifier: Any, data: Any) -> Any
     objective = maple_peft.OBJECTIVES[args.objective]
     options = {option.name: getattr(args, option.name) for option in objective.option_fields()}
     options = {name: value for name, value in options.items() if value is not None}
-    if args.objective == "kgcoop" and "kg_template" not in options:
-        options["kg_template"] = data.template  # KgCoOp's frozen text is on the dataset's hand-written template
+    for option in objective.option_fields():  # e.g. KgCoOp's frozen text: on the dataset's hand-written template
+        if option.metadata.get("dataset_template") and option.name not in options:
+            options[option.name] = data.template
     return objective.from_options(classifier, **options)
 
 

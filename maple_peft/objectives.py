@@ -131,8 +131,17 @@ class PromptObjective(nn.Module):
 
     @classmethod
     def from_options(cls, classifier: PromptClassifier, **options: Any) -> PromptObjective:
-        """The objective from the training script's options (`options`: the declared ones, unset ones left out)."""
-        return cls(classifier, **options)
+        """The objective from the training script's options (`options`: the declared ones; unset or `None` ones take
+        the default their declaration gives)."""
+        values = {option.name: methods.field_default(option) for option in cls.option_fields()}
+        values.update({name: value for name, value in options.items() if value is not None})
+        return cls.from_declared(classifier, **values)
+
+    @classmethod
+    def from_declared(cls, classifier: PromptClassifier, **values: Any) -> PromptObjective:
+        """The objective from a value of every declared option; a subclass whose constructor names them otherwise maps
+        them here."""
+        return cls(classifier, **values)
 
     @classmethod
     def card_rows(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:

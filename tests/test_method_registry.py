@@ -141,3 +141,25 @@ def test_a_method_registered_by_a_module_is_built_trained_named_and_saved(monkey
     model.save_pretrained(tmp_path)
     loaded = PeftModel.from_pretrained(tiny_clip(), str(tmp_path))
     torch.testing.assert_close(PromptClassifier(loaded, tokenizer, ["cat", "dog"])(pixel_values), logits)
+
+
+def test_an_objective_built_from_the_scripts_options_takes_its_declared_defaults_for_unset_ones():
+    import maple_peft
+
+    tokenizer = CLIPTokenizer.from_pretrained(TOKENIZER_DIR)
+    coop = get_peft_model(tiny_clip(), MaPLeConfig(variant="language", n_ctx=2, depth=1, prompt_init=None))
+    clf = PromptClassifier(coop, tokenizer, ["cat", "dog"])
+    src = maple_peft.OBJECTIVES["src"].from_options(clf, text_weight=None, image_weight=3.0)
+    declared = {f.name: f.default for f in methods.fields_of(methods.objectives()["src"].objective_options)}
+    assert (src.text_weight, src.image_weight, src.logits_weight) == (
+        declared["text_weight"],
+        3.0,
+        declared["logits_weight"],
+    )
+    kg = maple_peft.OBJECTIVES["kgcoop"].from_options(clf)  # mapped onto the constructor's own names
+    assert (kg.weight, kg.template) == (8.0, "a photo of a {}.")
+    kg = maple_peft.OBJECTIVES["kgcoop"].from_options(clf, kg_weight=2.0, kg_template="a {} texture.")
+    assert (kg.weight, kg.template) == (2.0, "a {} texture.")
+    mmrl = get_peft_model(tiny_clip(), MaPLeConfig(variant="mmrl", n_rep=2, rep_dim=8))
+    rep = maple_peft.OBJECTIVES["mmrl"].from_options(PromptClassifier(mmrl, tokenizer, ["cat", "dog"]))
+    assert (rep.reg_weight, rep.alpha) == (1.0, 0.7)

@@ -498,7 +498,7 @@ def test_mmrlpp_checkpoint_goes_into_the_last_text_layers_with_its_datasets_beta
 # ---- the training loop ----------------------------------------------------------------------------------------------
 
 
-def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path):  # noqa: F811
+def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path, capsys, monkeypatch):  # noqa: F811
     import json
 
     from test_benchmark_grid import in_process
@@ -524,3 +524,19 @@ def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path):  # 
     history = json.loads((out / "training_history.json").read_text())
     assert {"loss_ce", "loss_ce_rep", "loss_reg_image", "loss_reg_text"} <= set(history[-1])
     assert "# MMRL++ adapter" in (out / "README.md").read_text()
+
+    # evaluate.py with another beta for this evaluation (the original's per-target value), the adapter left as it is
+    data = ["--dataset_name", "imagefolder", "--data_dir", str(assets / "data"), "--num_workers", "0"]
+    evaluate = ["python", "examples/evaluate.py", "--adapter", str(out), *data]
+    result = tmp_path / "beta.json"
+    assert in_process([*evaluate, "--beta", "0.3", "--output", str(result)], {}, tmp_path / "eval.log") == 0
+    assert json.loads(result.read_text())["test_time_options"] == {"beta": 0.3}
+    assert json.loads((out / "adapter_config.json").read_text())["beta"] == 0.6
+    from test_train import REPO
+
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    import evaluate as evaluate_script
+
+    capsys.readouterr()
+    assert evaluate_script.run_command_line([*evaluate[2:], "--beta", "1.5"]) == 2  # refused in one line
+    assert capsys.readouterr().err.startswith("error: --beta 1.5 must be a number in [0, 1]")

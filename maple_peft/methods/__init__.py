@@ -18,7 +18,9 @@ What a method module declares, as class attributes of a `Method` subclass passed
 - `options`: a dataclass of the adapter options it owns, one field each, with its default, type and
   `metadata={"help": ...}` (and `"title"` for cards; `"checkpoint_help"` for an option that the original code's
   files do not hold, which `maple-peft convert-official` then takes as a flag; `"test_time": True` for an option
-  the method reads at each forward pass, which `maple_peft.test_time_options` may change for an evaluation). `MaPLeConfig` gets one field per
+  the method reads at each forward pass, which `maple_peft.test_time_options` may change for an evaluation;
+  `"dataset_template": True` for a template option that the training script sets to the dataset's template when it
+  is not given). `MaPLeConfig` gets one field per
   option (unset: `None`), the training script one flag, and `adapter_config.json` holds the options of the adapter's
   own method only. A name two methods declare (MMRL++ and MMRL's `n_rep`) is one field and one flag.
 - `objective` and `objective_options`: the `--objective` it defines (a training loss) and that loss's options,

@@ -25,6 +25,7 @@ class KgCoOpObjectiveOptions:
             "help": "kgcoop: template of the frozen text",
             "title": "Knowledge template",
             "shown_default": "the dataset's template",
+            "dataset_template": True,  # the training script gives the dataset's template when it is unset
         },
     )
 

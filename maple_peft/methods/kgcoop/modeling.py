@@ -47,8 +47,8 @@ class KnowledgeGuidedLoss(PromptObjective):
         self.template = check_templates([template], "template", classifier)[0]
 
     @classmethod
-    def from_options(cls, classifier: PromptClassifier, kg_weight: float = 8.0, kg_template: str | None = None):
-        return cls(classifier, weight=kg_weight, template=kg_template or "a photo of a {}.")
+    def from_declared(cls, classifier: PromptClassifier, kg_weight: float, kg_template: str) -> KnowledgeGuidedLoss:
+        return cls(classifier, weight=kg_weight, template=kg_template)
 
     def describe(self) -> str:
         return f"{self.title}: weight {self.weight:g}, frozen text on {self.template!r}"

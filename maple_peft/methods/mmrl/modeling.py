@@ -304,10 +304,6 @@ class RepresentationLoss(PromptObjective):
             raise ValueError(f"alpha={alpha!r} must be a number in [0, 1], or None for the adapter's.")
         self.alpha = float(config.alpha if alpha is None else alpha)
 
-    @classmethod
-    def from_options(cls, classifier: PromptClassifier, reg_weight: float = 1.0):
-        return cls(classifier, reg_weight=reg_weight)
-
     def describe(self) -> str:
         return f"{self.title}: alpha {self.alpha:g}, regularization weight {self.reg_weight:g}"
 

@@ -91,12 +91,6 @@ class SelfRegularizedLoss(PromptObjective):
             templates = check_templates(templates, classifier=classifier)
         self.templates = IMAGENET_TEMPLATES if templates is None else templates
 
-    @classmethod
-    def from_options(
-        cls, classifier: PromptClassifier, text_weight: float = 25.0, image_weight: float = 10.0, logits_weight=1.0
-    ) -> SelfRegularizedLoss:
-        return cls(classifier, text_weight=text_weight, image_weight=image_weight, logits_weight=logits_weight)
-
     def describe(self) -> str:
         return (
             f"{self.title}: text {self.text_weight:g}, image {self.image_weight:g}, logits {self.logits_weight:g} "
