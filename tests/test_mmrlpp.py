@@ -498,7 +498,7 @@ def test_mmrlpp_checkpoint_goes_into_the_last_text_layers_with_its_datasets_beta
 # ---- the training loop ----------------------------------------------------------------------------------------------
 
 
-def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path, capsys, monkeypatch):  # noqa: F811
+def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path):  # noqa: F811
     import json
 
     from test_benchmark_grid import in_process
@@ -532,11 +532,8 @@ def test_mmrlpp_trains_in_the_training_loop_with_its_loss(assets, tmp_path, caps
     assert in_process([*evaluate, "--beta", "0.3", "--output", str(result)], {}, tmp_path / "eval.log") == 0
     assert json.loads(result.read_text())["test_time_options"] == {"beta": 0.3}
     assert json.loads((out / "adapter_config.json").read_text())["beta"] == 0.6
-    from test_train import REPO
+    from script_runs import run_example  # as the command line runs it, leaving no Accelerate state behind
 
-    monkeypatch.syspath_prepend(str(REPO / "examples"))
-    import evaluate as evaluate_script
-
-    capsys.readouterr()
-    assert evaluate_script.run_command_line([*evaluate[2:], "--beta", "1.5"]) == 2  # refused in one line
-    assert capsys.readouterr().err.startswith("error: --beta 1.5 must be a number in [0, 1]")
+    refused = run_example("evaluate.py", *evaluate[2:], "--beta", "1.5")
+    assert refused.returncode == 2  # refused in one line
+    assert refused.stderr.startswith("error: --beta 1.5 must be a number in [0, 1]")
