@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
+
+# One torch thread in the tests and in the processes they start: the tiny models gain nothing from a second intra-op
+# thread, whose hand-offs cost more than the work (on 2 shared cores, test_model.py and test_regularization.py took
+# 144 s of CPU with 2 threads and 17 s with one); every result is then computed the same way in and out of the process.
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
 
 TOKENIZER_DIR = str(Path(__file__).parent / "fixtures" / "clip-tokenizer")
 
