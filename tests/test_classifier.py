@@ -334,11 +334,11 @@ def test_boolean_options_are_keyword_only(tokenizer):
         PromptClassifier(model, tokenizer, CLASSES, None, 256, True)
 
 
-def test_predict_reads_urls_through_transformers_load_image(tokenizer, monkeypatch):
+def test_predict_reads_an_image_url_as_it_reads_the_image(tokenizer, monkeypatch):
     import io
-    from types import SimpleNamespace
+    from contextlib import contextmanager
 
-    import transformers.image_utils
+    from huggingface_hub.utils import httpx
 
     model, _ = make_adapted(depth=2)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
@@ -346,12 +346,22 @@ def test_predict_reads_urls_through_transformers_load_image(tokenizer, monkeypat
     image = _images(1)[0]
     png = io.BytesIO()
     image.save(png, format="PNG")
-    requested = []
+    data, requested = png.getvalue(), []
 
-    def fake_get(url, **kwargs):
-        requested.append(url)
-        return SimpleNamespace(content=png.getvalue())
+    class Response:  # the body in two pieces, as a server may send it
+        headers = {"content-length": str(len(data))}
 
-    monkeypatch.setattr(transformers.image_utils, "httpx", SimpleNamespace(get=fake_get))
+        def raise_for_status(self):
+            pass
+
+        def iter_bytes(self):
+            yield from (data[:10], data[10:])
+
+    @contextmanager
+    def stream(method, url, **kwargs):
+        requested.append((method, url, kwargs["follow_redirects"]))
+        yield Response()
+
+    monkeypatch.setattr(httpx, "stream", stream)
     assert clf.predict(["https://example.com/cat.png"]) == clf.predict([image])
-    assert requested == ["https://example.com/cat.png"]
+    assert requested == [("GET", "https://example.com/cat.png", True)]
