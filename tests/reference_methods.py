@@ -149,18 +149,7 @@ def mmrl_text_embeds(clip, input_ids: torch.Tensor, learner: dict[str, torch.Ten
     no position embedding on them, causal mask over the longer sequence, pooled at end-of-text + n_rep."""
     assert rep_layers, "MMRL needs at least one representation layer"
     tokens = mmrl_projected_tokens(learner, "t", len(rep_layers))
-    tm = clip.text_model
-    length = input_ids.shape[1]
-    x = tm.embeddings.token_embedding.weight[input_ids] + tm.embeddings.position_embedding.weight[:length]
-    counter = 0
-    for index, layer in enumerate(tm.encoder.layers):
-        if index + 1 in rep_layers:
-            x = _mmrl_insert(x, tokens[counter], first=index + 1 == rep_layers[0])
-            counter += 1
-        x = _block(layer, x, causal_mask(x.shape[1], x.dtype))
-    x = tm.final_layer_norm(x)
-    n_rep = tokens[0].shape[0]
-    return clip.text_projection(x[torch.arange(x.shape[0]), pooled_position(clip, input_ids) + n_rep])
+    return representation_text_embeds(clip, input_ids, tokens, rep_layers, _mmrl_insert)
 
 
 def mmrl_image_embeds(clip, pixel_values: torch.Tensor, learner: dict[str, torch.Tensor], rep_layers: list[int]):
@@ -173,6 +162,33 @@ def mmrl_image_embeds(clip, pixel_values: torch.Tensor, learner: dict[str, torch
     """
     assert rep_layers, "MMRL needs at least one representation layer"
     tokens = mmrl_projected_tokens(learner, "v", len(rep_layers))
+    return representation_image_embeds(
+        clip, pixel_values, tokens, rep_layers, _mmrl_insert, learner["image_encoder.proj_rep"]
+    )
+
+
+def representation_text_embeds(clip, input_ids, tokens: list[torch.Tensor], rep_layers: list[int], place):
+    """The text pass of MMRL's family: at the input of each layer of `rep_layers`, `place(x, tokens[k], first)` puts
+    that layer's tokens `(n_rep, d_text)` into the sequence (MMRL inserts, then replaces; MMRL++ composes); causal mask
+    over the longer sequence, pooled at end-of-text + n_rep."""
+    tm = clip.text_model
+    length = input_ids.shape[1]
+    x = tm.embeddings.token_embedding.weight[input_ids] + tm.embeddings.position_embedding.weight[:length]
+    counter = 0
+    for index, layer in enumerate(tm.encoder.layers):
+        if index + 1 in rep_layers:
+            x = place(x, tokens[counter], index + 1 == rep_layers[0])
+            counter += 1
+        x = _block(layer, x, causal_mask(x.shape[1], x.dtype))
+    x = tm.final_layer_norm(x)
+    n_rep = tokens[0].shape[0]
+    return clip.text_projection(x[torch.arange(x.shape[0]), pooled_position(clip, input_ids) + n_rep])
+
+
+def representation_image_embeds(clip, pixel_values, tokens, rep_layers: list[int], place, proj_rep: torch.Tensor):
+    """The vision pass of MMRL's family, `(class path, representation path)`: the tokens placed as in
+    `representation_text_embeds` after the class token; `post_layernorm(x_0)` through CLIP's projection, and `mean_j
+    post_layernorm(x_j)` over the n_rep tokens times `proj_rep` `(d_vision, embed_dim)`."""
     vm = clip.vision_model
     emb = vm.embeddings
     patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
@@ -181,12 +197,12 @@ def mmrl_image_embeds(clip, pixel_values: torch.Tensor, learner: dict[str, torch
     counter = 0
     for index, layer in enumerate(vm.encoder.layers):
         if index + 1 in rep_layers:
-            x = _mmrl_insert(x, tokens[counter], first=index + 1 == rep_layers[0])
+            x = place(x, tokens[counter], index + 1 == rep_layers[0])
             counter += 1
         x = _block(layer, x, None)
     n_rep = tokens[0].shape[0]
     image = clip.visual_projection(vm.post_layernorm(x[:, 0]))
-    image_rep = vm.post_layernorm(x[:, 1 : 1 + n_rep]).mean(dim=1) @ learner["image_encoder.proj_rep"]
+    image_rep = vm.post_layernorm(x[:, 1 : 1 + n_rep]).mean(dim=1) @ proj_rep
     return image, image_rep
 
 

@@ -25,11 +25,17 @@ They compute in the model's dtype (float32 in the tests), without the fp16 / amp
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 import torch.nn.functional as F
-from reference import _block
-from reference_methods import MMRL_LOGIT_SCALE, causal_mask, normalize, pooled_position, representation_loss
+from reference_methods import (
+    MMRL_LOGIT_SCALE,
+    normalize,
+    representation_image_embeds,
+    representation_loss,
+    representation_text_embeds,
+)
 
 TOKENS = "representation_learner.compound_rep_tokens"
 
@@ -66,18 +72,7 @@ def mmrlpp_text_embeds(clip, input_ids, learner, rep_layers: list[int], beta: fl
     sequence, pooled at end-of-text + n_rep)."""
     assert rep_layers, "MMRL++ needs at least one representation layer"
     tokens = mmrlpp_aligned_tokens(learner, "t", len(rep_layers))
-    tm = clip.text_model
-    length = input_ids.shape[1]
-    x = tm.embeddings.token_embedding.weight[input_ids] + tm.embeddings.position_embedding.weight[:length]
-    counter = 0
-    for index, layer in enumerate(tm.encoder.layers):
-        if index + 1 in rep_layers:
-            x = _compose(x, tokens[counter], index + 1 == rep_layers[0], beta)
-            counter += 1
-        x = _block(layer, x, causal_mask(x.shape[1], x.dtype))
-    x = tm.final_layer_norm(x)
-    n_rep = tokens[0].shape[0]
-    return clip.text_projection(x[torch.arange(x.shape[0]), pooled_position(clip, input_ids) + n_rep])
+    return representation_text_embeds(clip, input_ids, tokens, rep_layers, partial(_compose, beta=beta))
 
 
 def mmrlpp_proj_rep(clip, learner: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -90,21 +85,8 @@ def mmrlpp_image_embeds(clip, pixel_values, learner, rep_layers: list[int], beta
     through CLIP's projection, and `mean_j post_layernorm(x_j)` over the n_rep tokens through `mmrlpp_proj_rep`."""
     assert rep_layers, "MMRL++ needs at least one representation layer"
     tokens = mmrlpp_aligned_tokens(learner, "v", len(rep_layers))
-    vm = clip.vision_model
-    emb = vm.embeddings
-    patches = emb.patch_embedding(pixel_values).flatten(2).transpose(1, 2)
-    cls = emb.class_embedding.expand(pixel_values.shape[0], 1, -1)
-    x = vm.pre_layrnorm(torch.cat([cls, patches], dim=1) + emb.position_embedding.weight)
-    counter = 0
-    for index, layer in enumerate(vm.encoder.layers):
-        if index + 1 in rep_layers:
-            x = _compose(x, tokens[counter], index + 1 == rep_layers[0], beta)
-            counter += 1
-        x = _block(layer, x, None)
-    n_rep = tokens[0].shape[0]
-    image = clip.visual_projection(vm.post_layernorm(x[:, 0]))
-    image_rep = vm.post_layernorm(x[:, 1 : 1 + n_rep]).mean(dim=1) @ mmrlpp_proj_rep(clip, learner)
-    return image, image_rep
+    place = partial(_compose, beta=beta)
+    return representation_image_embeds(clip, pixel_values, tokens, rep_layers, place, mmrlpp_proj_rep(clip, learner))
 
 
 def mmrlpp_logits(clip, input_ids, pixel_values, learner, rep_layers, alpha: float = 0.7, beta: float = 0.9):
