@@ -343,8 +343,9 @@ class ClassTextEncoder:
             name = module.prompt_adapter()
             if name is not None and isinstance(module, MaPLeTextPromptLayer):
                 watched.setdefault(id(module.maple_ctx[name]), module.maple_ctx[name])
-        # the options of the active adapter (one set between passes, as test_time_options sets MMRL++'s beta)
-        config = active_maple_config(self.model)
+        # the options of the adapter the text layers use (one set between passes, as test_time_options sets beta)
+        name = next((adapter for adapter in adapters if adapter is not None), None)
+        config = (getattr(base, "peft_config", None) or {}).get(name) if name is not None else None
         options = (
             () if config is None else tuple(repr(getattr(config, f.name)) for f in fields_of(config.method.options))
         )
