@@ -414,6 +414,13 @@ def parse_args(argv: list[str] | None = None, *, description: str | None = None)
                     f"{EVAL_OVERRIDES}: {target}: {name} is an option of --variant "
                     f"{methods.owners(name)[0].name}, not of --variant {args.variant}"
                 )
+        # the values checked as the adapter's config will check them at evaluation, before any training
+        method = methods.get(args.variant)
+        values = {field.name: getattr(args, field.name) for field in methods.fields_of(method.options)}
+        try:
+            method.resolve(argparse.Namespace(depth=None, **{**values, **options}))
+        except (TypeError, ValueError) as error:
+            parser.error(f"{EVAL_OVERRIDES}: {target}: {error}")
     if args.dataset and args.dataset_name:
         parser.error(
             f"--dataset {args.dataset} (a CoOp benchmark) and --dataset_name {args.dataset_name} (a 🤗 dataset) are "

@@ -301,7 +301,7 @@ ORIGINAL_CD_BETA = {
 }  # fmt: skip
 
 
-def test_the_cross_dataset_recipe_evaluates_each_target_with_the_originals_beta(monkeypatch, tmp_path):
+def test_the_cross_dataset_recipe_evaluates_each_target_with_the_originals_beta(monkeypatch, tmp_path, capsys):
     from test_train import REPO
 
     monkeypatch.syspath_prepend(str(REPO / "examples"))
@@ -344,6 +344,11 @@ def test_the_cross_dataset_recipe_evaluates_each_target_with_the_originals_beta(
     bad.write_text("variant: mmrlpp\ndataset: imagenet\neval_dataset_overrides: {eurosat: {reg_weight: 1.0}}\n")
     with pytest.raises(SystemExit):
         options.parse_args(["--config", str(bad), "--data_root", "x"])
+    assert "reg_weight does not act at test time" in capsys.readouterr().err
+    bad.write_text("variant: mmrlpp\ndataset: imagenet\neval_dataset_overrides: {eurosat: {beta: 2.0}}\n")
+    with pytest.raises(SystemExit):  # refused before any training, as the adapter's config would refuse it
+        options.parse_args(["--config", str(bad), "--data_root", "x"])
+    assert "eval_dataset_overrides: eurosat: beta=2.0 must be a number in [0, 1]" in capsys.readouterr().err
 
 
 def test_mmrlpp_options_are_checked_and_its_own():
